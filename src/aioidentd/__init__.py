@@ -1,0 +1,1 @@
+"""aioidentd: RFC 1413 ident server, client and daemon for asyncio."""
