@@ -1,0 +1,5 @@
+import sys
+
+from aioidentd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,644 @@
+"""The embeddable asyncio ident server: the application decides every answer.
+
+Design notes (the why):
+
+* One :class:`asyncio.Protocol` per connection and no task per connection: the event loop
+  calls us back, which is cheaper than a coroutine parked on ``readline()``.
+* One timer per connection. Every pending query's response deadline and the idle deadline
+  are plain numbers; the single timer is armed for the earliest of them and, when it
+  fires early (because activity pushed a deadline back), it re-arms itself instead of
+  being cancelled and re-created on every byte.
+* Answers leave in query order, each in one ``write()`` (ngircd and InspIRCd read a
+  single segment). A query answered before an earlier one is held until the earlier
+  one has been answered.
+* The first answer to a query wins; the fallback (``default``, then ``random``, then
+  ``HIDDEN-USER``) goes out when no handler answered within ``response_timeout``.
+* Closing never risks an RST over an answer in flight: after the last answer we
+  half-close (FIN) and keep reading, discarding, until the peer closes or a short
+  linger expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import socket
+import string
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final
+
+from aioidentd.protocol import (
+    MAX_LINE,
+    ErrorReply,
+    InvalidQuery,
+    ReplyStyle,
+    UserIdReply,
+    encode_reply,
+    parse_query,
+)
+
+__all__ = ["Handler", "IdentRequest", "IdentServer"]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Handler = Callable[["IdentRequest"], Awaitable[None] | None]
+
+#: How long a connection that got its last answer may stay half-closed waiting for the
+#: peer's FIN before we close it ourselves.
+LINGER: Final = 2.0
+#: How long close() waits for connections to flush their last answers before aborting.
+CLOSE_GRACE: Final = 1.0
+_RANDOM_ALPHABET: Final = string.ascii_lowercase
+_RANDOM_LENGTH: Final = 8
+
+
+def _address(sockaddr: Any) -> Address:
+    """``(host, port)`` of a socket address, dropping IPv6 flow info and scope id."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        return str(sockaddr[0]), int(sockaddr[1])
+    return (str(sockaddr), 0)
+
+
+class IdentRequest:
+    """One valid query, handed to every registered handler.
+
+    A handler answers with :meth:`reply` or :meth:`error`, now or later, from any
+    coroutine on the server's event loop. Only the first answer counts; later calls
+    return ``False`` and write nothing.
+    """
+
+    __slots__ = ("_answer", "_conn", "client_port", "deadline", "local", "peer", "server_port")
+
+    def __init__(
+        self,
+        conn: _IdentConnection,
+        server_port: int,
+        client_port: int,
+        deadline: float,
+    ) -> None:
+        self._conn: _IdentConnection | None = conn
+        self._answer: bytes | None = None
+        #: The port on this host, as queried (the RFC's "port-on-server").
+        self.server_port = server_port
+        #: The port on the querying host.
+        self.client_port = client_port
+        #: ``(host, port)`` of the querier.
+        self.peer: Address = conn.peer
+        #: ``(host, port)`` of our end of the ident connection; its host is the local
+        #: address of the connection being asked about.
+        self.local: Address = conn.local
+        #: Loop time after which the fallback answer goes out.
+        self.deadline = deadline
+
+    @property
+    def answered(self) -> bool:
+        """True once an answer (a handler's or the fallback) has been decided."""
+        return self._answer is not None
+
+    @property
+    def server(self) -> IdentServer | None:
+        """The server that received the query (None once the connection is gone)."""
+        return self._conn.server if self._conn is not None else None
+
+    def reply(self, opsys: str, user_id: str | bytes, charset: str | None = None) -> bool:
+        """Answer ``USERID : opsys[,charset] : user_id``.
+
+        Raises :class:`ValueError` for a value that would be invalid on the wire (empty,
+        longer than 512 octets, CR/LF/NUL, a colon in opsys, non-ASCII without charset).
+        Returns ``False`` if the query already has its answer.
+        """
+        reply = UserIdReply.from_text(self.server_port, self.client_port, opsys, user_id, charset)
+        return self._set(reply)
+
+    def error(self, error: str) -> bool:
+        """Answer ``ERROR : error`` (``NO-USER``, ``HIDDEN-USER``, ``INVALID-PORT``,
+        ``UNKNOWN-ERROR`` in any case, or an ``X`` token)."""
+        return self._set(ErrorReply(self.server_port, self.client_port, error))
+
+    def _set(self, reply: UserIdReply | ErrorReply) -> bool:
+        if self._answer is not None:
+            return False
+        conn = self._conn
+        if conn is None:
+            self._answer = b""
+            return False
+        self._answer = encode_reply(reply, conn.server.reply_style)
+        conn.answer_ready()
+        return True
+
+    def __repr__(self) -> str:
+        state = "answered" if self.answered else "pending"
+        return (
+            f"<IdentRequest {self.server_port},{self.client_port} "
+            f"from {self.peer[0]}:{self.peer[1]} {state}>"
+        )
+
+
+class _IdentConnection(asyncio.Protocol):
+    """State of one ident connection (see the module notes)."""
+
+    __slots__ = (
+        "_buffer",
+        "_closing",
+        "_eof",
+        "_idle_deadline",
+        "_in_process",
+        "_loop",
+        "_paused",
+        "_pending",
+        "_timer",
+        "_timer_when",
+        "_transport",
+        "local",
+        "peer",
+        "server",
+    )
+
+    def __init__(self, server: IdentServer) -> None:
+        self.server = server
+        self._loop = server._loop_or_raise()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._pending: collections.deque[IdentRequest] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._idle_deadline = 0.0
+        self._closing = False  # no more queries will be read
+        self._eof = False
+        self._paused = False
+        self._in_process = False
+        self.peer: Address = ("", 0)
+        self.local: Address = ("", 0)
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        server = self.server
+        if len(server._connections) >= server.max_connections or server._closing:
+            logger.warning(
+                "%s: connection limit (%d) reached, closing new connection",
+                server,
+                server.max_connections,
+            )
+            transport.close()
+            self._transport = None
+            return
+        server._connections.add(self)
+        self.peer = _address(transport.get_extra_info("peername"))
+        self.local = _address(transport.get_extra_info("sockname"))
+        self._idle_deadline = self._loop.time() + server.idle_timeout
+        self._arm(self._idle_deadline)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # draining after the last answer
+        self._idle_deadline = self._loop.time() + self.server.idle_timeout
+        self._buffer += data
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if not self._closing and self._buffer.strip(b" \t\r"):
+            # A last query without its end of line: answer it like any other.
+            self._buffer += b"\n"
+            self._process()
+        if self._pending:
+            # Half-closed with queries in flight: answer them, then close.
+            self._closing = True
+            return True
+        self._finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        self.server._connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for request in self._pending:
+            request._conn = None
+        self._pending.clear()
+        self._buffer = b""
+
+    # -- queries ------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Parse and dispatch complete lines while the pending-query limit allows."""
+        server = self.server
+        buffer = self._buffer
+        multiple = server.multiple
+        self._in_process = True
+        while True:
+            if len(self._pending) >= server.max_pending:
+                if not self._paused and self._transport is not None:
+                    self._transport.pause_reading()
+                    self._paused = True
+                break
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_LINE:
+                    logger.info("%s: line over %d octets from %s", server, MAX_LINE, self.peer)
+                    self._buffer = b""
+                    self._in_process = False
+                    self._send_final(b"0,0:ERROR:INVALID-PORT\r\n")
+                    return
+                break
+            line = buffer[:end]
+            buffer = buffer[end + 1 :]
+            if end > MAX_LINE:
+                logger.info("%s: line over %d octets from %s", server, MAX_LINE, self.peer)
+                self._buffer = b""
+                self._in_process = False
+                self._send_final(b"0,0:ERROR:INVALID-PORT\r\n")
+                return
+            if not multiple:
+                # One query per connection: whatever follows is never read.
+                self._closing = True
+                buffer = b""
+            try:
+                query = parse_query(line)
+            except InvalidQuery as exc:
+                logger.debug("%s: invalid query from %s: %s", server, self.peer, exc)
+                self._query_done(encode_reply(exc.reply, server.reply_style))
+            else:
+                self._dispatch(query.server_port, query.client_port)
+            if self._closing or self._transport is None:
+                break
+        self._buffer = buffer
+        self._in_process = False
+        if self._paused and len(self._pending) < server.max_pending and not self._closing:
+            self._paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+
+    def _dispatch(self, server_port: int, client_port: int) -> None:
+        server = self.server
+        request = IdentRequest(
+            self, server_port, client_port, self._loop.time() + server.response_timeout
+        )
+        self._pending.append(request)
+        handlers = server._handlers
+        if not handlers:
+            # Nobody can answer: do not make the client wait for the deadline.
+            request._set(server._fallback(server_port, client_port))
+            return
+        for handler in handlers:
+            try:
+                result = handler(request)
+            except Exception:
+                logger.exception("%s: handler %r failed on %r", server, handler, request)
+                continue
+            if result is not None:
+                server._spawn(result, request)
+        if not request.answered and self._transport is not None:
+            self._arm(request.deadline)
+
+    def _query_done(self, line: bytes) -> None:
+        """Queue an already-decided answer (an INVALID-PORT line) in its place."""
+        request = IdentRequest.__new__(IdentRequest)
+        request._conn = None
+        request._answer = line
+        self._pending.append(request)
+        self.answer_ready()
+
+    def answer_ready(self) -> None:
+        """Write every answer at the head of the queue that is decided, in order."""
+        transport = self._transport
+        pending = self._pending
+        if transport is None:
+            return
+        out: list[bytes] = []
+        while pending and pending[0]._answer is not None:
+            request = pending.popleft()
+            request._conn = None
+            out.append(request._answer)  # type: ignore[arg-type]
+        if not out:
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+        self._idle_deadline = self._loop.time() + self.server.idle_timeout
+        if pending:
+            return
+        if self._closing or self._eof:
+            self._finish()
+        elif self._paused and not self._in_process:
+            self._process()
+
+    def _send_final(self, line: bytes) -> None:
+        self._closing = True
+        self._query_done(line)
+
+    def _finish(self) -> None:
+        """All answers written: half-close, drain the peer, close on its FIN or linger."""
+        self._closing = True
+        transport = self._transport
+        if transport is None:
+            return
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        transport.write_eof()
+        self._idle_deadline = self._loop.time() + min(LINGER, self.server.idle_timeout)
+        self._arm(self._idle_deadline)
+
+    # -- the one timer ------------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if self._timer_when <= when:
+                return  # fires first and re-arms for the rest
+            timer.cancel()
+        self._timer_when = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._transport is None:
+            return
+        now = self._loop.time()
+        server = self.server
+        for request in self._pending:
+            if request._answer is None and request.deadline <= now:
+                request._set(server._fallback(request.server_port, request.client_port))
+                if self._transport is None:
+                    return
+        if self._transport is None:
+            return
+        waiting = [r.deadline for r in self._pending if r._answer is None]
+        if waiting:
+            self._arm(min(waiting))
+            return
+        if now >= self._idle_deadline:
+            if self._closing:
+                logger.debug("%s: linger over for %s", server, self.peer)
+            else:
+                logger.debug("%s: idle timeout for %s", server, self.peer)
+            self._transport.close()
+            return
+        self._arm(self._idle_deadline)
+
+    def shutdown(self) -> None:
+        """Answer every waiting query with the fallback, then close."""
+        server = self.server
+        for request in list(self._pending):
+            if request._answer is None:
+                request._set(server._fallback(request.server_port, request.client_port))
+        if self._transport is not None:
+            self._closing = True
+            self._transport.close()
+
+
+class IdentServer:
+    """An RFC 1413 server whose answers come from registered handlers.
+
+    ``handler(request)`` is called for every valid query (a plain function or an async
+    one); it answers with ``request.reply(opsys, user_id)`` or ``request.error(name)``.
+    When no handler answers within ``response_timeout`` seconds the fallback goes out:
+    ``USERID:UNIX:<default>`` if ``default`` is set, else a fresh random id if ``random``,
+    else ``ERROR:HIDDEN-USER``. With no handler registered the fallback goes out at once.
+
+    ``host`` may be one address, a list, or ``None`` for every interface (IPv4 and IPv6).
+    Real IRC servers give up after 1.5-10 s (Ergo 1.5, InspIRCd and Solanum 5, ngircd 10),
+    so keep ``response_timeout`` short when they are the clients.
+    """
+
+    def __init__(
+        self,
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int = 113,
+        *,
+        multiple: bool = False,
+        idle_timeout: float = 60.0,
+        response_timeout: float = 10.0,
+        default: str | None = None,
+        random: bool = False,
+        name: str | None = None,
+        reply_style: ReplyStyle = "compact",
+        handlers: Iterable[Handler] = (),
+        max_connections: int = 1024,
+        max_pending: int = 32,
+        backlog: int = 1024,
+        sock: socket.socket | Sequence[socket.socket] | None = None,
+    ) -> None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+        for label, value in (
+            ("idle_timeout", idle_timeout),
+            ("response_timeout", response_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        for label, count in (
+            ("max_connections", max_connections),
+            ("max_pending", max_pending),
+            ("backlog", backlog),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{label} must be a positive int, got {count!r}")
+        if reply_style not in ("compact", "spaced"):
+            raise ValueError(f"reply_style must be 'compact' or 'spaced', got {reply_style!r}")
+        if default is not None:
+            UserIdReply.from_text(0, 0, "UNIX", default)  # raises ValueError when invalid
+        self.host = host
+        self.port = port
+        self.multiple = bool(multiple)
+        self.idle_timeout = float(idle_timeout)
+        self.response_timeout = float(response_timeout)
+        self.default = default
+        self.random = bool(random)
+        self.name = name
+        self.reply_style: ReplyStyle = reply_style
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.backlog = backlog
+        self._sock = sock
+        self._handlers: list[Handler] = []
+        for handler in handlers:
+            self.register(handler)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[_IdentConnection] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        where = ", ".join(f"{a[0]}:{a[1]}" for a in self.addresses) or "not listening"
+        return f"<IdentServer{label} {where}>"
+
+    __str__ = __repr__
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def register(self, handler: Handler) -> None:
+        """Call ``handler(request)`` for every valid query (once, however often registered)."""
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        if handler not in self._handlers:
+            self._handlers.append(handler)
+
+    def unregister(self, handler: Handler) -> None:
+        """Stop calling ``handler``; unregistering an unknown handler does nothing."""
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+
+    @property
+    def handlers(self) -> tuple[Handler, ...]:
+        return tuple(self._handlers)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("server not started")
+        return self._loop
+
+    async def start(self) -> None:
+        """Bind and listen. Raises :class:`OSError` (nothing left listening) on failure."""
+        if self._servers:
+            raise RuntimeError("server already started")
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._closed = asyncio.Event()
+
+        def factory() -> _IdentConnection:
+            return _IdentConnection(self)
+
+        socks: Sequence[socket.socket]
+        if self._sock is None:
+            socks = ()
+        elif isinstance(self._sock, socket.socket):
+            socks = (self._sock,)
+        else:
+            socks = self._sock
+        servers: list[asyncio.Server] = []
+        try:
+            if socks:
+                for sock in socks:
+                    servers.append(
+                        await self._loop.create_server(factory, sock=sock, backlog=self.backlog)
+                    )
+            else:
+                servers.append(
+                    await self._loop.create_server(
+                        factory,
+                        host=self.host,
+                        port=self.port,
+                        backlog=self.backlog,
+                        reuse_address=True,
+                    )
+                )
+        except BaseException:
+            for srv in servers:
+                srv.close()
+            self._closed.set()
+            raise
+        self._servers = servers
+        logger.info("%s: listening", self)
+
+    async def close(self) -> None:
+        """Stop listening, answer every waiting query with its fallback, close every
+        connection and wait until nothing (socket, task, timer) is left."""
+        if self._closing:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._closing = True
+        for srv in self._servers:
+            srv.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Give closing transports a moment to flush the fallback answers; a peer that does
+        # not read must not hold close() forever.
+        loop = self._loop_or_raise()
+        grace = loop.time() + CLOSE_GRACE
+        while self._connections and loop.time() < grace:
+            await asyncio.sleep(0.005)
+        for conn in list(self._connections):
+            if conn._transport is not None:
+                conn._transport.abort()
+        while self._connections:
+            await asyncio.sleep(0)
+        for srv in self._servers:
+            await srv.wait_closed()
+        self._servers = []
+        if self._closed is not None:
+            self._closed.set()
+        logger.info("%s: closed", self)
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`close` is called (from elsewhere) or the task is cancelled."""
+        if not self._servers:
+            await self.start()
+        assert self._closed is not None
+        await self._closed.wait()
+
+    async def __aenter__(self) -> IdentServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets (empty before :meth:`start` and after :meth:`close`)."""
+        return tuple(s for srv in self._servers for s in srv.sockets)
+
+    @property
+    def addresses(self) -> list[Address]:
+        """``(host, port)`` of every listening socket; the port is the real one when 0 was
+        asked for."""
+        return [_address(s.getsockname()) for s in self.sockets]
+
+    @property
+    def connections(self) -> int:
+        """The number of open ident connections."""
+        return len(self._connections)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _fallback(self, server_port: int, client_port: int) -> UserIdReply | ErrorReply:
+        if self.default is not None:
+            return UserIdReply.from_text(server_port, client_port, "UNIX", self.default)
+        if self.random:
+            user = "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(_RANDOM_LENGTH))
+            return UserIdReply(server_port, client_port, "UNIX", user.encode())
+        return ErrorReply(server_port, client_port, "HIDDEN-USER")
+
+    def _spawn(self, awaitable: Awaitable[None], request: IdentRequest) -> None:
+        try:
+            task = asyncio.ensure_future(awaitable)
+        except TypeError:
+            logger.error("%s: handler returned a non-awaitable %r", self, awaitable)
+            return
+        self._tasks.add(task)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._tasks.discard(fut)
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                logger.error("%s: async handler failed on %r", self, request, exc_info=exc)
+
+        task.add_done_callback(done)
