@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the real peer programs the test suite talks to (Debian packages).
+# Idempotent: installs only what is missing. Needs root (CI runs as root); without root
+# it says what is missing and leaves the suite to skip those tests with a reason.
+set -euo pipefail
+
+PACKAGES=(
+  oidentd                             # the daemon we benchmark and interoperate with
+  libpoe-component-client-ident-perl  # the seed's sister client (Perl)
+  libnet-ident-perl                   # Net::Ident (Perl)
+  ngircd                              # IRC servers doing real ident lookups
+  inspircd
+  iproute2                            # ip netns / unshare for port 113 in a namespace
+  util-linux
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-system-deps: not root; missing Debian packages: ${missing[*]}" >&2
+  echo "install-system-deps: tests that need them will be skipped" >&2
+  exit 0
+fi
+echo "install-system-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The packaged daemons must not hold ports or run in the background on the test machine.
+for svc in oidentd ngircd inspircd; do
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+  if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+done
