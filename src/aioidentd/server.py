@@ -370,7 +370,7 @@ class _IdentConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         server = self.server
-        for request in self._pending:
+        for request in list(self._pending):  # answering pops from the queue
             if request._answer is None and request.deadline <= now:
                 request._set(server._fallback(request.server_port, request.client_port))
                 if self._transport is None:

@@ -1,0 +1,607 @@
+"""IdentServer over real loopback sockets: the seed's tests, and every rule it broke."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import pytest
+
+from aioidentd import IdentRequest, IdentServer
+
+# Small timeouts keep the suite fast; the defaults (60 s idle, 10 s response) are tested
+# as values, not waited for.
+FAST: dict[str, Any] = {"idle_timeout": 2.0, "response_timeout": 0.3}
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[IdentServer]:
+    kwargs = {"host": "127.0.0.1", "port": 0, **FAST, **options}
+    server = IdentServer(**kwargs)
+    async with server:
+        yield server
+
+
+class Client:
+    """A raw ident client on asyncio streams, for tests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, server: IdentServer, host: str | None = None) -> Client:
+        addr_host, port = server.addresses[0]
+        reader, writer = await asyncio.open_connection(host or addr_host, port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def line(self, timeout: float = 3.0) -> bytes:
+        return await asyncio.wait_for(self.reader.readline(), timeout)
+
+    async def rest(self, timeout: float = 3.0) -> bytes:
+        """Everything until the server closes (raises on RST)."""
+        return await asyncio.wait_for(self.reader.read(), timeout)
+
+    def half_close(self) -> None:
+        self.writer.write_eof()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def ask(server: IdentServer, query: bytes = b"12345, 123\r\n") -> bytes:
+    client = await Client.connect(server)
+    try:
+        await client.send(query)
+        return await client.line()
+    finally:
+        await client.close()
+
+
+# -- the seed's own tests (t/01..t/05), ported ------------------------------------------------
+
+
+async def test_t01_userid_from_a_synchronous_handler() -> None:
+    seen: list[IdentRequest] = []
+
+    def handler(request: IdentRequest) -> None:
+        seen.append(request)
+        request.reply("UNIX", "bingos")
+
+    async with serving(handlers=[handler]) as server:
+        client = await Client.connect(server)
+        await client.send(b"12345, 123\r\n")
+        assert await client.line() == b"12345,123:USERID:UNIX:bingos\r\n"
+        assert await client.rest() == b""  # closed after the answer (multiple=False)
+        await client.close()
+    assert len(seen) == 1
+
+
+async def test_t02_hidden_user_when_no_handler_answers() -> None:
+    called = []
+    async with serving(handlers=[called.append]) as server:
+        start = time.monotonic()
+        assert await ask(server) == b"12345,123:ERROR:HIDDEN-USER\r\n"
+        elapsed = time.monotonic() - start
+    assert len(called) == 1
+    assert 0.25 <= elapsed < 2.0  # the response timeout (0.3 s), not the seed's fixed 10 s
+
+
+async def test_t03_garbage_gets_invalid_port_and_no_handler_call() -> None:
+    called = []
+    async with serving(handlers=[called.append], multiple=True) as server:
+        assert await ask(server, b"Garbage\r\n") == b"0,0:ERROR:INVALID-PORT\r\n"
+    assert called == []
+
+
+async def test_t04_default_user_id() -> None:
+    async with serving(handlers=[lambda r: None], default="bingos") as server:
+        assert await ask(server) == b"12345,123:USERID:UNIX:bingos\r\n"
+
+
+async def test_t05_random_user_id_is_fresh_per_query() -> None:
+    async with serving(handlers=[lambda r: None], random=True, multiple=True) as server:
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n3,4\r\n5,6\r\n")
+        lines = [await client.line() for _ in range(3)]
+        await client.close()
+    ids = []
+    for line, pair in zip(lines, (b"1,2", b"3,4", b"5,6"), strict=True):
+        match = re.fullmatch(rb"(\d+,\d+):USERID:UNIX:([a-z]{8})\r\n", line)
+        assert match is not None, line
+        assert match.group(1) == pair
+        ids.append(match.group(2))
+    assert len(set(ids)) == 3
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+async def test_no_handler_means_immediate_fallback() -> None:
+    async with serving(response_timeout=5.0, default="nobody") as server:
+        start = time.monotonic()
+        assert await ask(server) == b"12345,123:USERID:UNIX:nobody\r\n"
+        assert time.monotonic() - start < 1.0
+
+
+async def test_default_wins_over_random() -> None:
+    async with serving(default="fixed", random=True) as server:
+        assert await ask(server) == b"12345,123:USERID:UNIX:fixed\r\n"
+
+
+async def test_spaced_reply_style() -> None:
+    async with serving(handlers=[lambda r: r.reply("UNIX", "bingos")], reply_style="spaced") as s:
+        assert await ask(s) == b"12345 , 123 : USERID : UNIX : bingos\r\n"
+        assert await ask(s, b"nope\n") == b"0 , 0 : ERROR : INVALID-PORT\r\n"
+
+
+async def test_request_carries_ports_and_both_addresses() -> None:
+    seen: list[IdentRequest] = []
+
+    def handler(request: IdentRequest) -> None:
+        seen.append(request)
+        request.error("no-user")
+
+    async with serving(handlers=[handler]) as server:
+        client = await Client.connect(server)
+        await client.send(b" 6191 ,\t23 \n")  # bare LF, odd spacing
+        assert await client.line() == b"6191,23:ERROR:NO-USER\r\n"
+        local_port = client.writer.get_extra_info("sockname")[1]
+        listening = server.addresses[0]
+        await client.close()
+    (request,) = seen
+    assert (request.server_port, request.client_port) == (6191, 23)
+    assert request.peer == ("127.0.0.1", local_port)
+    assert request.local == listening
+    assert request.answered
+    assert "6191,23" in repr(request)
+
+
+async def test_charset_and_x_token_answers() -> None:
+    answers = iter([("reply", ("UNIX", "jürgen", "UTF-8")), ("error", ("X-BUSY",))])
+
+    def handler(request: IdentRequest) -> None:
+        kind, args = next(answers)
+        getattr(request, kind)(*args)
+
+    async with serving(handlers=[handler]) as server:
+        assert await ask(server) == "12345,123:USERID:UNIX,UTF-8:jürgen\r\n".encode()
+        assert await ask(server) == b"12345,123:ERROR:X-BUSY\r\n"
+
+
+async def test_async_handler_answers_later() -> None:
+    async def handler(request: IdentRequest) -> None:
+        await asyncio.sleep(0.1)
+        request.reply("OTHER", "later")
+
+    async with serving(handlers=[handler], response_timeout=2.0) as server:
+        assert await ask(server) == b"12345,123:USERID:OTHER:later\r\n"
+
+
+async def test_answer_from_another_coroutine() -> None:
+    waiting: asyncio.Queue[IdentRequest] = asyncio.Queue()
+
+    async def answerer() -> None:
+        request = await waiting.get()
+        request.reply("UNIX", "elsewhere")
+
+    async with serving(handlers=[waiting.put_nowait], response_timeout=2.0) as server:
+        task = asyncio.create_task(answerer())
+        assert await ask(server) == b"12345,123:USERID:UNIX:elsewhere\r\n"
+        await task
+
+
+async def test_slow_async_handler_does_not_block_other_connections() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: IdentRequest) -> None:
+        if request.server_port == 1:
+            await release.wait()
+            request.reply("UNIX", "slow")
+        else:
+            request.reply("UNIX", "fast")
+
+    async with serving(handlers=[handler], response_timeout=5.0) as server:
+        slow = await Client.connect(server)
+        await slow.send(b"1,1\r\n")
+        start = time.monotonic()
+        assert await ask(server, b"2,2\r\n") == b"2,2:USERID:UNIX:fast\r\n"
+        assert time.monotonic() - start < 1.0
+        release.set()
+        assert await slow.line() == b"1,1:USERID:UNIX:slow\r\n"
+        await slow.close()
+
+
+async def test_first_answer_wins_and_later_ones_return_false() -> None:
+    results: list[bool] = []
+
+    def first(request: IdentRequest) -> None:
+        results.append(request.reply("UNIX", "first"))
+        results.append(request.error("NO-USER"))
+
+    def second(request: IdentRequest) -> None:
+        results.append(request.reply("UNIX", "second"))
+
+    async with serving(handlers=[first, second], multiple=True) as server:
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n")
+        assert await client.line() == b"1,2:USERID:UNIX:first\r\n"
+        await client.send(b"3,4\r\n")  # the next answer proves no second line was queued
+        assert await client.line() == b"3,4:USERID:UNIX:first\r\n"
+        await client.close()
+    assert results == [True, False, False, True, False, False]
+
+
+async def test_answer_after_the_fallback_is_refused() -> None:
+    late: list[bool] = []
+
+    async def handler(request: IdentRequest) -> None:
+        await asyncio.sleep(0.5)
+        late.append(request.reply("UNIX", "too-late"))
+
+    async with serving(handlers=[handler], response_timeout=0.1, multiple=True) as server:
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n")
+        assert await client.line() == b"1,2:ERROR:HIDDEN-USER\r\n"
+        await asyncio.sleep(0.6)
+        await client.send(b"9,9\r\n")
+        assert await client.line() == b"9,9:ERROR:HIDDEN-USER\r\n"
+        await client.close()
+    assert late == [False]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_failing_handler_is_logged_and_fallback_goes_out(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def sync_handler(request: IdentRequest) -> None:
+        raise RuntimeError("boom")
+
+    async def async_handler(request: IdentRequest) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("boom")
+
+    handler = sync_handler if kind == "sync" else async_handler
+    with caplog.at_level(logging.ERROR, logger="aioidentd.server"):
+        async with serving(handlers=[handler], default="fallback") as server:
+            assert await ask(server) == b"12345,123:USERID:UNIX:fallback\r\n"
+            assert await ask(server) == b"12345,123:USERID:UNIX:fallback\r\n"  # still alive
+    assert any("boom" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_failing_handler_does_not_stop_the_others() -> None:
+    def bad(request: IdentRequest) -> None:
+        raise ValueError("bad handler")
+
+    async with serving(handlers=[bad, lambda r: r.reply("UNIX", "good")]) as server:
+        assert await ask(server) == b"12345,123:USERID:UNIX:good\r\n"
+
+
+async def test_injection_attempt_is_refused_and_nothing_forged_is_sent() -> None:
+    errors: list[Exception] = []
+
+    def handler(request: IdentRequest) -> None:
+        try:
+            request.reply("UNIX", "alice\r\n12345,123:USERID:UNIX:root")
+        except ValueError as exc:
+            errors.append(exc)
+        try:
+            request.reply("UN:IX", "alice")
+        except ValueError as exc:
+            errors.append(exc)
+
+    async with serving(handlers=[handler], multiple=True) as server:
+        client = await Client.connect(server)
+        await client.send(b"12345,123\r\n")
+        assert await client.line() == b"12345,123:ERROR:HIDDEN-USER\r\n"
+        client.half_close()
+        assert await client.rest() == b""
+        await client.close()
+    assert len(errors) == 2
+
+
+async def test_unregister_stops_calls() -> None:
+    calls: list[int] = []
+
+    def handler(request: IdentRequest) -> None:
+        calls.append(request.server_port)
+        request.reply("UNIX", "x")
+
+    async with serving(handlers=[handler], default="gone") as server:
+        assert await ask(server, b"1,1\r\n") == b"1,1:USERID:UNIX:x\r\n"
+        server.unregister(handler)
+        server.unregister(handler)  # unknown: no error
+        assert await ask(server, b"2,2\r\n") == b"2,2:USERID:UNIX:gone\r\n"
+    assert calls == [1]
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+async def test_multiple_answers_pipelined_queries_in_order() -> None:
+    async def handler(request: IdentRequest) -> None:
+        # Later queries answer sooner: the wire order must still be the query order.
+        await asyncio.sleep(0.05 * (4 - request.server_port))
+        request.reply("UNIX", f"u{request.server_port}")
+
+    async with serving(handlers=[handler], multiple=True, response_timeout=2.0) as server:
+        client = await Client.connect(server)
+        await client.send(b"1,10\r\n2,20\n3 , 30\r\nbad\r\n")
+        lines = [await client.line() for _ in range(4)]
+        await client.close()
+    assert lines == [
+        b"1,10:USERID:UNIX:u1\r\n",
+        b"2,20:USERID:UNIX:u2\r\n",
+        b"3,30:USERID:UNIX:u3\r\n",
+        b"0,0:ERROR:INVALID-PORT\r\n",
+    ]
+
+
+async def test_query_split_over_segments() -> None:
+    async with serving(handlers=[lambda r: r.reply("UNIX", "x")]) as server:
+        client = await Client.connect(server)
+        for part in (b"80, ", b"25\r", b"\n"):
+            await client.send(part)
+            await asyncio.sleep(0.02)
+        assert await client.line() == b"80,25:USERID:UNIX:x\r\n"
+        await client.close()
+
+
+async def test_single_mode_answers_once_and_closes_gracefully() -> None:
+    async with serving(handlers=[lambda r: r.reply("UNIX", "x")]) as server:
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n3,4\r\n")
+        assert await client.line() == b"1,2:USERID:UNIX:x\r\n"
+        await client.send(b"5,6\r\n")  # after the answer: must not turn into an RST
+        assert await client.rest() == b""
+        await client.close()
+
+
+async def test_single_mode_invalid_query_closes() -> None:
+    async with serving() as server:
+        client = await Client.connect(server)
+        await client.send(b"70000, 5\r\n")
+        assert await client.rest() == b"70000,5:ERROR:INVALID-PORT\r\n"
+        await client.close()
+
+
+@pytest.mark.parametrize("multiple", [False, True])
+async def test_half_close_still_gets_the_answer(multiple: bool) -> None:
+    async def handler(request: IdentRequest) -> None:
+        await asyncio.sleep(0.1)
+        request.reply("UNIX", "halfclosed")
+
+    async with serving(handlers=[handler], multiple=multiple, response_timeout=2.0) as server:
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n")
+        client.half_close()
+        assert await client.rest() == b"1,2:USERID:UNIX:halfclosed\r\n"
+        await client.close()
+
+
+async def test_last_query_without_newline_is_answered_at_eof() -> None:
+    async with serving(default="x") as server:
+        client = await Client.connect(server)
+        await client.send(b"1,2")
+        client.half_close()
+        assert await client.rest() == b"1,2:USERID:UNIX:x\r\n"
+        await client.close()
+
+
+async def test_idle_connection_is_closed_silently() -> None:
+    async with serving(idle_timeout=0.2) as server:
+        client = await Client.connect(server)
+        start = time.monotonic()
+        assert await client.rest() == b""
+        assert 0.15 <= time.monotonic() - start < 1.5
+        await client.close()
+        await asyncio.sleep(0.05)
+        assert server.connections == 0
+
+
+async def test_idle_timer_is_reset_by_activity_in_multiple_mode() -> None:
+    async with serving(idle_timeout=0.3, multiple=True, default="x") as server:
+        client = await Client.connect(server)
+        for n in range(1, 6):  # 5 x 0.15 s = 0.75 s, longer than the idle timeout
+            await client.send(b"%d,1\r\n" % n)
+            assert await client.line() == b"%d,1:USERID:UNIX:x\r\n" % n
+            await asyncio.sleep(0.15)
+        assert await client.rest() == b""  # then idles out
+        await client.close()
+
+
+async def test_idle_timeout_never_cuts_a_waiting_query() -> None:
+    async with serving(handlers=[lambda r: None], idle_timeout=0.1, response_timeout=0.5) as s:
+        assert await ask(s) == b"12345,123:ERROR:HIDDEN-USER\r\n"
+
+
+@pytest.mark.parametrize("newline", [b"", b"\r\n"])
+async def test_overlong_line_gets_invalid_port_and_close(newline: bytes) -> None:
+    async with serving(multiple=True) as server:
+        client = await Client.connect(server)
+        await client.send(b"1" * 1001 + newline)
+        assert await client.rest() == b"0,0:ERROR:INVALID-PORT\r\n"
+        await client.close()
+
+
+async def test_line_of_1000_octets_is_still_parsed() -> None:
+    async with serving(multiple=True) as server:
+        client = await Client.connect(server)
+        await client.send(b" " * 995 + b"1,2\r\n")  # 998 octets + CR before the LF
+        assert await client.line() == b"1,2:ERROR:HIDDEN-USER\r\n"
+        await client.close()
+
+
+async def test_connection_limit() -> None:
+    async with serving(max_connections=2, multiple=True, default="x") as server:
+        first = await Client.connect(server)
+        second = await Client.connect(server)
+        await first.send(b"1,1\r\n")
+        assert await first.line() == b"1,1:USERID:UNIX:x\r\n"
+        third = await Client.connect(server)
+        assert await third.rest() == b""  # closed at once
+        await third.close()
+        await second.send(b"2,2\r\n")
+        assert await second.line() == b"2,2:USERID:UNIX:x\r\n"
+        await first.close()
+        await second.close()
+
+
+async def test_pending_limit_applies_backpressure_without_losing_queries() -> None:
+    gate = asyncio.Event()
+    most = 0
+    pending: list[IdentRequest] = []
+
+    async def handler(request: IdentRequest) -> None:
+        nonlocal most
+        pending.append(request)
+        most = max(most, sum(not r.answered for r in pending))
+        await gate.wait()
+        request.reply("UNIX", "ok")
+
+    async with serving(
+        handlers=[handler], multiple=True, max_pending=3, response_timeout=5.0
+    ) as server:
+        client = await Client.connect(server)
+        await client.send(b"".join(b"%d,1\r\n" % n for n in range(1, 11)))
+        await asyncio.sleep(0.2)
+        assert most == 3
+        gate.set()
+        lines = [await client.line() for _ in range(10)]
+        await client.close()
+    assert lines == [b"%d,1:USERID:UNIX:ok\r\n" % n for n in range(1, 11)]
+
+
+async def test_reset_and_empty_connections_leave_the_server_working() -> None:
+    async with serving(default="x") as server:
+        host, port = server.addresses[0]
+        for _ in range(5):
+            sock = socket.create_connection((host, port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()  # FIN without a query
+        assert await ask(server) == b"12345,123:USERID:UNIX:x\r\n"
+        await asyncio.sleep(0.05)
+        assert server.connections == 0
+
+
+# -- listening --------------------------------------------------------------------------------
+
+
+async def test_ipv6_and_several_addresses() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    async with serving(host=["127.0.0.1", "::1"], default="x") as server:
+        families = sorted(s.family for s in server.sockets)
+        assert families == sorted([socket.AF_INET, socket.AF_INET6])
+        for host, port in server.addresses:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"1,2\r\n")
+            assert await reader.readline() == b"1,2:USERID:UNIX:x\r\n"
+            writer.close()
+
+
+async def test_host_none_listens_on_every_interface() -> None:
+    async with serving(host=None) as server:
+        hosts = {host for host, _ in server.addresses}
+        assert "0.0.0.0" in hosts
+        if socket.has_ipv6:
+            assert "::" in hosts
+
+
+async def test_bind_failure_raises_oserror_and_leaves_nothing_listening() -> None:
+    async with serving() as first:
+        port = first.addresses[0][1]
+        second = IdentServer("127.0.0.1", port)
+        with pytest.raises(OSError):
+            await second.start()
+        assert second.sockets == ()
+        assert await ask(first) == b"12345,123:ERROR:HIDDEN-USER\r\n"
+
+
+async def test_bad_host_raises_oserror() -> None:
+    server = IdentServer("203.0.113.250", 0)  # TEST-NET-3: not an address of this machine
+    with pytest.raises(OSError):
+        await server.start()
+
+
+async def test_close_answers_waiting_queries_and_releases_everything() -> None:
+    started = asyncio.Event()
+
+    async def handler(request: IdentRequest) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    server = IdentServer("127.0.0.1", 0, handlers=[handler], default="bye", multiple=True)
+    await server.start()
+    host, port = server.addresses[0]
+    client = await Client.connect(server)
+    await client.send(b"1,2\r\n")
+    await started.wait()
+    idle = await Client.connect(server)
+    before = asyncio.all_tasks()
+    await server.close()
+    assert await client.rest() == b"1,2:USERID:UNIX:bye\r\n"
+    assert await idle.rest() == b""
+    await client.close()
+    await idle.close()
+    assert server.sockets == ()
+    assert server.connections == 0
+    assert server._tasks == set()
+    assert asyncio.all_tasks() <= before
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host, port)
+    await server.close()  # twice is fine
+
+
+async def test_serve_forever_returns_after_close() -> None:
+    server = IdentServer("127.0.0.1", 0)
+    task = asyncio.create_task(server.serve_forever())
+    while not server.sockets:
+        await asyncio.sleep(0.01)
+    await server.close()
+    await asyncio.wait_for(task, 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"port": 70000}, "port"),
+        ({"idle_timeout": 0}, "idle_timeout"),
+        ({"idle_timeout": -1}, "idle_timeout"),
+        ({"response_timeout": "10"}, "response_timeout"),
+        ({"default": "a\r\nb"}, "CR, LF"),
+        ({"default": ""}, "1-512"),
+        ({"reply_style": "fancy"}, "reply_style"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_pending": 0}, "max_pending"),
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IdentServer("127.0.0.1", **options)
+
+
+def test_register_needs_a_callable() -> None:
+    server = IdentServer()
+    with pytest.raises(TypeError):
+        server.register("not callable")  # type: ignore[arg-type]
+    handler: Callable[[IdentRequest], None] = lambda r: None  # noqa: E731
+    server.register(handler)
+    server.register(handler)
+    assert server.handlers == (handler,)
+    assert server.port == 113 and server.response_timeout == 10.0 and server.idle_timeout == 60.0
