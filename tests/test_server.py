@@ -521,6 +521,8 @@ async def test_host_none_listens_on_every_interface() -> None:
         assert "0.0.0.0" in hosts
         if socket.has_ipv6:
             assert "::" in hosts
+        # One ephemeral port for every family, so that a caller can print one address.
+        assert len({port for _, port in server.addresses}) == 1
 
 
 async def test_bind_failure_raises_oserror_and_leaves_nothing_listening() -> None:

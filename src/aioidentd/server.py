@@ -29,6 +29,7 @@ import string
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
+from aioidentd.listener import Listener, bind_sockets
 from aioidentd.protocol import (
     MAX_LINE,
     ErrorReply,
@@ -469,7 +470,7 @@ class IdentServer:
         for handler in handlers:
             self.register(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
         self._connections: set[_IdentConnection] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._closing = False
@@ -509,7 +510,7 @@ class IdentServer:
 
     async def start(self) -> None:
         """Bind and listen. Raises :class:`OSError` (nothing left listening) on failure."""
-        if self._servers:
+        if self._listeners:
             raise RuntimeError("server already started")
         self._loop = asyncio.get_running_loop()
         self._closing = False
@@ -518,36 +519,21 @@ class IdentServer:
         def factory() -> _IdentConnection:
             return _IdentConnection(self)
 
-        socks: Sequence[socket.socket]
+        socks: list[socket.socket]
         if self._sock is None:
-            socks = ()
+            try:
+                socks = bind_sockets(self.host, self.port, backlog=self.backlog)
+            except BaseException:
+                self._closed.set()
+                raise
         elif isinstance(self._sock, socket.socket):
-            socks = (self._sock,)
+            socks = [self._sock]
         else:
-            socks = self._sock
-        servers: list[asyncio.Server] = []
-        try:
-            if socks:
-                for sock in socks:
-                    servers.append(
-                        await self._loop.create_server(factory, sock=sock, backlog=self.backlog)
-                    )
-            else:
-                servers.append(
-                    await self._loop.create_server(
-                        factory,
-                        host=self.host,
-                        port=self.port,
-                        backlog=self.backlog,
-                        reuse_address=True,
-                    )
-                )
-        except BaseException:
-            for srv in servers:
-                srv.close()
-            self._closed.set()
-            raise
-        self._servers = servers
+            socks = list(self._sock)
+        name = str(self.name or "aioidentd")
+        self._listeners = [Listener(self._loop, sock, factory, name) for sock in socks]
+        for listener in self._listeners:
+            listener.start()
         logger.info("%s: listening", self)
 
     async def close(self) -> None:
@@ -558,8 +544,8 @@ class IdentServer:
                 await self._closed.wait()
             return
         self._closing = True
-        for srv in self._servers:
-            srv.close()
+        for listener in self._listeners:
+            listener.close()
         for conn in list(self._connections):
             conn.shutdown()
         tasks = list(self._tasks)
@@ -578,16 +564,14 @@ class IdentServer:
                 conn._transport.abort()
         while self._connections:
             await asyncio.sleep(0)
-        for srv in self._servers:
-            await srv.wait_closed()
-        self._servers = []
+        self._listeners = []
         if self._closed is not None:
             self._closed.set()
         logger.info("%s: closed", self)
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from elsewhere) or the task is cancelled."""
-        if not self._servers:
+        if not self._listeners:
             await self.start()
         assert self._closed is not None
         await self._closed.wait()
@@ -602,7 +586,7 @@ class IdentServer:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets (empty before :meth:`start` and after :meth:`close`)."""
-        return tuple(s for srv in self._servers for s in srv.sockets)
+        return tuple(listener.sock for listener in self._listeners)
 
     @property
     def addresses(self) -> list[Address]:

@@ -1,0 +1,183 @@
+"""Listening sockets and the accept loop under :class:`~aioidentd.server.IdentServer`.
+
+Why not ``loop.create_server``: on CPython 3.11 its accept loop does not stop at EMFILE;
+it goes on calling ``accept()`` for the whole backlog, logging a traceback and scheduling
+a retry timer for every failed call (a thousand per wake-up with a backlog of 1024), which
+saturates the loop exactly when the server is short of resources. It also spawns a task
+(and a future) for every accepted connection. Here an accepted socket gets its transport
+straight away, and a resource error pauses accepting once, with one log line.
+
+Binding is also ours so that every caller (the embedded server, the daemon's
+``SO_REUSEPORT`` workers, sockets inherited from systemd) shares one code path, and so
+that ``host=None, port=0`` gives the IPv4 and IPv6 sockets the same ephemeral port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+__all__ = ["Listener", "bind_sockets"]
+
+logger = logging.getLogger(__name__)
+
+#: Accepts per readiness event: enough to drain a burst, small enough to stay fair to the
+#: connections already open.
+ACCEPT_BATCH: Final = 64
+#: How long accepting pauses after the process or system ran out of descriptors/memory.
+RESOURCE_RETRY_DELAY: Final = 0.2
+_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def bind_sockets(
+    host: str | Sequence[str] | None,
+    port: int,
+    *,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> list[socket.socket]:
+    """Bind and listen on every address of ``host`` (``None``: all interfaces, IPv4 and
+    IPv6). Raises :class:`OSError` with nothing left open when any bind fails."""
+    hosts: Sequence[str | None]
+    if host is None:
+        hosts = [None]
+    elif isinstance(host, str):
+        hosts = [host]
+    else:
+        hosts = list(host)
+        if not hosts:
+            raise ValueError("no address to listen on")
+    infos: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
+    for name in hosts:
+        for info in socket.getaddrinfo(
+            name, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        ):
+            entry = (info[0], info[4])
+            if entry[0] in (socket.AF_INET, socket.AF_INET6) and entry not in infos:
+                infos.append(entry)
+    socks: list[socket.socket] = []
+    chosen_port = port
+    try:
+        for family, sockaddr in infos:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                # Separate IPv4 and IPv6 sockets, as asyncio does; "::" alone would also
+                # take IPv4 as v4-mapped addresses and clash with "0.0.0.0".
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            address = (sockaddr[0], chosen_port, *sockaddr[2:])
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot bind {sockaddr[0]} port {chosen_port}: {exc.strerror}"
+                ) from None
+            if chosen_port == 0:
+                chosen_port = sock.getsockname()[1]
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class Listener:
+    """Accepts connections on one listening socket and hands each to ``factory()``'s
+    protocol."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+        name: str = "",
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._loop = loop
+        self._factory = factory
+        self._name = name
+        self._retry: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._closed = False
+        # The selector loop's own transport constructor: one call, no task. Other loops
+        # (uvloop) take the public coroutine.
+        self._make_transport = getattr(loop, "_make_socket_transport", None)
+
+    def start(self) -> None:
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRORS:
+                    logger.warning(
+                        "%s: cannot accept (%s); pausing accepts for %.1f s",
+                        self._name,
+                        exc.strerror,
+                        RESOURCE_RETRY_DELAY,
+                    )
+                    self._loop.remove_reader(sock.fileno())
+                    self._retry = self._loop.call_later(RESOURCE_RETRY_DELAY, self._resume)
+                    return
+                logger.error("%s: accept failed: %s", self._name, exc)
+                return
+            conn.setblocking(False)
+            self._connect(conn, addr)
+
+    def _connect(self, conn: socket.socket, addr: object) -> None:
+        try:
+            protocol = self._factory()
+        except Exception:
+            logger.exception("%s: protocol factory failed", self._name)
+            conn.close()
+            return
+        if self._make_transport is not None:
+            try:
+                self._make_transport(conn, protocol, extra={"peername": addr})
+            except Exception:
+                logger.exception("%s: cannot set up connection", self._name)
+                conn.close()
+            return
+        task = self._loop.create_task(self._connect_async(conn, protocol))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_async(self, conn: socket.socket, protocol: asyncio.Protocol) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: protocol, conn)
+        except Exception:
+            logger.exception("%s: cannot set up connection", self._name)
+            conn.close()
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (open connections stay)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._loop.remove_reader(self.sock.fileno())
+        for task in self._tasks:
+            task.cancel()
+        self.sock.close()

@@ -1,0 +1,123 @@
+"""``aioidentd serve`` and ``python -m aioidentd`` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+@contextmanager
+def serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aioidentd", "serve", "--port", "0", *args],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 10
+        port = 0
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            match = re.search(r"serving ident on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "server did not report its port"
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def query(port: int, line: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(line)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serves_fallback_and_stops_cleanly_on_signal(signum: int) -> None:
+    with serve("--default", "alice", "--reply-style", "spaced") as (proc, port):
+        assert query(port, b"6193, 23\r\n") == b"6193 , 23 : USERID : UNIX : alice\r\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        assert "Traceback" not in rest
+        assert "shutting down" in rest
+
+
+def test_random_and_multiple() -> None:
+    with serve("--random", "--multiple") as (_, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"1,2\r\n3,4\r\n")
+            data = b""
+            while data.count(b"\n") < 2:
+                data += sock.recv(1024)
+        assert re.fullmatch(rb"1,2:USERID:UNIX:[a-z]{8}\r\n3,4:USERID:UNIX:[a-z]{8}\r\n", data)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--port", "70000"], "port must be 0..65535"),
+        (["serve", "--port", "http"], "not a port number"),
+        (["serve", "--idle-timeout", "-5"], "positive number of seconds"),
+        (["serve", "--response-timeout", "nan"], "positive number of seconds"),
+        (["serve", "--default", "a:b", "--random"], "not allowed with"),
+        (["serve", "--default", "jürgen"], "charset"),
+        (["serve", "--bogus"], "unrecognized arguments"),
+        ([], "a command is required"),
+    ],
+)
+def test_bad_arguments_give_one_line_error_and_status_2(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioidentd", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("aioidentd")
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "aioidentd", "serve", "--port", str(port)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on port {port}" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,89 @@
+"""Running out of file descriptors must not stop the server (the seed's listener died)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# The server runs in its own process with a tiny descriptor limit, so that accept() hits
+# EMFILE while this process (the clients) has descriptors to spare.
+SERVER = textwrap.dedent(
+    """
+    import asyncio, resource, sys
+    from aioidentd import IdentServer
+
+    async def main():
+        server = IdentServer("127.0.0.1", 0, default="alice", multiple=True, idle_timeout=30)
+        await server.start()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        print(server.addresses[0][1], flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+
+def ask(sock: socket.socket, line: bytes) -> bytes:
+    sock.sendall(line)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_server_recovers_after_emfile() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    held: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        # Far more connections than the server has descriptors: the kernel queues them
+        # in the backlog while accept() fails with EMFILE.
+        for _ in range(80):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        assert proc.poll() is None, "server died on EMFILE"
+        # One of the accepted connections still works while the limit is hit.
+        assert ask(held[0], b"1,2\r\n") == b"1,2:USERID:UNIX:alice\r\n"
+        for sock in held:
+            sock.close()
+        held.clear()
+        # Once descriptors are free again, new connections are served (asyncio retries
+        # accept after a short pause).
+        deadline = time.monotonic() + 10
+        answer = b""
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.settimeout(3)
+                try:
+                    answer = ask(sock, b"3,4\r\n")
+                except OSError:
+                    answer = b""
+            if answer:
+                break
+            time.sleep(0.2)
+        assert answer == b"3,4:USERID:UNIX:alice\r\n"
+        assert proc.poll() is None
+    finally:
+        for sock in held:
+            sock.close()
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert "Too many open files" in err  # it was really hit, and logged
