@@ -172,27 +172,22 @@ def test_connection_of_another_user(lookup: SocketLookup, host: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.create_server((host, 0), family=family) as listener:
         listener.settimeout(10)
-        child = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-c", CHILD, host, str(listener.getsockname()[1])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd="/",
-        )
-        try:
+        ) as child:  # on exit: stdin closed (the child's cue to quit), then waited for
+            assert child.stdout is not None
             server, _ = listener.accept()
             with server:
-                assert child.stdout is not None
                 chost, cport = child.stdout.readline().split()
                 child_end = (chost, int(cport))
                 our_end = _addr(server.getsockname())
                 assert child_end == _addr(server.getpeername())
                 assert lookup.owner(child_end, our_end) == NOBODY
                 assert lookup.owner(our_end, child_end) == os.getuid()
-        finally:
-            assert child.stdin is not None
-            child.stdin.close()
-            child.wait(timeout=10)
 
 
 def _proc_state(local: Address, remote: Address) -> int | None:
@@ -512,7 +507,6 @@ def test_default_lookup_falls_back_when_netlink_refused(
         raise SocketLookupError(errno.EPROTONOSUPPORT, "refused by test")
 
     monkeypatch.setattr(NetlinkLookup, "__init__", refuse)
-    monkeypatch.setattr(NetlinkLookup, "__del__", lambda self: None)
     with caplog.at_level(logging.WARNING, logger="aioidentd.lookup"):
         assert isinstance(default_lookup(), ProcNetLookup)
     assert "refused by test" in caplog.text

@@ -49,6 +49,7 @@ __all__ = [
     "StaticLookup",
     "default_lookup",
     "parse_diag_reply",
+    "scan_proc_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class SocketLookup(Protocol):
         """Return the uid owning the live TCP socket with this local and remote end.
 
         ``None`` means there is no such socket, or it no longer has an owner (TIME_WAIT, orphaned).
-        Raises :class:`SocketLookupError` when the answer cannot be determined.
+        Raises :class:`SocketLookupError` when the answer cannot be determined, and
+        :class:`ValueError` for a host that is not an IP address or a port outside 0-65535
+        (a caller bug, not a runtime condition).
         """
         ...
 
@@ -164,7 +167,7 @@ _NLM_F_REQUEST = 0x1
 _INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 # Every state except TIME_WAIT and CLOSE. Current kernels ignore the mask for an exact-match
 # request, so replies are filtered again in parse_diag_reply.
-_STATES_WANTED = 0xFFF & ~((1 << _TCP_TIME_WAIT) | (1 << _TCP_CLOSE))
+_STATES_WANTED = 0xFFFFFFFF & ~((1 << _TCP_TIME_WAIT) | (1 << _TCP_CLOSE))
 
 # nlmsghdr (16) + inet_diag_req_v2 (8) + inet_diag_sockid (48). Native byte order except for the
 # ports and addresses, which the kernel keeps in network order: the ports are swapped by hand so
@@ -203,7 +206,8 @@ def parse_diag_reply(data: bytes, seq: int) -> DiagEntry | None:
     """Decode the kernel's answer to one exact-match request with sequence number ``seq``.
 
     A pure function so that malformed input can be tested without a kernel. The contract callers
-    rely on: ``None`` only when the kernel said "no such socket" (ENOENT); every other oddity
+    rely on: ``None`` only when the kernel said "no such socket" (ENOENT, or an empty answer);
+    every other oddity
     raises :class:`SocketLookupError`, never :class:`struct.error`.
     """
     offset = 0
@@ -270,9 +274,9 @@ def _owner_from_entry(entry: DiagEntry | None, local: _Endpoint, remote: _Endpoi
 class NetlinkLookup:
     """Exact-match ``SOCK_DIAG_BY_FAMILY`` lookups over one long-lived netlink socket.
 
-    The socket is opened in ``__init__`` so that a daemon can create this before dropping
-    privileges and keep using it afterwards (sock_diag needs no privilege, but some sandboxes only
-    allow creating the socket early). Reusing one socket also saves two syscalls per query.
+    The socket is opened in ``__init__`` so that it already exists when a daemon drops privileges
+    or locks itself down (sock_diag queries need no privilege, so it keeps working afterwards).
+    Reusing one socket also saves a socket() and close() per query.
 
     Thread-safe: a lock pairs each request with its reply.
     """
@@ -305,12 +309,6 @@ class NetlinkLookup:
     ) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        # Avoid a ResourceWarning-free leak if the owner forgets close(); no logging here.
-        sock = getattr(self, "_sock", None)
-        if sock is not None:
-            sock.close()
-
     def close(self) -> None:
         """Release the netlink socket; later lookups raise :class:`SocketLookupError`."""
         with self._lock:
@@ -325,8 +323,9 @@ class NetlinkLookup:
         lo, re = pair
         uid = self._lookup(lo, re, lo.family)
         if uid is None and lo.family == socket.AF_INET:
-            # An IPv4 peer talking to a dual-stack AF_INET6 socket. Recent kernels find these in
-            # the AF_INET query already; older ones only when asked in the v4-mapped form.
+            # Maybe an IPv4 peer of a dual-stack AF_INET6 socket. The kernel tested here (6.18)
+            # already finds those with the AF_INET query; asking again in the v4-mapped form, as
+            # oidentd does, covers kernels that don't, at one extra round trip on misses only.
             uid = self._lookup(lo, re, socket.AF_INET6)
         return uid
 
