@@ -22,7 +22,8 @@ SERVER = textwrap.dedent(
     async def main():
         server = IdentServer("127.0.0.1", 0, default="alice", multiple=True, idle_timeout=30)
         await server.start()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard))
         print(server.addresses[0][1], flush=True)
         await server.serve_forever()
 
