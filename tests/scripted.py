@@ -153,7 +153,8 @@ class ScriptedIdentd:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> ScriptedIdentd:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        # A backlog above the concurrency tests use, so no SYN is dropped and retried.
+        self._server = await asyncio.start_server(self._handle, self.host, 0, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

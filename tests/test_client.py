@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aioidentd
 from aioidentd import (
@@ -23,6 +25,7 @@ from aioidentd import (
     Query,
     UserIdReply,
 )
+from aioidentd.client import _IdentClientProtocol
 from scripted import (
     Respond,
     ScriptedIdentd,
@@ -572,3 +575,71 @@ def test_query_connection_rejects_non_tcp() -> None:
             await aioidentd.query_connection("127.0.0.1")  # type: ignore[arg-type]
 
     run(main())
+
+
+# -- framing, property-tested without sockets ----------------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed: str | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed is not None
+
+    def close(self) -> None:
+        self.closed = self.closed or "close"
+
+    def abort(self) -> None:
+        self.closed = self.closed or "abort"
+
+
+def feed(segments: list[bytes]) -> tuple[Any, FakeTransport]:
+    """Feed ``segments`` to the client protocol; the outcome (reply or exception) and
+    the transport, to see whether it was closed."""
+
+    async def main() -> tuple[Any, FakeTransport]:
+        protocol = _IdentClientProtocol(Query(SERVER_PORT, CLIENT_PORT), ("127.0.0.1", 113))
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        assert transport.written == b"6191, 23\r\n"
+        for segment in segments:
+            protocol.data_received(segment)
+        protocol.connection_lost(None)
+        try:
+            return protocol.answer.result(), transport
+        except IdentError as exc:
+            return exc, transport
+
+    return asyncio.run(main())
+
+
+ANSWERS = [
+    b"6191,23:USERID:UNIX:alice\r\n",
+    b"\r\n 6191 , 23 : USERID : UNIX , UTF-8 : al:ice \n",
+    b"6191,23:ERROR:NO-USER\r\n",
+    b"6191,24:ERROR:NO-USER\r\n",
+    b"garbage\r\n",
+    b"6191,23:USERID:UNIX:al",
+    b"x" * 1001,
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(answer=st.sampled_from(ANSWERS), data=st.data())
+def test_any_segmentation_gives_the_same_outcome(answer: bytes, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(answer) - 1)), max_size=12)))
+    segments = [answer[i:j] for i, j in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+    whole, _ = feed([answer])
+    split, transport = feed(segments)
+    if isinstance(whole, Exception):
+        assert type(split) is type(whole)
+        assert str(split) == str(whole)
+    else:
+        assert split == whole
+    assert transport.closed is not None

@@ -229,6 +229,12 @@ async def query(
                 return await protocol.answer
             finally:
                 protocol.close()
+                answer = protocol.answer
+                if answer.done() and not answer.cancelled():
+                    # A cancellation can win the race against an answer that failed in
+                    # the same loop iteration; mark that failure seen so asyncio does not
+                    # log "exception was never retrieved" for it.
+                    answer.exception()
     except TimeoutError as exc:
         if isinstance(exc, IdentError):
             raise
