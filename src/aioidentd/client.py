@@ -85,8 +85,8 @@ class _IdentClientProtocol(asyncio.Protocol):
                 self._fail_line(f"an answer longer than {MAX_LINE} octets", line)
                 return
             if not line.strip(_BLANK):
-                # Some servers (and the seed's keep-alive) emit empty lines; skipping them
-                # is what Perl's Net::Ident does, and costs nothing.
+                # A blank line says nothing; Net::Ident and POE::Filter::Ident skip such
+                # lines too, rather than fail on a server that pads its output.
                 continue
             self._handle_line(line)
             return
