@@ -279,6 +279,10 @@ def encode_reply(reply: Reply, style: ReplyStyle = "compact") -> bytes:
                     reply.opsys.encode(),
                     reply.charset.encode(),
                 )
+            if reply.raw.startswith(b" "):
+                # Readers strip one space after the colon (the usual separator); give them
+                # one so that an id's own leading space survives.
+                head += b" "
             return head + reply.raw + b"\r\n"
         return b"%d,%d:ERROR:%s\r\n" % (
             reply.server_port,

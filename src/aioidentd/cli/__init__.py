@@ -11,9 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from aioidentd.cli import query as query
 from aioidentd.cli import serve as serve
 
-_COMMANDS = (serve,)
+_COMMANDS = (serve, query)
 
 
 def build_parser() -> argparse.ArgumentParser:

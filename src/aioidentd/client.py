@@ -1,0 +1,322 @@
+"""The asyncio ident (RFC 1413) client.
+
+Real-world clients fail in three recurring ways (see the project notes): they assume the
+answer arrives in one segment, they never check that the answer is about the port pair they
+asked for, and they leak sockets or hang when the server is silent. This client reads with
+an :class:`asyncio.Protocol` that buffers until an end of line, checks the echoed pair, and
+runs connect, send and receive under one deadline, closing the socket on every path.
+
+Parsing lives in :mod:`aioidentd.protocol`; this module only moves octets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+from aioidentd.errors import (
+    IdentConnectError,
+    IdentConnectionClosed,
+    IdentError,
+    IdentPortMismatch,
+    IdentProtocolError,
+    IdentTimeout,
+)
+from aioidentd.protocol import MAX_LINE, MalformedReply, Query, Reply, parse_reply, split_lines
+
+__all__ = ["IDENT_PORT", "query", "query_connection"]
+
+#: The ident service's well-known port.
+IDENT_PORT = 113
+
+# Whitespace the protocol module tolerates around tokens; a line of only these is blank.
+_BLANK = b" \t\x0b\x0c\r"
+
+
+def _display(host: str, port: int) -> str:
+    """``host:port``, bracketing IPv6 literals so the port is not read as part of them."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_port(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{name} must be 1..65535, got {value}")
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if not timeout > 0:  # also refuses NaN
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+
+
+class _IdentClientProtocol(asyncio.Protocol):
+    """Sends one query and resolves :attr:`answer` with the first reply line.
+
+    Every outcome, good or bad, goes through :meth:`_finish`, which resolves the future once
+    and closes the transport, so no path can leave a socket open or a waiter hanging.
+    """
+
+    def __init__(self, query: Query, server: tuple[str, int]) -> None:
+        self._query = query
+        self._server = server
+        self._where = _display(*server)
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self.answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._query.encode())
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        lines, self._buffer = split_lines(self._buffer + data)
+        for line in lines:
+            if len(line) > MAX_LINE:
+                self._fail_line(f"an answer longer than {MAX_LINE} octets", line)
+                return
+            if not line.strip(_BLANK):
+                # A blank line says nothing; Net::Ident and POE::Filter::Ident skip such
+                # lines too, rather than fail on a server that pads its output.
+                continue
+            self._handle_line(line)
+            return
+        if len(self._buffer) > MAX_LINE:
+            self._fail_line(f"more than {MAX_LINE} octets without an end of line", self._buffer)
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            reply = parse_reply(line)
+        except MalformedReply:
+            self._fail_line("a malformed answer", line)
+            return
+        if (reply.server_port, reply.client_port) != (
+            self._query.server_port,
+            self._query.client_port,
+        ):
+            self._finish(
+                IdentPortMismatch(
+                    f"ident server {self._where} answered about ports "
+                    f"{reply.server_port}, {reply.client_port} instead of "
+                    f"{self._query.server_port}, {self._query.client_port}",
+                    server=self._server,
+                    line=line,
+                    query=self._query,
+                    reply=reply,
+                )
+            )
+            return
+        self._finish(reply)
+
+    def _fail_line(self, what: str, line: bytes) -> None:
+        shown = f"{line[:80]!r}{'...' if len(line) > 80 else ''}"
+        self._finish(
+            IdentProtocolError(
+                f"ident server {self._where} sent {what}: {shown}",
+                server=self._server,
+                line=line[: MAX_LINE + 1],
+            )
+        )
+
+    def eof_received(self) -> bool:
+        self._closed_early(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed_early(exc)
+
+    def _closed_early(self, exc: Exception | None) -> None:
+        if self.answer.done():
+            return
+        how = "reset" if isinstance(exc, ConnectionResetError) else "closed"
+        got = f" after {len(self._buffer)} octets" if self._buffer else ""
+        reason = f" ({exc})" if exc is not None and how != "reset" else ""
+        error = IdentConnectionClosed(
+            f"ident server {self._where} {how} the connection{got} without a complete "
+            f"answer{reason}",
+            server=self._server,
+        )
+        if exc is not None:
+            error.__cause__ = exc
+        self._finish(error)
+
+    def _finish(self, outcome: Reply | IdentError) -> None:
+        if not self.answer.done():
+            if isinstance(outcome, IdentError):
+                self.answer.set_exception(outcome)
+            else:
+                self.answer.set_result(outcome)
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket; abort rather than linger when no complete answer arrived."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self.answer.done() and not self.answer.cancelled() and self.answer.exception() is None:
+            transport.close()
+        else:
+            transport.abort()
+
+
+async def query(
+    host: str,
+    server_port: int,
+    client_port: int,
+    *,
+    port: int = IDENT_PORT,
+    timeout: float | None = 5.0,
+    local_addr: tuple[str, int] | None = None,
+) -> Reply:
+    """Ask the identd on ``host`` who owns its end of a connection.
+
+    ``server_port`` is the connection's port on ``host`` and ``client_port`` the port on our
+    side (the RFC's order). ``local_addr`` binds the query's source address: identd answers
+    only about connections between itself and the querier's address, so on a multi-homed
+    host it must be the address of the connection asked about.
+
+    Returns a :class:`~aioidentd.protocol.UserIdReply` or
+    :class:`~aioidentd.protocol.ErrorReply` (an ``ERROR`` answer is a normal outcome).
+    Raises an :class:`~aioidentd.errors.IdentError` subclass when there is no usable answer;
+    ``timeout`` (seconds, or ``None`` for none) bounds the whole exchange.
+    """
+    the_query = Query(server_port, client_port)
+    _check_port("port", port)
+    _check_timeout(timeout)
+    server = (host, port)
+    where = _display(host, port)
+    loop = asyncio.get_running_loop()
+    protocol: _IdentClientProtocol | None = None
+    connected = False
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                _, protocol = await loop.create_connection(
+                    lambda: _IdentClientProtocol(the_query, server),
+                    host,
+                    port,
+                    local_addr=local_addr,
+                )
+            except ConnectionRefusedError:
+                raise IdentConnectError(
+                    f"ident server {where} refused the connection", server=server
+                ) from None
+            except socket.gaierror as exc:
+                raise IdentConnectError(
+                    f"cannot resolve ident server host {host!r}: {exc.strerror}", server=server
+                ) from exc
+            except OSError as exc:
+                if isinstance(exc, TimeoutError):  # the kernel's own connect timeout
+                    raise IdentTimeout(
+                        f"connecting to ident server {where} timed out", server=server
+                    ) from exc
+                detail = exc.strerror or str(exc)
+                source = f" from {_display(*local_addr[:2])}" if local_addr else ""
+                raise IdentConnectError(
+                    f"cannot connect to ident server {where}{source}: {detail}", server=server
+                ) from exc
+            connected = True
+            try:
+                return await protocol.answer
+            finally:
+                protocol.close()
+                answer = protocol.answer
+                if answer.done() and not answer.cancelled():
+                    # A cancellation can win the race against an answer that failed in
+                    # the same loop iteration; mark that failure seen so asyncio does not
+                    # log "exception was never retrieved" for it.
+                    answer.exception()
+    except TimeoutError as exc:
+        if isinstance(exc, IdentError):
+            raise
+        phase = "" if connected else " (connection not established)"
+        limit = f"{float(timeout)} s" if timeout is not None else "the connect timeout"
+        raise IdentTimeout(
+            f"no answer from ident server {where} within {limit}{phase}", server=server
+        ) from None
+
+
+def _unmap(host: str) -> str:
+    """``1.2.3.4`` for ``::ffff:1.2.3.4``; other addresses unchanged.
+
+    A dual-stack listener reports IPv4 peers in the v4-mapped form, but the peer's identd
+    listens on IPv4, and an AF_INET6 socket bound to a mapped source would not reach it
+    reliably; so both ends of the query connection are spoken to over plain IPv4.
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return host
+
+
+def _host_of(sockaddr: Any) -> tuple[str, int, int]:
+    """``(host, port, scope_id)`` from an AF_INET/AF_INET6 socket address."""
+    if not isinstance(sockaddr, tuple) or len(sockaddr) not in (2, 4):
+        raise ValueError(f"not a TCP/IP connection (address {sockaddr!r})")
+    host, port = sockaddr[0], sockaddr[1]
+    scope_id = sockaddr[3] if len(sockaddr) == 4 else 0
+    return str(host), int(port), int(scope_id)
+
+
+def _with_scope(host: str, scope_id: int) -> str:
+    """Keep a link-local IPv6 address usable: the interface is part of the address."""
+    if scope_id and "%" not in host:
+        return f"{host}%{scope_id}"
+    return host
+
+
+async def query_connection(
+    connection: asyncio.StreamWriter | asyncio.BaseTransport | socket.socket,
+    *,
+    port: int = IDENT_PORT,
+    timeout: float | None = 5.0,
+) -> Reply:
+    """Ask the peer of an accepted connection who it is, the way an IRC server does.
+
+    The query names (the peer's port, our port), and is sent from the local address the
+    peer connected to: the peer's identd only answers about connections between itself and
+    the address the query comes from, which on a multi-homed host need not be the default
+    route's. Accepts an :class:`asyncio.StreamWriter`, an asyncio transport or a plain
+    socket. Returns and raises like :func:`query`.
+    """
+    if isinstance(connection, socket.socket):
+        sockname, peername = connection.getsockname(), connection.getpeername()
+    elif isinstance(connection, asyncio.StreamWriter | asyncio.BaseTransport):
+        sockname = connection.get_extra_info("sockname")
+        peername = connection.get_extra_info("peername")
+        if sockname is None or peername is None:
+            raise ValueError("the connection has no socket addresses (closed, or not TCP/IP)")
+    else:
+        raise TypeError(
+            "connection must be an asyncio.StreamWriter, an asyncio transport or a "
+            f"socket.socket, not {type(connection).__name__}"
+        )
+    local_host, local_port, local_scope = _host_of(sockname)
+    peer_host, peer_port, peer_scope = _host_of(peername)
+    peer_plain, local_plain = _unmap(peer_host), _unmap(local_host)
+    if (peer_plain != peer_host) != (local_plain != local_host):
+        # One side mapped and the other not cannot share a family: let the kernel choose
+        # the source rather than fail to bind.
+        source: tuple[str, int] | None = None
+    else:
+        source = (_with_scope(local_plain, local_scope), 0)
+    return await query(
+        _with_scope(peer_plain, peer_scope),
+        peer_port,
+        local_port,
+        port=port,
+        timeout=timeout,
+        local_addr=source,
+    )
