@@ -119,9 +119,9 @@ def test_user_ids_that_would_corrupt_the_wire_are_refused(user_id: str, message:
 def test_user_id_limits_and_content() -> None:
     assert UserIdReply.from_text(1, 2, "OTHER", "x" * 512).raw == b"x" * 512
     # Colons and leading spaces are part of a user id (everything after the opsys colon).
-    assert (
-        encode_reply(UserIdReply.from_text(1, 2, "OTHER", " a:b")) == b"1,2:USERID:OTHER: a:b\r\n"
-    )
+    reply = UserIdReply.from_text(1, 2, "OTHER", " a:b")
+    assert encode_reply(reply) == b"1,2:USERID:OTHER:  a:b\r\n"  # separator + the id's space
+    assert parse_reply(encode_reply(reply)) == reply
 
 
 @pytest.mark.parametrize("opsys", ["", "UN:IX", "UNIX,UTF-8", "UN IX", "x" * 65, "ÜNIX"])
