@@ -26,6 +26,9 @@ from aioidentd.protocol import UserIdReply
 
 __all__ = [
     "ANSWERS",
+    "BUILTIN_DEFAULT",
+    "BUILTIN_ROOT",
+    "RANDOM_LENGTH",
     "Answer",
     "Config",
     "ConfigError",
@@ -36,6 +39,7 @@ __all__ = [
     "ServerConfig",
     "Settings",
     "load_config",
+    "merge_settings",
     "parse_config",
     "validate_user_id",
 ]
@@ -261,12 +265,12 @@ class Config:
         for label, table in (("user", self.users), ("group", self.groups)):
             for key, settings in table.items():
                 lines.append(f"  [{label}.{key}] {settings.describe()}")
-        effective = _merge(self.default, BUILTIN_DEFAULT)
+        effective = merge_settings(self.default, BUILTIN_DEFAULT)
         lines.append(f"  [default] {effective.describe()}")
         return "\n".join(lines)
 
 
-def _merge(first: Settings, *rest: Settings) -> Settings:
+def merge_settings(first: Settings, *rest: Settings) -> Settings:
     """Fill ``first``'s unset fields from ``rest`` in order (answer and reply go together)."""
     values: dict[str, Any] = {}
     for settings in (first, *rest):
