@@ -11,9 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from aioidentd.cli import check_config as check_config
 from aioidentd.cli import serve as serve
 
-_COMMANDS = (serve,)
+_COMMANDS = (serve, check_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
