@@ -265,6 +265,13 @@ def test_user_table_by_uid() -> None:
     assert decide('[user.1001]\nanswer = "hidden"\n', BOB).error == "HIDDEN-USER"
 
 
+def test_reads_files_only_when_some_table_allows_user_replies() -> None:
+    assert not make_policy("").reads_files
+    assert not make_policy("[default]\nallow_user_reply = false\n").reads_files
+    assert make_policy("[group.irc]\nallow_user_reply = true\n").reads_files
+    assert make_policy(rule("remote_port = 1") + "allow_user_reply = true\n").reads_files
+
+
 def test_groups_are_not_looked_up_when_no_table_needs_them() -> None:
     db = FakeUserDB(dict(DB.users))
     make_policy('[user.alice]\nanswer = "uid"\n', db).decide(ALICE, LOCAL, IRC)

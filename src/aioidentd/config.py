@@ -228,6 +228,7 @@ class Config:
         """The effective policy in plain words, for ``aioidentd check-config``."""
         server, reply = self.server, self.reply
         listen = "every interface" if server.listen is None else ", ".join(server.listen)
+        group = server.group or "(the user's primary group)"
         lines = [
             f"{self.filename}: configuration is valid",
             "",
@@ -237,7 +238,7 @@ class Config:
             f"idle timeout {server.idle_timeout:g} s, response timeout "
             f"{server.response_timeout:g} s, at most {server.max_connections} connections",
             f"  {server.reply_style} replies; run as user {server.user}, group "
-            f"{server.group or '(the user primary group)'}; "
+            f"{group}; "
             f"queries {'logged' if server.log_queries else 'not logged'}",
             "replies:",
             f"  opsys {reply.opsys}, "

@@ -42,6 +42,7 @@ __all__ = [
     "REPLY_FILE",
     "Decision",
     "Policy",
+    "ReplyFileRefused",
     "SystemUserDB",
     "UserDB",
     "read_reply_file",
@@ -119,14 +120,14 @@ class SystemUserDB:
         return names
 
 
-class _Refused(Exception):
+class ReplyFileRefused(Exception):
     """A reply file that exists but must not be used; the message says why."""
 
 
 def read_reply_file(home: str, uid: int) -> str | None:
     """The first line of ``home/.aioidentd-reply``, or None when there is no such file.
 
-    Raises :class:`_Refused` with the reason when the file is there but unsafe or
+    Raises :class:`ReplyFileRefused` with the reason when the file is there but unsafe or
     unreadable. The checks mirror what reading it *as the user* would guarantee, since
     the daemon reads it as an unprivileged user instead: the home must be searchable
     and the file readable by others, owned by ``uid`` (a hard link to someone else's
@@ -137,35 +138,37 @@ def read_reply_file(home: str, uid: int) -> str | None:
     try:
         home_mode = os.stat(home).st_mode
     except OSError as exc:
-        raise _Refused(f"cannot look at the home directory {home}: {exc.strerror}") from None
+        raise ReplyFileRefused(
+            f"cannot look at the home directory {home}: {exc.strerror}"
+        ) from None
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise _Refused(f"{path} is a symbolic link") from None
-        raise _Refused(f"cannot open {path}: {exc.strerror}") from None
+            raise ReplyFileRefused(f"{path} is a symbolic link") from None
+        raise ReplyFileRefused(f"cannot open {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _Refused(f"{path} is not a regular file")
+            raise ReplyFileRefused(f"{path} is not a regular file")
         if info.st_uid != uid:
-            raise _Refused(f"{path} is owned by uid {info.st_uid}, not by the user")
+            raise ReplyFileRefused(f"{path} is owned by uid {info.st_uid}, not by the user")
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise _Refused(f"{path} is writable by group or others (chmod 644)")
+            raise ReplyFileRefused(f"{path} is writable by group or others (chmod 644)")
         if not info.st_mode & stat.S_IROTH:
-            raise _Refused(
+            raise ReplyFileRefused(
                 f"{path} is not readable by others; the daemon reads it without privileges "
                 f"(chmod 644)"
             )
         if not home_mode & stat.S_IXOTH:
-            raise _Refused(
+            raise ReplyFileRefused(
                 f"the home directory {home} is not searchable by others; the daemon reads "
                 f"the file without privileges (chmod o+x {home})"
             )
         if info.st_size > MAX_REPLY_FILE:
-            raise _Refused(f"{path} is larger than {MAX_REPLY_FILE} octets")
+            raise ReplyFileRefused(f"{path} is larger than {MAX_REPLY_FILE} octets")
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_REPLY_FILE:
@@ -175,9 +178,9 @@ def read_reply_file(home: str, uid: int) -> str | None:
             chunks.append(chunk)
             size += len(chunk)
         if size > MAX_REPLY_FILE:
-            raise _Refused(f"{path} is larger than {MAX_REPLY_FILE} octets")
+            raise ReplyFileRefused(f"{path} is larger than {MAX_REPLY_FILE} octets")
     except OSError as exc:
-        raise _Refused(f"cannot read {path}: {exc.strerror}") from None
+        raise ReplyFileRefused(f"cannot read {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
@@ -185,7 +188,7 @@ def read_reply_file(home: str, uid: int) -> str | None:
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError:
-        raise _Refused(f"{path} is not UTF-8 text") from None
+        raise ReplyFileRefused(f"{path} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +284,19 @@ class Policy:
         self._geteuid = geteuid
         self._needs_groups = bool(config.groups) or any(rule.groups for rule in config.rules)
 
+    @property
+    def reads_files(self) -> bool:
+        """Whether :meth:`decide` may read a user's reply file (file I/O, which can block
+        on a network home); when False it is pure computation and cheap enough to call
+        on the event loop, otherwise a server should call it in a thread."""
+        tables = [
+            self.config.default,
+            *self.config.users.values(),
+            *self.config.groups.values(),
+            *(rule.settings for rule in self.config.rules),
+        ]
+        return any(table.allow_user_reply for table in tables)
+
     def decide(self, uid: int | None, local: Address, remote: Address) -> Decision:
         """The decision for the connection ``local`` (this host) <-> ``remote``.
 
@@ -364,16 +380,16 @@ class Policy:
             try:
                 raw = validate_user_id(text, self.config.reply.charset)
             except ValueError as exc:
-                raise _Refused(f"invalid reply: {exc}") from None
+                raise ReplyFileRefused(f"invalid reply: {exc}") from None
             if not settings.allow_spoof_other:
                 for candidate in dict.fromkeys((text, text.lower())):
                     other = self.user_db.uid_of(candidate)
                     if other is not None and other != uid:
-                        raise _Refused(
+                        raise ReplyFileRefused(
                             f"{text!r} is the name of another user (uid {other}) and "
                             f"allow_spoof_other is off"
                         )
-        except _Refused as exc:
+        except ReplyFileRefused as exc:
             logger.warning("not using the reply file of %s: %s", who, exc)
             return None, str(exc)
         return raw, None
