@@ -248,8 +248,8 @@ class Config:
                 if reply.mask_errors
                 else "; errors are sent as they are"
             ),
-            "policy (each setting comes from the first of: the first matching rule, the "
-            "user's table, the user's group tables in file order, [default], built-in):",
+            "policy (each setting from the first that sets it: the first matching rule,",
+            "        the user's table, the user's group tables in file order, [default]):",
         ]
         root_set = any(
             key in self.users and self.users[key].answer is not None for key in ("root", 0)
