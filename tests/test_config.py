@@ -530,3 +530,30 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_check_config_on_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert check_config(argparse.Namespace(config=str(tmp_path))) == 1
     assert capsys.readouterr().err.startswith(f"aioidentd: {tmp_path}: cannot read: ")
+
+
+def test_locator_skips_multiline_strings_and_counts_arrays() -> None:
+    from aioidentd.config import _Locator
+
+    text = textwrap.dedent(
+        """\
+        note = '''
+        [user.fake]
+        colour = 1
+        '''
+        [[rule]]
+        answer = "a"
+        [user.real]
+        "quoted.key" = 1
+        [[rule]]
+        answer = "b"
+        """
+    )
+    locator = _Locator(text)
+    assert locator.line_of(("note",)) == 1
+    assert locator.line_of(("user", "fake")) is None
+    assert locator.line_of(("rule", 0, "answer")) == 6
+    assert locator.line_of(("user", "real", "quoted.key")) == 8
+    assert locator.line_of(("rule", 1, "answer")) == 10
+    assert locator.line_of(("rule", 1, "missing")) == 9
+    assert locator.line_of(("nowhere",)) is None
