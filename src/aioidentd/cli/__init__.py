@@ -11,10 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from aioidentd.cli import check_config as check_config
 from aioidentd.cli import query as query
 from aioidentd.cli import serve as serve
 
-_COMMANDS = (serve, query)
+_COMMANDS = (serve, query, check_config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,460 @@
+"""Deciding what a host identd answers for a connection, given the uid that owns it.
+
+Pure logic over a :class:`~aioidentd.config.Config`: no sockets, no event loop, so the
+whole policy (precedence, root hiding, spoofing limits, error masking) is testable with a
+fake user database. The only I/O is reading a user's reply file, and that is done with
+the paranoia of a program that reads files other people control: no symlinks, no FIFOs,
+right owner, not writable by others, bounded size, and never as root.
+
+The result is a :class:`Decision`, which carries both the reply and the truth behind it
+(the real user), because an identd that lets users pick their answer must log who they
+really were for abuse handling, as oidentd does.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import ipaddress
+import logging
+import os
+import pwd
+import secrets
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from aioidentd.config import (
+    BUILTIN_DEFAULT,
+    BUILTIN_ROOT,
+    RANDOM_LENGTH,
+    Config,
+    Network,
+    Rule,
+    Settings,
+    merge_settings,
+    validate_user_id,
+)
+from aioidentd.protocol import MAX_USER_ID, ErrorReply, Reply, UserIdReply
+
+__all__ = [
+    "REPLY_FILE",
+    "Decision",
+    "Policy",
+    "ReplyFileRefused",
+    "SystemUserDB",
+    "UserDB",
+    "read_reply_file",
+]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+#: The user's own reply, relative to their home directory. Not under ``~/.config``: that
+#: directory is often created mode 0700, and every directory on the way must be
+#: searchable by the unprivileged daemon; one file in the home is one thing to get right.
+REPLY_FILE: Final = ".aioidentd-reply"
+#: The largest reply file read: a maximal user id plus CR LF.
+MAX_REPLY_FILE: Final = MAX_USER_ID + 2
+_RANDOM_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
+_OPEN_FLAGS: Final = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+class UserDB(Protocol):
+    """Where names, homes and groups come from; injectable so tests need no real users."""
+
+    def name_of(self, uid: int) -> str | None: ...
+
+    def uid_of(self, name: str) -> int | None: ...
+
+    def home_of(self, uid: int) -> str | None: ...
+
+    def groups_of(self, uid: int) -> Sequence[str]: ...
+
+
+class SystemUserDB:
+    """The machine's passwd and group databases (:mod:`pwd`, :mod:`grp`)."""
+
+    def name_of(self, uid: int) -> str | None:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return None
+
+    def uid_of(self, name: str) -> int | None:
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            return None
+
+    def home_of(self, uid: int) -> str | None:
+        try:
+            return pwd.getpwuid(uid).pw_dir or None
+        except KeyError:
+            return None
+
+    def groups_of(self, uid: int) -> Sequence[str]:
+        """Primary group first, then supplementary ones; a gid without a name as digits."""
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return ()
+        try:
+            gids = os.getgrouplist(entry.pw_name, entry.pw_gid)
+        except OSError:
+            gids = [entry.pw_gid]
+        names: list[str] = []
+        for gid in dict.fromkeys(gids):
+            try:
+                names.append(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                names.append(str(gid))
+        return names
+
+
+class ReplyFileRefused(Exception):
+    """A reply file that exists but must not be used; the message says why."""
+
+
+def read_reply_file(home: str, uid: int) -> str | None:
+    """The first line of ``home/.aioidentd-reply``, or None when there is no such file.
+
+    Raises :class:`ReplyFileRefused` with the reason when the file is there but unsafe or
+    unreadable. The checks mirror what reading it *as the user* would guarantee, since
+    the daemon reads it as an unprivileged user instead: the home must be searchable
+    and the file readable by others, owned by ``uid`` (a hard link to someone else's
+    file keeps its owner), writable by nobody else, a regular file (``O_NONBLOCK`` so a
+    FIFO cannot hang the open), never a symbolic link (``O_NOFOLLOW``), and small.
+    """
+    path = os.path.join(home, REPLY_FILE)
+    try:
+        home_mode = os.stat(home).st_mode
+    except OSError as exc:
+        raise ReplyFileRefused(
+            f"cannot look at the home directory {home}: {exc.strerror}"
+        ) from None
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise ReplyFileRefused(f"{path} is a symbolic link") from None
+        raise ReplyFileRefused(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReplyFileRefused(f"{path} is not a regular file")
+        if info.st_uid != uid:
+            raise ReplyFileRefused(f"{path} is owned by uid {info.st_uid}, not by the user")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ReplyFileRefused(f"{path} is writable by group or others (chmod 644)")
+        if not info.st_mode & stat.S_IROTH:
+            raise ReplyFileRefused(
+                f"{path} is not readable by others; the daemon reads it without privileges "
+                f"(chmod 644)"
+            )
+        if not home_mode & stat.S_IXOTH:
+            raise ReplyFileRefused(
+                f"the home directory {home} is not searchable by others; the daemon reads "
+                f"the file without privileges (chmod o+x {home})"
+            )
+        if info.st_size > MAX_REPLY_FILE:
+            raise ReplyFileRefused(f"{path} is larger than {MAX_REPLY_FILE} octets")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_REPLY_FILE:
+            chunk = os.read(fd, MAX_REPLY_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_REPLY_FILE:
+            raise ReplyFileRefused(f"{path} is larger than {MAX_REPLY_FILE} octets")
+    except OSError as exc:
+        raise ReplyFileRefused(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    line = data.split(b"\n", 1)[0].rstrip(b"\r").strip(b" \t")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReplyFileRefused(f"{path} is not UTF-8 text") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one query, and who really owns the connection (for the log).
+
+    Exactly one of ``user_id`` (then ``opsys`` and ``charset`` apply) and ``error`` is
+    set. ``answer`` is the kind that produced it: one of the config's answers,
+    ``"user-reply"`` (the user's own file) or ``"no-socket"`` (the lookup found nothing).
+    ``unmasked_error`` keeps the real error when ``mask_errors`` replaced it; ``note``
+    says why a user's reply file was not used.
+    """
+
+    answer: str
+    source: str
+    uid: int | None = None
+    user_name: str | None = None
+    user_id: bytes | None = None
+    opsys: str = "UNIX"
+    charset: str | None = None
+    error: str | None = None
+    unmasked_error: str | None = None
+    note: str | None = None
+
+    @property
+    def spoofed(self) -> bool:
+        """The reply is not the user's real identity: worth logging with the real one."""
+        return self.answer in ("fixed", "random", "user-reply")
+
+    def reply(self, server_port: int, client_port: int) -> Reply:
+        """The protocol reply for the queried port pair."""
+        if self.user_id is not None:
+            return UserIdReply(server_port, client_port, self.opsys, self.user_id, self.charset)
+        return ErrorReply(server_port, client_port, self.error or "UNKNOWN-ERROR")
+
+    def describe(self) -> str:
+        """One log line: ``alice (uid 1000) replied as 'foo' (user-reply, ...)``."""
+        if self.uid is None:
+            who = "no socket"
+        elif self.user_name is None:
+            who = f"uid {self.uid}"
+        else:
+            who = f"{self.user_name} (uid {self.uid})"
+        if self.user_id is not None:
+            try:
+                shown = repr(self.user_id.decode(self.charset or "ascii"))
+            except (UnicodeDecodeError, LookupError):
+                shown = f"0x{self.user_id.hex()}"
+            what = f"replied as {shown}"
+        elif self.unmasked_error is not None:
+            what = f"{self.unmasked_error} sent as {self.error}"
+        else:
+            what = str(self.error)
+        text = f"{who} {what} ({self.answer}, {self.source})"
+        if self.note:
+            text += f"; reply file not used: {self.note}"
+        return text
+
+
+def _address_in(address: str, networks: Sequence[Network]) -> bool:
+    """Whether an address is in any network, seeing ``::ffff:a.b.c.d`` and ``a.b.c.d``
+    as the same host (a dual-stack socket reports IPv4 peers in the mapped form)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+    else:
+        candidates.append(ipaddress.IPv6Address(f"::ffff:{ip}"))
+    return any(candidate in network for candidate in candidates for network in networks)
+
+
+class Policy:
+    """Answers ``which reply for this connection`` from a configuration.
+
+    ``user_db`` defaults to the system's passwd and group databases. ``geteuid`` is
+    injectable only so that tests running as root can exercise reply files; the daemon
+    must leave it alone.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        user_db: UserDB | None = None,
+        geteuid: Callable[[], int] = os.geteuid,
+    ) -> None:
+        self.config = config
+        self.user_db: UserDB = user_db if user_db is not None else SystemUserDB()
+        self._geteuid = geteuid
+        self._needs_groups = bool(config.groups) or any(rule.groups for rule in config.rules)
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether :meth:`decide` may read a user's reply file (file I/O, which can block
+        on a network home); when False it is pure computation and cheap enough to call
+        on the event loop, otherwise a server should call it in a thread."""
+        tables = [
+            self.config.default,
+            *self.config.users.values(),
+            *self.config.groups.values(),
+            *(rule.settings for rule in self.config.rules),
+        ]
+        return any(table.allow_user_reply for table in tables)
+
+    def decide(self, uid: int | None, local: Address, remote: Address) -> Decision:
+        """The decision for the connection ``local`` (this host) <-> ``remote``.
+
+        ``uid`` is the owner found by the lookup, None when no socket matched.
+        """
+        if uid is None:
+            return self._error("no-socket", "lookup found no connection", None, None, "NO-USER")
+        name = self.user_db.name_of(uid)
+        settings = self.settings_for(uid, name, local, remote)
+        note: str | None = None
+        if settings.allow_user_reply:
+            chosen, note = self._user_reply(uid, name, settings, remote)
+            if chosen is not None:
+                return self._user_id("user-reply", settings.source, uid, name, chosen, note)
+        return self._answer(uid, name, settings, note)
+
+    def settings_for(self, uid: int, name: str | None, local: Address, remote: Address) -> Settings:
+        """The effective settings: each one from the first layer that sets it."""
+        user_tables = [
+            self.config.users[key]
+            for key in (uid, name)
+            if key is not None and key in self.config.users
+        ]
+        if uid == 0 and not any(table.answer is not None for table in user_tables):
+            return merge_settings(BUILTIN_ROOT, BUILTIN_DEFAULT)
+        groups: Sequence[str] = self.user_db.groups_of(uid) if self._needs_groups else ()
+        layers: list[Settings] = []
+        for rule in self.config.rules:
+            if self._matches(rule, uid, name, groups, local, remote):
+                layers.append(rule.settings)
+                break
+        layers.extend(user_tables)
+        member = set(groups)
+        layers.extend(table for key, table in self.config.groups.items() if key in member)
+        return merge_settings(*layers, self.config.default, BUILTIN_DEFAULT)
+
+    @staticmethod
+    def _matches(
+        rule: Rule,
+        uid: int,
+        name: str | None,
+        groups: Sequence[str],
+        local: Address,
+        remote: Address,
+    ) -> bool:
+        if rule.local_ports and not any(local[1] in ports for ports in rule.local_ports):
+            return False
+        if rule.remote_ports and not any(remote[1] in ports for ports in rule.remote_ports):
+            return False
+        if rule.local_addresses and not _address_in(local[0], rule.local_addresses):
+            return False
+        if rule.remote_addresses and not _address_in(remote[0], rule.remote_addresses):
+            return False
+        if rule.users and uid not in rule.users and (name is None or name not in rule.users):
+            return False
+        return not rule.groups or any(group in rule.groups for group in groups)
+
+    def _user_reply(
+        self, uid: int, name: str | None, settings: Settings, remote: Address
+    ) -> tuple[bytes | None, str | None]:
+        """The user's own reply, or None and why not (already logged)."""
+        who = f"{name} (uid {uid})" if name else f"uid {uid}"
+        if remote[1] < 1024 and not settings.allow_spoof_privport:
+            note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
+            logger.info("not using the reply file of %s: %s", who, note)
+            return None, note
+        if self._geteuid() == 0:
+            note = "the daemon runs as root and never reads users' files as root"
+            logger.warning("not using the reply file of %s: %s", who, note)
+            return None, note
+        home = self.user_db.home_of(uid)
+        if not home:
+            note = "the user has no home directory"
+            logger.warning("not using the reply file of %s: %s", who, note)
+            return None, note
+        try:
+            text = read_reply_file(home, uid)
+            if text is None:
+                logger.debug("%s has no %s", who, REPLY_FILE)
+                return None, None
+            try:
+                raw = validate_user_id(text, self.config.reply.charset)
+            except ValueError as exc:
+                raise ReplyFileRefused(f"invalid reply: {exc}") from None
+            if not settings.allow_spoof_other:
+                for candidate in dict.fromkeys((text, text.lower())):
+                    other = self.user_db.uid_of(candidate)
+                    if other is not None and other != uid:
+                        raise ReplyFileRefused(
+                            f"{text!r} is the name of another user (uid {other}) and "
+                            f"allow_spoof_other is off"
+                        )
+        except ReplyFileRefused as exc:
+            logger.warning("not using the reply file of %s: %s", who, exc)
+            return None, str(exc)
+        return raw, None
+
+    def _answer(self, uid: int, name: str | None, settings: Settings, note: str | None) -> Decision:
+        answer = settings.answer or "hidden"
+        source = settings.source
+        if answer == "hidden":
+            return self._error(answer, source, uid, name, "HIDDEN-USER", note)
+        if answer == "no-user":
+            return self._error(answer, source, uid, name, "NO-USER", note)
+        charset = self.config.reply.charset
+        if answer == "random":
+            text = "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
+        elif answer == "fixed" and settings.reply is not None:
+            text = settings.reply
+        elif answer == "username" and name is not None:
+            text = name
+            try:
+                validate_user_id(name, charset)
+            except ValueError as exc:
+                logger.warning("answering uid %d instead of its name: %s", uid, exc)
+                text = str(uid)
+        else:  # "uid", or "username" without a passwd entry
+            text = str(uid)
+        return self._user_id(answer, source, uid, name, validate_user_id(text, charset), note)
+
+    def _user_id(
+        self,
+        answer: str,
+        source: str,
+        uid: int,
+        name: str | None,
+        raw: bytes,
+        note: str | None,
+    ) -> Decision:
+        return Decision(
+            answer=answer,
+            source=source,
+            uid=uid,
+            user_name=name,
+            user_id=raw,
+            opsys=self.config.reply.opsys,
+            charset=self.config.reply.charset,
+            note=note,
+        )
+
+    def _error(
+        self,
+        answer: str,
+        source: str,
+        uid: int | None,
+        name: str | None,
+        error: str,
+        note: str | None = None,
+    ) -> Decision:
+        masked = self.config.reply.mask_errors and error != "UNKNOWN-ERROR"
+        return Decision(
+            answer=answer,
+            source=source,
+            uid=uid,
+            user_name=name,
+            error="UNKNOWN-ERROR" if masked else error,
+            unmasked_error=error if masked else None,
+            opsys=self.config.reply.opsys,
+            charset=self.config.reply.charset,
+            note=note,
+        )
