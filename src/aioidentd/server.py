@@ -389,7 +389,8 @@ class _IdentConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         server = self.server
-        for request in self._pending:
+        # A copy: each answer may pop requests off the head of the queue (answer_ready).
+        for request in list(self._pending):
             if request._answer is None and request.deadline <= now:
                 request._set_line(server._fallback_line(request.server_port, request.client_port))
                 if self._transport is None:
