@@ -27,7 +27,7 @@ import secrets
 import socket
 import string
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aioidentd.protocol import (
     MAX_LINE,
@@ -190,8 +190,9 @@ class _IdentConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass: uvloop's
+        # TCPTransport is not one, so an isinstance() check would refuse every connection.
+        self._transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server._connections) >= server.max_connections or server._closing:
             logger.warning(
