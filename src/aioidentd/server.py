@@ -27,7 +27,7 @@ import secrets
 import socket
 import string
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aioidentd.listener import Listener, bind_sockets
 from aioidentd.protocol import (
@@ -54,6 +54,8 @@ LINGER: Final = 2.0
 CLOSE_GRACE: Final = 1.0
 _RANDOM_ALPHABET: Final = string.ascii_lowercase
 _RANDOM_LENGTH: Final = 8
+#: How encode_reply() writes the port pair at the start of a line, by reply style.
+_PORTS: Final[dict[str, bytes]] = {"compact": b"%d,%d", "spaced": b"%d , %d"}
 
 
 def _address(sockaddr: Any) -> Address:
@@ -130,6 +132,18 @@ class IdentRequest:
         conn.answer_ready()
         return True
 
+    def _set_line(self, line: bytes) -> bool:
+        """:meth:`_set` with the answer already encoded in the server's reply style."""
+        if self._answer is not None:
+            return False
+        conn = self._conn
+        if conn is None:
+            self._answer = b""
+            return False
+        self._answer = line
+        conn.answer_ready()
+        return True
+
     def __repr__(self) -> str:
         state = "answered" if self.answered else "pending"
         return (
@@ -177,8 +191,9 @@ class _IdentConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass: uvloop's
+        # TCPTransport is not one, so an isinstance() check would refuse every connection.
+        self._transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server._connections) >= server.max_connections or server._closing:
             logger.warning(
@@ -192,8 +207,13 @@ class _IdentConnection(asyncio.Protocol):
         server._connections.add(self)
         self.peer = _address(transport.get_extra_info("peername"))
         self.local = _address(transport.get_extra_info("sockname"))
-        self._idle_deadline = self._loop.time() + server.idle_timeout
-        self._arm(self._idle_deadline)
+        now = self._loop.time()
+        self._idle_deadline = now + server.idle_timeout
+        # Armed no later than the linger that follows the last answer, so that _finish()
+        # finds the timer due first and keeps it: one timer handle per short connection
+        # instead of one for the idle deadline, cancelled and replaced for the linger.
+        # Firing early costs one callback that re-arms for the idle deadline.
+        self._arm(min(self._idle_deadline, now + LINGER))
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -288,7 +308,7 @@ class _IdentConnection(asyncio.Protocol):
         handlers = server._handlers
         if not handlers:
             # Nobody can answer: do not make the client wait for the deadline.
-            request._set(server._fallback(server_port, client_port))
+            request._set_line(server._fallback_line(server_port, client_port))
             return
         for handler in handlers:
             try:
@@ -371,9 +391,10 @@ class _IdentConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         server = self.server
-        for request in list(self._pending):  # answering pops from the queue
+        # A copy: each answer may pop requests off the head of the queue (answer_ready).
+        for request in list(self._pending):
             if request._answer is None and request.deadline <= now:
-                request._set(server._fallback(request.server_port, request.client_port))
+                request._set_line(server._fallback_line(request.server_port, request.client_port))
                 if self._transport is None:
                     return
         if self._transport is None:
@@ -475,6 +496,8 @@ class IdentServer:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._closing = False
         self._closed: asyncio.Event | None = None
+        #: (default, reply_style, the default answer's line after its port pair)
+        self._default_tail: tuple[str, ReplyStyle, bytes] | None = None
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -608,6 +631,20 @@ class IdentServer:
             user = "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(_RANDOM_LENGTH))
             return UserIdReply(server_port, client_port, "UNIX", user.encode())
         return ErrorReply(server_port, client_port, "HIDDEN-USER")
+
+    def _fallback_line(self, server_port: int, client_port: int) -> bytes:
+        """``encode_reply(self._fallback(...), self.reply_style)``, without building and
+        validating a reply object per query when the answer is the fixed ``default``."""
+        default, style = self.default, self.reply_style
+        if default is None:
+            return encode_reply(self._fallback(server_port, client_port), style)
+        cached = self._default_tail
+        if cached is None or cached[0] != default or cached[1] != style:
+            line = encode_reply(UserIdReply.from_text(0, 0, "UNIX", default), style)
+            head = _PORTS[style] % (0, 0)
+            assert line.startswith(head)
+            cached = self._default_tail = (default, style, line[len(head) :])
+        return _PORTS[style] % (server_port, client_port) + cached[2]
 
     def _spawn(self, awaitable: Awaitable[None], request: IdentRequest) -> None:
         try:

@@ -1,0 +1,264 @@
+/*
+ * loadgen: a closed-loop RFC 1413 load generator for benchmarks/bench_server.py.
+ *
+ * One thread, epoll, non-blocking sockets, CONC queries in flight at any time.
+ *
+ *   loadgen HOST PORT MODE CONC SECONDS USER
+ *
+ * MODE "conn": every query on a new connection: connect, send "P, P\r\n", read one line,
+ *              then close with SO_LINGER 0 (an RST: neither end keeps a TIME_WAIT, so
+ *              hundreds of thousands of short loopback connections do not run out of
+ *              ports). Latency runs from connect() to the answer's end of line.
+ * MODE "keep": CONC connections stay open; each sends its next query as soon as the
+ *              previous answer arrived. Latency runs from send() to the end of line.
+ *
+ * Every answer must be exactly "S,C:USERID:UNIX:USER\r\n" for the ports sent; anything
+ * else counts as an error (kind and a sample printed). Prints one line of key=value
+ * pairs: counts, elapsed wall time, latency percentiles (microseconds) and this
+ * program's own CPU time, so the caller can show that it is not the bottleneck.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define QUERY_TIMEOUT 5.0
+#define MAX_SAMPLES (8u << 20)
+
+enum state { IDLE, CONNECTING, WAITING };
+enum err { E_CONNECT, E_RESET, E_EOF, E_WRONG, E_TIMEOUT, E_OTHER, E_COUNT };
+static const char *err_names[E_COUNT] = {"connect", "reset", "eof", "wrong", "timeout", "other"};
+
+struct slot {
+    int fd;
+    enum state st;
+    double t0;
+    unsigned sport, cport;
+    size_t len;
+    char buf[256];
+};
+
+static struct sockaddr_in addr;
+static int ep, keep;
+static const char *user;
+static uint64_t seq, ok, errors[E_COUNT];
+static float *lat;
+static size_t nlat;
+static char sample[128];
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void drop(struct slot *s, int abortive) {
+    if (s->fd >= 0) {
+        if (abortive) {
+            struct linger lg = {1, 0};
+            setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        }
+        close(s->fd);  /* also removes it from the epoll set */
+    }
+    s->fd = -1;
+    s->st = IDLE;
+}
+
+static void fail(struct slot *s, enum err kind) {
+    errors[kind]++;
+    drop(s, 1);
+}
+
+/* Send the next query on a connected socket and wait for its answer. */
+static int send_query(struct slot *s) {
+    char q[32];
+    uint64_t n = seq++;
+    s->sport = 1 + (unsigned)((n * 7919u) % 65535u);
+    s->cport = 1 + (unsigned)(n % 65535u);
+    int qlen = snprintf(q, sizeof q, "%u, %u\r\n", s->sport, s->cport);
+    if (keep) s->t0 = now();
+    s->len = 0;
+    if (send(s->fd, q, (size_t)qlen, MSG_NOSIGNAL) != qlen) {
+        fail(s, errno == ECONNRESET || errno == EPIPE ? E_RESET : E_OTHER);
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+    epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+    s->st = WAITING;
+    return 0;
+}
+
+static void start(struct slot *s) {
+    s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s->fd < 0) {
+        errors[E_OTHER]++;
+        return;
+    }
+    int one = 1;
+    setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    s->t0 = now();
+    s->st = CONNECTING;
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = s};
+    epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
+    if (connect(s->fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
+        send_query(s);
+    } else if (errno != EINPROGRESS) {
+        fail(s, E_CONNECT);
+    }
+}
+
+static void on_event(struct slot *s, uint32_t events) {
+    if (s->st == CONNECTING) {
+        int err = 0;
+        socklen_t elen = sizeof err;
+        getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+        if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+            fail(s, E_CONNECT);
+            return;
+        }
+        send_query(s);
+        return;
+    }
+    if (s->st != WAITING) return;
+    ssize_t n = recv(s->fd, s->buf + s->len, sizeof s->buf - 1 - s->len, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        fail(s, errno == ECONNRESET ? E_RESET : E_OTHER);
+        return;
+    }
+    if (n == 0) {
+        fail(s, E_EOF);
+        return;
+    }
+    s->len += (size_t)n;
+    s->buf[s->len] = '\0';
+    char *eol = memchr(s->buf, '\n', s->len);
+    if (eol == NULL) {
+        if (s->len >= sizeof s->buf - 1) fail(s, E_WRONG);
+        return;
+    }
+    double t1 = now();
+    char want[128];
+    int wlen = snprintf(want, sizeof want, "%u,%u:USERID:UNIX:%s\r\n", s->sport, s->cport, user);
+    size_t got = (size_t)(eol - s->buf) + 1;
+    if (got != (size_t)wlen || memcmp(s->buf, want, got) != 0 || got != s->len) {
+        if (sample[0] == '\0') {
+            size_t k = 0;
+            for (size_t i = 0; i < s->len && k + 5 < sizeof sample; i++) {
+                unsigned char c = (unsigned char)s->buf[i];
+                if (c >= 0x20 && c < 0x7f && c != ' ') sample[k++] = (char)c;
+                else k += (size_t)snprintf(sample + k, sizeof sample - k, "\\x%02x", c);
+            }
+            sample[k] = '\0';
+        }
+        fail(s, E_WRONG);
+        return;
+    }
+    ok++;
+    if (nlat < MAX_SAMPLES) lat[nlat++] = (float)((t1 - s->t0) * 1e6);
+    if (keep) {
+        send_query(s);
+    } else {
+        drop(s, 1);
+    }
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(double p) {
+    if (nlat == 0) return 0.0;
+    size_t i = (size_t)(p / 100.0 * (double)(nlat - 1) + 0.5);
+    return lat[i];
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER\n", argv[0]);
+        return 2;
+    }
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)atoi(argv[2]));
+    if (inet_pton(AF_INET, argv[1], &addr.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: bad IPv4 address %s\n", argv[1]);
+        return 2;
+    }
+    keep = strcmp(argv[3], "keep") == 0;
+    if (!keep && strcmp(argv[3], "conn") != 0) {
+        fprintf(stderr, "loadgen: mode must be conn or keep\n");
+        return 2;
+    }
+    int conc = atoi(argv[4]);
+    double seconds = atof(argv[5]);
+    user = argv[6];
+    if (conc < 1 || conc > 4096 || !(seconds > 0)) {
+        fprintf(stderr, "loadgen: bad concurrency or duration\n");
+        return 2;
+    }
+    lat = malloc(MAX_SAMPLES * sizeof *lat);
+    struct slot *slots = calloc((size_t)conc, sizeof *slots);
+    struct epoll_event *evs = calloc((size_t)conc, sizeof *evs);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (lat == NULL || slots == NULL || evs == NULL || ep < 0) {
+        perror("loadgen");
+        return 1;
+    }
+    double cpu0 = cpu_seconds();
+    double t_start = now();
+    double t_end = t_start + seconds;
+    double last_sweep = t_start;
+    for (int i = 0; i < conc; i++) {
+        slots[i].fd = -1;
+        start(&slots[i]);
+    }
+    for (;;) {
+        int n = epoll_wait(ep, evs, conc, 50);
+        for (int i = 0; i < n; i++) on_event(evs[i].data.ptr, evs[i].events);
+        double t = now();
+        if (t >= t_end) break;
+        if (t - last_sweep > 0.1) {
+            last_sweep = t;
+            for (int i = 0; i < conc; i++) {
+                if (slots[i].st != IDLE && t - slots[i].t0 > QUERY_TIMEOUT)
+                    fail(&slots[i], E_TIMEOUT);
+            }
+        }
+        for (int i = 0; i < conc; i++) {
+            if (slots[i].st == IDLE) start(&slots[i]);
+        }
+    }
+    double elapsed = now() - t_start;
+    double cpu = cpu_seconds() - cpu0;
+    for (int i = 0; i < conc; i++) drop(&slots[i], 1);
+    qsort(lat, nlat, sizeof *lat, cmp_float);
+    uint64_t nerr = 0;
+    for (int k = 0; k < E_COUNT; k++) nerr += errors[k];
+    printf("ok=%llu errors=%llu elapsed=%.6f cpu=%.6f p50_us=%.1f p90_us=%.1f p99_us=%.1f "
+           "max_us=%.1f",
+           (unsigned long long)ok, (unsigned long long)nerr, elapsed, cpu, pct(50), pct(90),
+           pct(99), nlat ? lat[nlat - 1] : 0.0);
+    for (int k = 0; k < E_COUNT; k++)
+        printf(" err_%s=%llu", err_names[k], (unsigned long long)errors[k]);
+    printf(" sample=%s\n", sample[0] ? sample : "-");
+    return 0;
+}
