@@ -370,7 +370,8 @@ class _IdentConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         server = self.server
-        for request in self._pending:
+        # A snapshot: each fallback may write and pop answers off the live deque.
+        for request in list(self._pending):
             if request._answer is None and request.deadline <= now:
                 request._set(server._fallback(request.server_port, request.client_port))
                 if self._transport is None:
