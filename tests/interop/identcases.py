@@ -35,6 +35,10 @@ ANSWERS: dict[str, Callable[[IdentRequest], Any] | None] = {
     "unknown-error": lambda r: r.error("UNKNOWN-ERROR"),
     "x-token": lambda r: r.error("X-NOT-TODAY"),
     "delayed": _delayed,
+    # Valid RFC 1413 ids that IRC servers treat their own way: ngircd accepts only
+    # [A-Za-z0-9]; InspIRCd truncates to <limits maxuser> (10 in our config).
+    "userid-underscore": lambda r: r.reply("UNIX", "al_ice"),
+    "userid-long": lambda r: r.reply("UNIX", "alice0123456789"),
     "fallback": None,
 }
 
