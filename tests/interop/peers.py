@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def _perl_module_error(module: str) -> str | None:
         [perl, f"-M{module}", "-e", "1"], capture_output=True, text=True, timeout=30
     )
     if proc.returncode != 0:
-        return f"Perl module {module} not installed: {proc.stderr.strip()[:200]}"
+        first = (proc.stderr.strip().splitlines() or ["perl failed"])[0]
+        return f"Perl module {module} not installed: {first.split(' (you may need')[0][:200]}"
     return None
 
 
@@ -78,18 +80,32 @@ def _netns_prefix() -> tuple[list[str] | None, str]:
     ip = shutil.which("ip") or shutil.which("ip", path=os.pathsep.join(_EXTRA_PATH))
     if ip is None:
         return None, "program 'ip' (iproute2) not installed"
-    # Root gets a plain network namespace; anyone else may still get one inside a user
-    # namespace (unshare -r maps them to root there) when the kernel allows it.
-    prefix = [unshare, "-n"] if os.geteuid() == 0 else [unshare, "-r", "-n"]
+    if os.geteuid() == 0:
+        prefix = [unshare, "-n", "sh", "-c", f'{shlex.quote(ip)} link set lo up && exec "$@"', "sh"]
+    else:
+        # Not root: a user namespace (unshare -r) owns the network namespace. Its root
+        # lets everyone bind ports below 1024 there and brings lo up, then hands over to
+        # a nested user namespace where we are our own uid again: ngircd run as (mapped)
+        # root insists on switching to "nobody", who does not exist in there.
+        uid, gid = os.getuid(), os.getgid()
+        prefix = [
+            unshare,
+            "-r",
+            "-n",
+            "sh",
+            "-c",
+            "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start"
+            f" && {shlex.quote(ip)} link set lo up"
+            f' && exec {shlex.quote(unshare)} --user --map-user={uid} --map-group={gid} "$@"',
+            "sh",
+        ]
     try:
-        proc = subprocess.run(
-            [*prefix, ip, "link", "set", "lo", "up"], capture_output=True, text=True, timeout=30
-        )
+        proc = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"cannot create a network namespace ({' '.join(prefix)}): {exc}"
+        return None, f"cannot create a network namespace ({' '.join(prefix[:3])}): {exc}"
     if proc.returncode != 0:
         return None, (
-            f"cannot create a network namespace with {' '.join(prefix)} "
+            f"cannot create a network namespace with {' '.join(prefix[:3])} "
             f"(needs root/CAP_SYS_ADMIN or unprivileged user namespaces): "
             f"{proc.stderr.strip()[:200]}"
         )
