@@ -370,7 +370,15 @@ class _IdentConnection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             transport.resume_reading()
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError as exc:
+            # The peer read its answer and reset the connection before we half-closed
+            # (ENOTCONN): nothing is left to drain. Never let this reach the handler
+            # that called reply()/error().
+            logger.debug("%s: half-close failed for %s: %s", self.server, self.peer, exc)
+            transport.close()
+            return
         self._idle_deadline = self._loop.time() + min(LINGER, self.server.idle_timeout)
         self._arm(self._idle_deadline)
 

@@ -1,0 +1,78 @@
+"""The answers our server gives in the interop cases, shared by the tests and the drivers
+that run inside a network namespace (``netns_*.py``, started as plain scripts).
+
+A case is picked per query by the queried port pair, so that one server and one peer run
+can carry every case at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aioidentd.server import IdentRequest
+
+#: How long the "delayed" case waits before answering: well under every peer's timeout
+#: (ngircd 10 s, InspIRCd 5 s as configured, the Perl clients as asked).
+DELAY = 1.0
+
+
+async def _delayed(request: IdentRequest) -> None:
+    await asyncio.sleep(DELAY)
+    request.reply("UNIX", "alice")
+
+
+#: case name -> what the handler does with the request (None: it never answers, so the
+#: server's fallback goes out after ``response_timeout``).
+ANSWERS: dict[str, Callable[[IdentRequest], Any] | None] = {
+    "userid": lambda r: r.reply("UNIX", "alice"),
+    "userid-other": lambda r: r.reply("OTHER", "alice smith"),
+    "userid-charset": lambda r: r.reply("UNIX", "jürgen", charset="UTF-8"),
+    "no-user": lambda r: r.error("NO-USER"),
+    "hidden-user": lambda r: r.error("HIDDEN-USER"),
+    "invalid-port": lambda r: r.error("INVALID-PORT"),
+    "unknown-error": lambda r: r.error("UNKNOWN-ERROR"),
+    "x-token": lambda r: r.error("X-NOT-TODAY"),
+    "delayed": _delayed,
+    # Valid RFC 1413 ids that IRC servers treat their own way: ngircd accepts only
+    # [A-Za-z0-9]; InspIRCd truncates to <limits maxuser> (10 in our config).
+    "userid-underscore": lambda r: r.reply("UNIX", "al_ice"),
+    "userid-long": lambda r: r.reply("UNIX", "alice0123456789"),
+    "fallback": None,
+}
+
+
+def make_handler(
+    case_of: Callable[[IdentRequest], str | None],
+    seen: list[dict[str, Any]] | None = None,
+) -> Callable[[IdentRequest], Awaitable[None] | None]:
+    """A handler that answers each request as its case says (unknown: ``NO-USER``) and
+    records ``{"case", "server_port", "client_port", "peer"}`` in ``seen``."""
+
+    def handler(request: IdentRequest) -> Awaitable[None] | None:
+        case = case_of(request)
+        if seen is not None:
+            seen.append(
+                {
+                    "case": case,
+                    "server_port": request.server_port,
+                    "client_port": request.client_port,
+                    "peer": list(request.peer),
+                    "local": list(request.local),
+                }
+            )
+        if case is None:
+            request.error("NO-USER")
+            return None
+        action = ANSWERS[case]
+        if action is None:
+            return None
+        result = action(request)
+        return result if asyncio.iscoroutine(result) else None
+
+    return handler
+
+
+def by_server_port(ports: Mapping[int, str]) -> Callable[[IdentRequest], str | None]:
+    return lambda request: ports.get(request.server_port)
