@@ -12,6 +12,7 @@ PACKAGES=(
   inspircd
   iproute2                            # ip netns / unshare for port 113 in a namespace
   util-linux
+  gcc                                 # builds the benchmark load generator (benchmarks/loadgen.c)
 )
 
 missing=()
