@@ -119,5 +119,5 @@ def test_port_in_use_is_a_clear_error() -> None:
             timeout=30,
         )
     assert proc.returncode == 1
-    assert f"cannot listen on port {port}" in proc.stderr
+    assert f"cannot bind 127.0.0.1 port {port}: Address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -200,7 +200,9 @@ class ServerConfig:
     max_connections: int = 1024
     user: str = "nobody"
     group: str | None = None
+    allow_root: bool = False
     log_queries: bool = False
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +240,9 @@ class Config:
             f"idle timeout {server.idle_timeout:g} s, response timeout "
             f"{server.response_timeout:g} s, at most {server.max_connections} connections",
             f"  {server.reply_style} replies; run as user {server.user}, group "
-            f"{group}; "
-            f"queries {'logged' if server.log_queries else 'not logged'}",
+            f"{group}{' (root allowed)' if server.allow_root else ''}; "
+            f"queries {'logged' if server.log_queries else 'not logged'}; "
+            f"{server.workers} worker process{'es' if server.workers > 1 else ''}",
             "replies:",
             f"  opsys {reply.opsys}, "
             + (f"charset {reply.charset}" if reply.charset else "no charset (US-ASCII)")
@@ -418,7 +421,9 @@ _SERVER_KEYS: Final = (
     "max_connections",
     "user",
     "group",
+    "allow_root",
     "log_queries",
+    "workers",
 )
 _REPLY_KEYS: Final = ("opsys", "charset", "mask_errors")
 _TOP_KEYS: Final = ("server", "reply", "default", "user", "group", "rule")
@@ -591,7 +596,7 @@ class _Validator:
             if not 0 <= port <= 65535:
                 raise self.error((*path, "port"), f"'port' must be 0..65535, got {port}")
             values["port"] = port
-        for key in ("multiple", "log_queries"):
+        for key in ("multiple", "log_queries", "allow_root"):
             if key in table:
                 values[key] = self.typed(table, key, path, bool)
         for key in ("idle_timeout", "response_timeout"):
@@ -611,6 +616,11 @@ class _Validator:
                     (*path, "max_connections"), f"'max_connections' must be >= 1, got {count}"
                 )
             values["max_connections"] = count
+        if "workers" in table:
+            workers: int = self.typed(table, "workers", path, int)
+            if not 1 <= workers <= 256:
+                raise self.error((*path, "workers"), f"'workers' must be 1..256, got {workers}")
+            values["workers"] = workers
         for key in ("user", "group"):
             if key in table:
                 name: str = self.typed(table, key, path, str)

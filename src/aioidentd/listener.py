@@ -53,9 +53,13 @@ def bind_sockets(
             raise ValueError("no address to listen on")
     infos: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
     for name in hosts:
-        for info in socket.getaddrinfo(
-            name, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-        ):
+        try:
+            found = socket.getaddrinfo(
+                name, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+            )
+        except socket.gaierror as exc:
+            raise OSError(exc.errno, f"cannot listen on {name!r}: {exc.strerror}") from None
+        for info in found:
             entry = (info[0], info[4])
             if entry[0] in (socket.AF_INET, socket.AF_INET6) and entry not in infos:
                 infos.append(entry)

@@ -121,6 +121,18 @@ class IdentRequest:
         ``UNKNOWN-ERROR`` in any case, or an ``X`` token)."""
         return self._set(ErrorReply(self.server_port, self.client_port, error))
 
+    def answer(self, reply: UserIdReply | ErrorReply) -> bool:
+        """Answer with a ready-made reply object (its port pair must be this query's).
+
+        For callers that decide with protocol objects, such as the daemon's policy.
+        """
+        if (reply.server_port, reply.client_port) != (self.server_port, self.client_port):
+            raise ValueError(
+                f"reply is for {reply.server_port},{reply.client_port}, "
+                f"the query was {self.server_port},{self.client_port}"
+            )
+        return self._set(reply)
+
     def _set(self, reply: UserIdReply | ErrorReply) -> bool:
         if self._answer is not None:
             return False
@@ -128,9 +140,7 @@ class IdentRequest:
         if conn is None:
             self._answer = b""
             return False
-        self._answer = encode_reply(reply, conn.server.reply_style)
-        conn.answer_ready()
-        return True
+        return self._set_line(encode_reply(reply, conn.server.reply_style))
 
     def _set_line(self, line: bytes) -> bool:
         """:meth:`_set` with the answer already encoded in the server's reply style."""
@@ -162,6 +172,7 @@ class _IdentConnection(asyncio.Protocol):
         "_idle_deadline",
         "_in_process",
         "_loop",
+        "_lost",
         "_paused",
         "_pending",
         "_timer",
@@ -185,6 +196,8 @@ class _IdentConnection(asyncio.Protocol):
         self._eof = False
         self._paused = False
         self._in_process = False
+        #: Resolved when the connection is gone (only for serve_connection()).
+        self._lost: asyncio.Future[None] | None = None
         self.peer: Address = ("", 0)
         self.local: Address = ("", 0)
 
@@ -236,6 +249,8 @@ class _IdentConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         transport, self._transport = self._transport, None
         if transport is None:
             return
@@ -599,6 +614,23 @@ class IdentServer:
         if self._closed is not None:
             self._closed.set()
         logger.info("%s: closed", self)
+
+    async def serve_connection(self, sock: socket.socket) -> None:
+        """Serve one connection accepted elsewhere (inetd mode, systemd ``Accept=yes``)
+        until it closes. Needs no listening socket and no :meth:`start`."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._closed = asyncio.Event()
+        lost = self._loop.create_future()
+
+        def factory() -> _IdentConnection:
+            conn = _IdentConnection(self)
+            conn._lost = lost
+            return conn
+
+        sock.setblocking(False)
+        await self._loop.connect_accepted_socket(factory, sock)
+        await lost
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from elsewhere) or the task is cancelled."""

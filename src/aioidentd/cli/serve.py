@@ -1,21 +1,24 @@
-"""``aioidentd serve``: run an ident server from the command line.
+"""``aioidentd serve``: the ident daemon.
 
-Without handlers every query gets the fallback answer (``--default``, ``--random``, else
-``HIDDEN-USER``), at once. The default address is an unprivileged loopback port so that
-trying it needs no root; ``--port 113`` makes it a real identd.
+By default every query is answered from the kernel's socket table through the policy
+(a configuration file, or the built-in one: user names, root hidden). ``--default USER``
+or ``--random`` answer every query the same way without any lookup, like ``oidentd -R``.
+
+Without ``--config`` it listens on an unprivileged loopback port so that trying it needs
+no root; the configuration file's defaults are those of a real identd (every interface,
+port 113). Flags given on the command line win over the file, on every reload too.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import signal
 import sys
+from typing import Any
 
+from aioidentd.config import ConfigError, ServerConfig
+from aioidentd.daemon import Daemon, DaemonError
 from aioidentd.protocol import UserIdReply
-from aioidentd.server import IdentServer
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1113
@@ -51,67 +54,111 @@ def _user_id(text: str) -> str:
     return text
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _count(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def _host(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("empty address")
+    return text
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="run an ident server",
-        description="Run an RFC 1413 ident server answering every query with the fallback.",
+        help="run the ident daemon",
+        description="Run an RFC 1413 ident server. Answers come from the kernel's socket "
+        "table through the policy of --config (or the built-in one), or, with --default "
+        "or --random, are the same static answer for every query.",
     )
-    parser.add_argument(
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration (docs/config.md)")
+    where = parser.add_argument_group("listening (flags win over the configuration file)")
+    where.add_argument(
         "--host",
         action="append",
+        type=_host,
         metavar="ADDR",
         help=f"address to listen on; repeat for several; '*' for every interface "
-        f"(default {DEFAULT_HOST})",
+        f"(default without --config: {DEFAULT_HOST})",
     )
-    parser.add_argument(
+    where.add_argument(
         "--port",
         type=_port,
-        default=DEFAULT_PORT,
-        help=f"TCP port (default {DEFAULT_PORT}; 113 is the real ident port, 0 ephemeral)",
+        help=f"TCP port; 113 is the ident port, 0 a free one (default without --config: "
+        f"{DEFAULT_PORT})",
     )
-    parser.add_argument(
-        "--multiple", action="store_true", help="answer many queries per connection"
+    where.add_argument(
+        "--multiple",
+        action=argparse.BooleanOptionalAction,
+        help="answer many queries per connection",
     )
-    parser.add_argument(
+    where.add_argument(
         "--idle-timeout",
         type=_seconds,
-        default=60.0,
         metavar="S",
         help="close a connection idle this long (default 60; RFC 1413 suggests 60-180)",
     )
-    parser.add_argument(
+    where.add_argument(
         "--response-timeout",
         type=_seconds,
-        default=10.0,
         metavar="S",
-        help="deadline for an answer before the fallback goes out (default 10)",
+        help="deadline for an answer before the fallback goes out (default 1)",
     )
-    answer = parser.add_mutually_exclusive_group()
-    answer.add_argument("--default", type=_user_id, metavar="USER", help="answer USERID:UNIX:USER")
-    answer.add_argument(
-        "--random", action="store_true", help="answer a fresh random user id per query"
-    )
-    parser.add_argument(
+    where.add_argument(
         "--reply-style",
         choices=("compact", "spaced"),
-        default="compact",
-        help="'compact' (6193,23:USERID:UNIX:x) or 'spaced' (6193 , 23 : USERID : UNIX : x)",
+        help="'compact' (6193,23:USERID:UNIX:x, default) or 'spaced' "
+        "(6193 , 23 : USERID : UNIX : x)",
     )
-    parser.add_argument(
-        "--max-connections", type=_count, default=1024, metavar="N", help="default 1024"
+    where.add_argument("--max-connections", type=_count(1, 10**6), metavar="N")
+    where.add_argument(
+        "--workers",
+        type=_count(1, 256),
+        metavar="N",
+        help="processes sharing the port with SO_REUSEPORT (default 1)",
     )
-    parser.add_argument(
+    where.add_argument(
+        "--inetd",
+        action="store_true",
+        help="serve the one connection on standard input (inetd, systemd Accept=yes)",
+    )
+    who = parser.add_argument_group("privileges")
+    who.add_argument("--user", metavar="USER", help="user to run as after binding (nobody)")
+    who.add_argument("--group", metavar="GROUP", help="group to run as (the user's primary group)")
+    who.add_argument(
+        "--allow-root",
+        action=argparse.BooleanOptionalAction,
+        help="keep running as root if --user is root (refused otherwise)",
+    )
+    answer = parser.add_mutually_exclusive_group()
+    answer.add_argument(
+        "--default",
+        type=_user_id,
+        metavar="USER",
+        help="static mode: answer USERID:UNIX:USER to every query (no lookup)",
+    )
+    answer.add_argument(
+        "--random",
+        action="store_true",
+        help="static mode: answer a fresh random user id to every query (no lookup)",
+    )
+    logs = parser.add_argument_group("logging")
+    logs.add_argument(
+        "--log-queries",
+        action=argparse.BooleanOptionalAction,
+        help="log every query and its answer at INFO",
+    )
+    logs.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -120,50 +167,55 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+_FLAGS = {
+    "port": "port",
+    "multiple": "multiple",
+    "idle_timeout": "idle_timeout",
+    "response_timeout": "response_timeout",
+    "reply_style": "reply_style",
+    "max_connections": "max_connections",
+    "workers": "workers",
+    "user": "user",
+    "group": "group",
+    "allow_root": "allow_root",
+    "log_queries": "log_queries",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None
+    }
+    if args.host:
+        overrides["listen"] = None if "*" in args.host else tuple(args.host)
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    hosts: list[str] | None = args.host or [DEFAULT_HOST]
-    if hosts is not None and "*" in hosts:
-        hosts = None
-    server = IdentServer(
-        hosts,
-        args.port,
-        multiple=args.multiple,
-        idle_timeout=args.idle_timeout,
-        response_timeout=args.response_timeout,
-        default=args.default,
-        random=args.random,
-        reply_style=args.reply_style,
-        max_connections=args.max_connections,
-        name="aioidentd",
-    )
+    if args.host and "*" in args.host and len(args.host) > 1:
+        print("aioidentd serve: error: '*' (every interface) must be given alone", file=sys.stderr)
+        return 2
+    base = ServerConfig(listen=(DEFAULT_HOST,), port=DEFAULT_PORT)
     try:
-        return asyncio.run(_serve(server))
+        daemon = Daemon.load(
+            args.config,
+            _overrides(args),
+            base=base,
+            default=args.default,
+            random=args.random,
+            inetd=args.inetd,
+        )
+        return daemon.run()
+    except ConfigError as exc:
+        print(f"aioidentd: {exc}", file=sys.stderr)
+        return 1
+    except DaemonError as exc:
+        print(f"aioidentd: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
-
-
-async def _serve(server: IdentServer) -> int:
-    try:
-        await server.start()
-    except OSError as exc:
-        print(
-            f"aioidentd: cannot listen on port {server.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    where = ", ".join(f"{host}:{port}" for host, port in server.addresses)
-    logger.info("serving ident on %s", where)
-    await stop.wait()
-    logger.info("shutting down")
-    await server.close()
-    return 0

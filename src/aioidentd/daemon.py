@@ -1,0 +1,402 @@
+"""The host identd: real answers from the kernel, through the policy, and the process
+life cycle around :class:`~aioidentd.server.IdentServer` (privileges, systemd, inetd,
+reloads, worker processes).
+
+The order of start-up is the point of this module: everything that needs root (binding
+port 113) or may need files the unprivileged user cannot read (Python's own modules, when
+the interpreter lives under ``/root``) happens first; then privileges are dropped; only
+then are queries read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures.thread  # noqa: F401  (imported before privileges are dropped)
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from aioidentd.activation import ActivationError, inherited_sockets, is_listening, stdin_socket
+from aioidentd.config import Config, ConfigError, ServerConfig, load_config
+from aioidentd.listener import bind_sockets
+from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
+from aioidentd.policy import Decision, Policy
+from aioidentd.privileges import Identity, PrivilegeError, drop_privileges, resolve_identity
+from aioidentd.server import IdentRequest, IdentServer
+
+__all__ = ["Daemon", "DaemonError", "KernelResponder"]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start; the message is meant for the administrator."""
+
+
+class KernelResponder:
+    """An :class:`IdentServer` handler that answers from the kernel's socket table.
+
+    The queried connection is named by the RFC's rule: our end is the address the query
+    arrived on with the queried server port, the other end is the querier's own address
+    with the client port. So a host can only ask about its own connections to us.
+    """
+
+    def __init__(self, lookup: SocketLookup, policy: Policy, *, log_queries: bool = False):
+        self.lookup = lookup
+        self.policy = policy
+        self.log_queries = log_queries
+
+    def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
+        local = (request.local[0], request.server_port)
+        remote = (request.peer[0], request.client_port)
+        if self.lookup.blocking or self.policy.reads_files:
+            # /proc scans and users' reply files may block: off the event loop.
+            return self._answer_off_loop(request, local, remote)
+        self._send(request, self._decide(local, remote))
+        return None
+
+    async def _answer_off_loop(
+        self, request: IdentRequest, local: Address, remote: Address
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        decision = await loop.run_in_executor(None, self._decide, local, remote)
+        self._send(request, decision)
+
+    def _decide(self, local: Address, remote: Address) -> Decision | None:
+        """The policy's decision, or None when the lookup itself failed."""
+        try:
+            uid = self.lookup.owner(local, remote)
+        except (SocketLookupError, ValueError) as exc:
+            logger.warning("lookup of %s:%d <-> %s:%d failed: %s", *local, *remote, exc)
+            return None
+        return self.policy.decide(uid, local, remote)
+
+    def _send(self, request: IdentRequest, decision: Decision | None) -> None:
+        if decision is None:
+            error = "UNKNOWN-ERROR"
+            request.error(error)
+            if self.log_queries:
+                logger.info(
+                    "%s:%d asked %d,%d: %s (lookup failed)",
+                    *request.peer,
+                    request.server_port,
+                    request.client_port,
+                    error,
+                )
+            return
+        request.answer(decision.reply(request.server_port, request.client_port))
+        if self.log_queries or decision.spoofed:
+            # Spoofed answers are always logged with the real user, for abuse handling.
+            logger.info(
+                "%s:%d asked %d,%d: %s",
+                *request.peer,
+                request.server_port,
+                request.client_port,
+                decision.describe(),
+            )
+
+
+@dataclasses.dataclass(slots=True)
+class Daemon:
+    """What ``aioidentd serve`` runs: the configuration plus how to start.
+
+    ``overrides`` are the command line's ``[server]`` settings; they win over the file's
+    on every (re)load. ``static`` is the fallback-only mode of ``--default``/``--random``
+    (every query gets that answer, no lookup), like ``oidentd -R``.
+    """
+
+    config: Config
+    config_path: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    default: str | None = None
+    random: bool = False
+    inetd: bool = False
+
+    @property
+    def static(self) -> bool:
+        return self.default is not None or self.random
+
+    @classmethod
+    def load(
+        cls,
+        config_path: str | None,
+        overrides: dict[str, Any],
+        base: ServerConfig | None = None,
+        **options: Any,
+    ) -> Daemon:
+        """Read the file (or start from ``base``/built-in defaults) and apply overrides.
+
+        Raises :class:`ConfigError` with a ``file:line: message`` text.
+        """
+        config = load_config(config_path) if config_path else Config()
+        if config_path is None and base is not None:
+            config = dataclasses.replace(config, server=base)
+        config = _with_overrides(config, overrides)
+        return cls(config, config_path, overrides, **options)
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Bind, drop privileges, serve until SIGTERM/SIGINT; returns the exit status."""
+        server = self.config.server
+        try:
+            socks, connected = self._sockets()
+        except OSError as exc:
+            raise DaemonError(exc.strerror or str(exc)) from None
+        except ActivationError as exc:
+            raise DaemonError(str(exc)) from None
+        identity = self._identity()
+        workers = server.workers if not connected else 1
+        if workers > 1:
+            return self._run_workers(socks, identity)
+        lookup = None if self.static else self._lookup()
+        self._drop(identity)
+        return asyncio.run(self._serve(socks, connected, lookup))
+
+    def _sockets(self) -> tuple[list[socket.socket], socket.socket | None]:
+        """Listening sockets, or the one connection of inetd mode."""
+        server = self.config.server
+        if self.inetd:
+            return [], stdin_socket()
+        inherited = inherited_sockets()
+        if inherited:
+            connected = [s for s in inherited if not is_listening(s)]
+            if connected:
+                # systemd Accept=yes: one connection per instance, like inetd.
+                for sock in inherited[1:]:
+                    sock.close()
+                return [], connected[0]
+            logger.info(
+                "serving %d socket(s) passed by systemd; 'listen' and 'port' are not used",
+                len(inherited),
+            )
+            return inherited, None
+        copies = server.workers if server.workers > 1 else 1
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(copies):
+                socks.extend(
+                    bind_sockets(
+                        server.listen,
+                        server.port if not socks else _port_of(socks),
+                        backlog=1024,
+                        reuse_port=copies > 1,
+                    )
+                )
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks, None
+
+    def _identity(self) -> Identity | None:
+        if os.geteuid() != 0:
+            return None
+        server = self.config.server
+        try:
+            identity = resolve_identity(server.user, server.group)
+        except PrivilegeError as exc:
+            raise DaemonError(str(exc)) from None
+        if identity.uid == 0 and not server.allow_root:
+            raise DaemonError(
+                "refusing to run as root: set [server] user to an unprivileged user "
+                "(default nobody), or allow_root = true / --allow-root"
+            )
+        return identity
+
+    def _drop(self, identity: Identity | None) -> None:
+        if identity is None:
+            return
+        try:
+            drop_privileges(identity, allow_root=self.config.server.allow_root)
+        except (PrivilegeError, OSError) as exc:
+            raise DaemonError(f"cannot drop privileges: {exc}") from None
+
+    def _lookup(self) -> SocketLookup:
+        try:
+            return default_lookup()
+        except (SocketLookupError, OSError) as exc:
+            raise DaemonError(f"no way to look up connections: {exc}") from None
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _make_server(
+        self, socks: list[socket.socket], lookup: SocketLookup | None
+    ) -> tuple[IdentServer, KernelResponder | None]:
+        server = self.config.server
+        handlers = []
+        responder = None
+        if lookup is not None:
+            responder = KernelResponder(lookup, Policy(self.config), log_queries=server.log_queries)
+            handlers.append(responder)
+        ident = IdentServer(
+            None,
+            0,
+            sock=socks,
+            multiple=server.multiple,
+            idle_timeout=server.idle_timeout,
+            response_timeout=server.response_timeout,
+            reply_style=server.reply_style,
+            max_connections=server.max_connections,
+            default=self.default,
+            random=self.random,
+            handlers=handlers,
+            name="aioidentd",
+        )
+        return ident, responder
+
+    async def _serve(
+        self,
+        socks: list[socket.socket],
+        connected: socket.socket | None,
+        lookup: SocketLookup | None,
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        ident, responder = self._make_server(socks, lookup)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload, responder)
+        try:
+            if connected is not None:
+                serving = asyncio.ensure_future(ident.serve_connection(connected))
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                await ident.close()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+                return 0
+            await ident.start()
+            where = ", ".join(f"{host}:{port}" for host, port in ident.addresses)
+            mode = "static answers" if self.static else "kernel lookups"
+            logger.info("serving ident on %s (%s)", where, mode)
+            await stop.wait()
+            logger.info("shutting down")
+            await ident.close()
+            return 0
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            if lookup is not None and hasattr(lookup, "close"):
+                lookup.close()
+
+    def _reload(self, responder: KernelResponder | None) -> None:
+        """SIGHUP: read the file again; a bad file is logged and the old policy stays."""
+        if self.config_path is None:
+            logger.info("SIGHUP: no configuration file to reload")
+            return
+        try:
+            fresh = _with_overrides(load_config(self.config_path), self.overrides)
+        except ConfigError as exc:
+            logger.warning("SIGHUP: keeping the running configuration: %s", exc)
+            return
+        if responder is not None:
+            responder.policy = Policy(fresh)
+            responder.log_queries = fresh.server.log_queries
+        old = self.config.server
+        live = ("log_queries",)
+        changed = [
+            f.name
+            for f in dataclasses.fields(old)
+            if f.name not in live and getattr(old, f.name) != getattr(fresh.server, f.name)
+        ]
+        # [server] stays as started: sockets and limits are fixed until a restart.
+        self.config = dataclasses.replace(fresh, server=old)
+        if changed:
+            logger.warning(
+                "SIGHUP: [server] %s changed; that takes effect after a restart",
+                ", ".join(changed),
+            )
+        logger.info("SIGHUP: configuration reloaded from %s", self.config_path)
+
+    # -- worker processes ----------------------------------------------------------------------
+
+    def _run_workers(self, socks: list[socket.socket], identity: Identity | None) -> int:
+        """N processes, each with its own SO_REUSEPORT sockets; the parent supervises."""
+        count = self.config.server.workers
+        per = len(socks) // count
+        groups = [socks[i * per : (i + 1) * per] for i in range(count)]
+        children: dict[int, int] = {}  # pid -> group index
+        stopping = False
+
+        def start(index: int) -> None:
+            pid = os.fork()
+            if pid == 0:  # child
+                status = 1
+                try:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                    for other, group in enumerate(groups):
+                        if other != index:
+                            for sock in group:
+                                sock.close()
+                    lookup = None if self.static else self._lookup()
+                    self._drop(identity)
+                    status = asyncio.run(self._serve(groups[index], None, lookup))
+                except DaemonError as exc:
+                    print(f"aioidentd: worker {index}: {exc}", file=sys.stderr)
+                except BaseException:
+                    logger.exception("worker %d failed", index)
+                finally:
+                    os._exit(status)
+            children[pid] = index
+
+        def forward(signum: int, frame: object) -> None:
+            nonlocal stopping
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                stopping = True
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+        for index in range(count):
+            start(index)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, forward)
+        self._drop(identity)  # the supervisor needs no root either
+        logger.info("started %d workers: %s", count, ", ".join(map(str, children)))
+        status = 0
+        last_restart = 0.0
+        while children:
+            try:
+                pid, raw = os.wait()
+            except ChildProcessError:
+                break
+            index = children.pop(pid, -1)
+            code = os.waitstatus_to_exitcode(raw)
+            if stopping or index < 0:
+                status = status or (code if code > 0 else 0)
+                continue
+            logger.warning("worker %d (pid %d) exited with status %d; restarting", index, pid, code)
+            # Do not spin if a worker dies at once every time.
+            wait = 1.0 - (time.monotonic() - last_restart)
+            if wait > 0:
+                time.sleep(wait)
+            last_restart = time.monotonic()
+            if not stopping:
+                start(index)
+        for sock in socks:
+            sock.close()
+        return status
+
+
+def _port_of(socks: list[socket.socket]) -> int:
+    port: int = socks[0].getsockname()[1]
+    return port
+
+
+def _with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    if not overrides:
+        return config
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
