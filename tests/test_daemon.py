@@ -1,0 +1,533 @@
+"""``aioidentd serve`` as the host's identd: real lookups of real connections.
+
+These tests need root (CI runs as root): the daemon drops privileges to nobody, and the
+connections it is asked about are made by processes of other users. Without root they are
+skipped with the reason, except in CI, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC}
+NOBODY = 65534
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        reason = "needs root: the daemon drops privileges and other users own connections"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+class Daemon:
+    """A running ``aioidentd serve`` process and what it logged."""
+
+    def __init__(self, args: list[str], **popen: Any) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aioidentd", "serve", *args],
+            env=ENV,
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def port(self) -> int:
+        return int(self.wait_for(r"serving ident on \S+:(\d+)").group(1))
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._reader.join(2)
+
+
+@contextmanager
+def daemon(*args: str, **popen: Any) -> Iterator[Daemon]:
+    running = Daemon(list(args), **popen)
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+        running.proc.wait()
+
+
+def ask(port: int, line: bytes, host: str = "127.0.0.1", source: str | None = None) -> bytes:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        if source is not None:
+            sock.bind((source, 0))
+        sock.connect((host, port))
+        sock.sendall(line)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+@contextmanager
+def as_nobody(action: Callable[[], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Run ``action`` in a forked child that has become nobody, and keep the child (and
+    so its sockets) alive until the block ends. ``action`` must not import anything: the
+    interpreter's files may not be readable by nobody."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            result = action()
+            os.write(write_end, json.dumps(result).encode() + b"\n")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        line = pipe.readline()
+    try:
+        assert line, "the child running as nobody failed"
+        yield json.loads(line)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def connect_from_nobody(host: str, port: int) -> Callable[[], dict[str, Any]]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    def action() -> dict[str, Any]:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.connect((host, port))
+        _KEEP.append(sock)
+        return {"port": sock.getsockname()[1]}
+
+    return action
+
+
+_KEEP: list[socket.socket] = []  # sockets a nobody child must hold open
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock
+
+
+# -- real lookups --------------------------------------------------------------------------
+
+
+def test_answers_the_owner_of_ipv4_connections(listener: socket.socket) -> None:
+    need_root()
+    lport = listener.getsockname()[1]
+    with daemon("--port", "0", "--log-queries") as d:
+        port = d.port
+        with as_nobody(connect_from_nobody("127.0.0.1", lport)) as child:
+            accepted, _ = listener.accept()
+            nport = child["port"]
+            assert ask(port, b"%d,%d\r\n" % (nport, lport)) == b"%d,%d:USERID:UNIX:nobody\r\n" % (
+                nport,
+                lport,
+            )
+            # The other end is ours (root): hidden by default, never "root".
+            assert ask(port, b"%d,%d\r\n" % (lport, nport)) == b"%d,%d:ERROR:HIDDEN-USER\r\n" % (
+                lport,
+                nport,
+            )
+            accepted.close()
+        # No such connection.
+        assert ask(port, b"1,2\r\n") == b"1,2:ERROR:NO-USER\r\n"
+        line = d.wait_for(rf"asked {nport},{lport}: nobody \(uid 65534\) replied as 'nobody'")
+        assert "127.0.0.1:" in line.string
+        assert d.stop() == 0
+
+
+def test_answers_over_ipv6() -> None:
+    need_root()
+    with socket.socket(socket.AF_INET6) as listener6:
+        listener6.bind(("::1", 0))
+        listener6.listen()
+        lport = listener6.getsockname()[1]
+        with (
+            daemon("--host", "::1", "--port", "0") as d,
+            as_nobody(connect_from_nobody("::1", lport)) as child,
+        ):
+            port = d.port
+            nport = child["port"]
+            answer = ask(port, b"%d,%d\r\n" % (nport, lport), host="::1")
+            assert answer == b"%d,%d:USERID:UNIX:nobody\r\n" % (nport, lport)
+
+
+def test_answers_for_v4_mapped_sockets_of_a_dual_stack_listener() -> None:
+    need_root()
+
+    def dual_stack_listener() -> dict[str, Any]:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+        sock.listen()
+        _KEEP.append(sock)
+        port = sock.getsockname()[1]
+
+        def accept_forever() -> None:
+            while True:
+                conn, _ = sock.accept()
+                _KEEP.append(conn)
+
+        threading.Thread(target=accept_forever, daemon=True).start()
+        return {"port": port}
+
+    with daemon("--port", "0") as d, as_nobody(dual_stack_listener) as child:
+        port = d.port
+        with socket.create_connection(("127.0.0.1", child["port"])) as client:
+            cport = client.getsockname()[1]
+            time.sleep(0.1)  # let the child accept
+            answer = ask(port, b"%d,%d\r\n" % (child["port"], cport))
+            assert answer == b"%d,%d:USERID:UNIX:nobody\r\n" % (child["port"], cport)
+
+
+def test_time_wait_is_no_user_not_root(listener: socket.socket) -> None:
+    need_root()
+    lport = listener.getsockname()[1]
+
+    def connect_and_close() -> dict[str, Any]:
+        sock = socket.socket()
+        sock.connect(("127.0.0.1", lport))
+        port = sock.getsockname()[1]
+        sock.close()  # the active closer ends in TIME_WAIT
+        return {"port": port}
+
+    with daemon("--port", "0") as d, as_nobody(connect_and_close) as child:
+        port = d.port
+        accepted, _ = listener.accept()
+        accepted.recv(1)
+        accepted.close()
+        nport = child["port"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _in_time_wait(nport, lport):
+            time.sleep(0.05)
+        assert _in_time_wait(nport, lport)
+        assert ask(port, b"%d,%d\r\n" % (nport, lport)) == b"%d,%d:ERROR:NO-USER\r\n" % (
+            nport,
+            lport,
+        )
+
+
+def _in_time_wait(local_port: int, remote_port: int) -> bool:
+    wanted = f":{local_port:04X} 0100007F:{remote_port:04X} 06 "
+    return wanted in Path("/proc/net/tcp").read_text()
+
+
+def test_only_the_querier_may_ask_about_its_connections() -> None:
+    need_root()
+    with socket.socket() as far:
+        far.bind(("127.0.0.2", 0))
+        far.listen()
+        fport = far.getsockname()[1]
+        with (
+            daemon("--port", "0") as d,
+            as_nobody(connect_from_nobody("127.0.0.2", fport)) as child,
+        ):
+            port = d.port
+            query = b"%d,%d\r\n" % (child["port"], fport)
+            # 127.0.0.1 asks about nobody's connection to 127.0.0.2: not its business.
+            assert ask(port, query) == b"%d,%d:ERROR:NO-USER\r\n" % (child["port"], fport)
+            # 127.0.0.2, the connection's other end, gets the answer.
+            assert ask(port, query, source="127.0.0.2") == b"%d,%d:USERID:UNIX:nobody\r\n" % (
+                child["port"],
+                fport,
+            )
+
+
+# -- privileges ------------------------------------------------------------------------------
+
+
+def _uids(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(field) for field in line.split()[1:]]
+    raise AssertionError("no Uid line")
+
+
+def test_drops_privileges_after_binding() -> None:
+    need_root()
+    with daemon("--port", "0") as d:
+        d.port  # noqa: B018 - started
+        assert _uids(d.proc.pid) == [NOBODY] * 4
+        assert "dropped privileges to nobody" in d.log
+
+
+def test_refuses_to_run_as_root_unless_allowed() -> None:
+    need_root()
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioidentd", "serve", "--port", "0", "--user", "root"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "refusing to run as root" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with daemon("--port", "0", "--user", "root", "--allow-root") as d:
+        d.port  # noqa: B018
+        assert _uids(d.proc.pid)[0] == 0
+
+
+def test_unknown_user_is_a_clear_error() -> None:
+    need_root()
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioidentd", "serve", "--port", "0", "--user", "no-such-user-x"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "no such user: 'no-such-user-x'" in proc.stderr
+
+
+# -- hand-over from a service manager ------------------------------------------------------------
+
+# What systemd does: the listening socket as descriptor 3, LISTEN_PID naming the process
+# that runs aioidentd (this wrapper execs into it, so the pid stays the same).
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+    "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'; "
+    "os.execv(sys.executable, [sys.executable, '-m', 'aioidentd', 'serve', *sys.argv[2:]])"
+)
+
+
+def test_systemd_socket_activation(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ACTIVATE, str(fd), "--default", "activated"],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=(fd,),
+    )
+    try:
+        assert ask(port, b"7,8\r\n") == b"7,8:USERID:UNIX:activated\r\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        assert "passed by systemd" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_inetd_mode_serves_the_connection_on_stdin(listener: socket.socket) -> None:
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    with client, accepted:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aioidentd", "serve", "--inetd", "--default", "viainetd"],
+            env=ENV,
+            stdin=accepted,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        accepted.close()
+        try:
+            client.settimeout(10)
+            client.sendall(b"80, 25\r\n")
+            assert client.recv(100) == b"80,25:USERID:UNIX:viainetd\r\n"
+            assert client.recv(100) == b""  # one query, then closed
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_inetd_mode_refuses_a_terminal_or_file() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioidentd", "serve", "--inetd"],
+        env=ENV,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "inetd mode needs a TCP connection as standard input" in proc.stderr
+
+
+# -- configuration, reload, stop ------------------------------------------------------------------
+
+
+@pytest.fixture
+def config_dir() -> Iterator[Path]:
+    # Readable by nobody: the daemon reads the file again on SIGHUP after dropping root.
+    path = Path(tempfile.mkdtemp(prefix="aioidentd-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
+
+
+def _fixed(reply: str) -> str:
+    return (
+        f'[server]\nlisten = "127.0.0.1"\nport = 0\n\n'
+        f'[default]\nanswer = "fixed"\nreply = "{reply}"\n'
+    )
+
+
+def test_sighup_reloads_and_a_bad_file_keeps_the_old_policy(
+    listener: socket.socket, config_dir: Path
+) -> None:
+    need_root()
+    config = config_dir / "aioidentd.toml"
+    config.write_text(_fixed("first"))
+    config.chmod(0o644)
+    lport = listener.getsockname()[1]
+    with (
+        daemon("--config", str(config)) as d,
+        as_nobody(connect_from_nobody("127.0.0.1", lport)) as child,
+    ):
+        port = d.port
+        query = b"%d,%d\r\n" % (child["port"], lport)
+        assert ask(port, query).endswith(b":USERID:UNIX:first\r\n")
+        config.write_text(_fixed("second"))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("configuration reloaded")
+        assert ask(port, query).endswith(b":USERID:UNIX:second\r\n")
+        config.write_text(_fixed("third") + "\n[default]\nbogus = 1\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("keeping the running configuration")
+        assert ask(port, query).endswith(b":USERID:UNIX:second\r\n")
+        config.write_text(_fixed("fourth").replace("port = 0", "port = 1"))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for(r"\[server\] port changed; that takes effect after a restart")
+        assert ask(port, query).endswith(b":USERID:UNIX:fourth\r\n")
+        assert d.stop() == 0
+
+
+def test_bad_config_at_start_is_one_line_and_status_1(config_dir: Path) -> None:
+    config = config_dir / "bad.toml"
+    config.write_text('[server]\nport = 113\nlisen = "*"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioidentd", "serve", "--config", str(config)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"aioidentd: {config}:3: unknown key 'lisen' in [server] (did you mean 'listen'?)"
+    )
+
+
+def test_command_line_wins_over_the_file(config_dir: Path) -> None:
+    config = config_dir / "aioidentd.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1"\nport = 1\nreply_style = "compact"\n')
+    with daemon("--config", str(config), "--port", "0", "--reply-style", "spaced", "--random") as d:
+        answer = ask(d.port, b"1,2\r\n")
+        assert re.fullmatch(rb"1 , 2 : USERID : UNIX : [a-z]{8}\r\n", answer), answer
+
+
+def test_sigterm_answers_every_query_already_sent() -> None:
+    with daemon("--port", "0", "--multiple", "--default", "x") as d:
+        port = d.port
+        clients = []
+        for _ in range(10):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"".join(b"%d,1\r\n" % n for n in range(1, 21)))
+            clients.append(sock)
+        d.proc.send_signal(signal.SIGTERM)
+        for sock in clients:
+            data = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            sock.close()
+            assert data == b"".join(b"%d,1:USERID:UNIX:x\r\n" % n for n in range(1, 21))
+        assert d.stop() == 0
+
+
+def test_workers_share_the_port_and_stop_together() -> None:
+    need_root()
+    with daemon("--port", "0", "--workers", "2", "--default", "w") as d:
+        match = d.wait_for(r"started 2 workers: (\d+), (\d+)")
+        workers = [int(match.group(1)), int(match.group(2))]
+        port = d.port
+        for n in range(1, 41):
+            assert ask(port, b"%d,1\r\n" % n) == b"%d,1:USERID:UNIX:w\r\n" % n
+        for pid in workers:
+            assert _uids(pid) == [NOBODY] * 4
+        assert _uids(d.proc.pid)[0] == NOBODY  # the supervisor dropped root too
+        # A worker that dies is replaced, and the port keeps answering.
+        os.kill(workers[0], signal.SIGKILL)
+        d.wait_for(rf"worker 0 \(pid {workers[0]}\) exited .*restarting")
+        for n in range(1, 21):
+            assert ask(port, b"%d,1\r\n" % n) == b"%d,1:USERID:UNIX:w\r\n" % n
+        assert d.stop() == 0
+        for pid in workers[1:]:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().split()[2]
