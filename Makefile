@@ -19,7 +19,7 @@ venv: $(VENV)/.installed
 deps:
 	bash scripts/install-system-deps.sh
 
-## Run an ident server on 127.0.0.1:$(PORT) (answers HIDDEN-USER; see 'aioidentd serve --help')
+## Run an ident server on 127.0.0.1:$(PORT): kernel lookups, built-in policy (see docs/config.md)
 run: venv
 	$(BIN)/aioidentd serve --host 127.0.0.1 --port $(PORT) --multiple
 
