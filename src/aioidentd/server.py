@@ -134,13 +134,9 @@ class IdentRequest:
         return self._set(reply)
 
     def _set(self, reply: UserIdReply | ErrorReply) -> bool:
-        if self._answer is not None:
-            return False
-        conn = self._conn
-        if conn is None:
-            self._answer = b""
-            return False
-        return self._set_line(encode_reply(reply, conn.server.reply_style))
+        if self._answer is not None or self._conn is None:
+            return self._set_line(b"")  # refused, or too late: nothing to write
+        return self._set_line(encode_reply(reply, self._conn.server.reply_style))
 
     def _set_line(self, line: bytes) -> bool:
         """:meth:`_set` with the answer already encoded in the server's reply style."""

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from aioidentd.config import ConfigError, load_config
 
+if TYPE_CHECKING:
+    from aioidentd.cli.arguments import SubParsers
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def register(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "check-config",
         help="validate a configuration file and print the effective policy",

@@ -10,40 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from aioidentd.cli.arguments import port, seconds
 from aioidentd.client import IDENT_PORT
 from aioidentd.client import query as ident_query
 from aioidentd.errors import IdentError
 from aioidentd.protocol import Reply, UserIdReply
 
 if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    from aioidentd.cli.arguments import SubParsers
 
 #: Exit statuses: an id was returned; the server answered ERROR; there was no answer.
 EXIT_USERID, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
-    return value
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"timeout must be > 0 seconds, got {text}")
-    return value
 
 
 def register(subparsers: SubParsers) -> None:
@@ -59,21 +39,21 @@ def register(subparsers: SubParsers) -> None:
     )
     parser.add_argument("host", metavar="HOST", help="host whose identd to ask")
     parser.add_argument(
-        "server_port", metavar="SERVER_PORT", type=_port, help="the connection's port on HOST"
+        "server_port", metavar="SERVER_PORT", type=port(), help="the connection's port on HOST"
     )
     parser.add_argument(
-        "client_port", metavar="CLIENT_PORT", type=_port, help="the connection's port here"
+        "client_port", metavar="CLIENT_PORT", type=port(), help="the connection's port here"
     )
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port(),
         default=IDENT_PORT,
         metavar="P",
         help=f"the identd's port (default {IDENT_PORT})",
     )
     parser.add_argument(
         "--timeout",
-        type=_timeout,
+        type=seconds,
         default=5.0,
         metavar="S",
         help="seconds for the whole exchange (default 5)",

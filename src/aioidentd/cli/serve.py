@@ -14,36 +14,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from aioidentd.cli.arguments import count, port, seconds
 from aioidentd.config import ConfigError, ServerConfig
 from aioidentd.daemon import Daemon, DaemonError
 from aioidentd.protocol import UserIdReply
+
+if TYPE_CHECKING:
+    from aioidentd.cli.arguments import SubParsers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1113
 
 logger = logging.getLogger(__name__)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def _user_id(text: str) -> str:
@@ -54,26 +38,13 @@ def _user_id(text: str) -> str:
     return text
 
 
-def _count(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
-        return value
-
-    return parse
-
-
 def _host(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty address")
     return text
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the ident daemon",
@@ -93,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     where.add_argument(
         "--port",
-        type=_port,
+        type=port(0),
         help=f"TCP port; 113 is the ident port, 0 a free one (default without --config: "
         f"{DEFAULT_PORT})",
     )
@@ -104,13 +75,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     where.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=seconds,
         metavar="S",
         help="close a connection idle this long (default 60; RFC 1413 suggests 60-180)",
     )
     where.add_argument(
         "--response-timeout",
-        type=_seconds,
+        type=seconds,
         metavar="S",
         help="deadline for an answer before the fallback goes out (default 1)",
     )
@@ -120,10 +91,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="'compact' (6193,23:USERID:UNIX:x, default) or 'spaced' "
         "(6193 , 23 : USERID : UNIX : x)",
     )
-    where.add_argument("--max-connections", type=_count(1, 10**6), metavar="N")
+    where.add_argument("--max-connections", type=count(1, 10**6), metavar="N")
     where.add_argument(
         "--workers",
-        type=_count(1, 256),
+        type=count(1, 256),
         metavar="N",
         help="processes sharing the port with SO_REUSEPORT (default 1)",
     )

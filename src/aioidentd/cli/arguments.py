@@ -1,0 +1,55 @@
+"""Argument types shared by the commands, so that every command words a bad value the
+same way (argparse turns these errors into one ``usage`` line and exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+__all__ = ["SubParsers", "count", "port", "seconds"]
+
+if TYPE_CHECKING:  # argparse's class is generic only to type checkers
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def port(low: int = 1) -> Callable[[str], int]:
+    """A TCP port number, ``low``..65535 (0 is allowed where it means "any free port")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+        if not low <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"port must be {low}..65535, got {value}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    """A whole number in ``low``..``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
