@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, cast
 
 from aioidentd.errors import (
     IdentConnectError,
@@ -72,9 +72,10 @@ class _IdentClientProtocol(asyncio.Protocol):
         self.answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(self._query.encode())
+        # Not isinstance(): uvloop's TCPTransport is a stream transport that does not
+        # subclass asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._query.encode())
 
     def data_received(self, data: bytes) -> None:
         if self.answer.done():

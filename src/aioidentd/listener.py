@@ -182,6 +182,14 @@ class Listener:
             self._retry.cancel()
             self._retry = None
         self._loop.remove_reader(self.sock.fileno())
-        for task in self._tasks:
-            task.cancel()
         self.sock.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for connections accepted before :meth:`close` to be set up.
+
+        They are not cancelled: uvloop, cancelled half-way through
+        ``connect_accepted_socket``, closes the transport without telling the protocol,
+        which would then never learn that its connection is gone.
+        """
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -588,6 +588,8 @@ class IdentServer:
         self._closing = True
         for listener in self._listeners:
             listener.close()
+        for listener in self._listeners:
+            await listener.wait_closed()
         for conn in list(self._connections):
             conn.shutdown()
         tasks = list(self._tasks)
@@ -604,8 +606,16 @@ class IdentServer:
         for conn in list(self._connections):
             if conn._transport is not None:
                 conn._transport.abort()
-        while self._connections:
-            await asyncio.sleep(0)
+        # connection_lost() follows an abort on the next loop iterations; do not spin
+        # forever on an event loop that fails to deliver it.
+        grace = loop.time() + CLOSE_GRACE
+        while self._connections and loop.time() < grace:
+            await asyncio.sleep(0.001)
+        if self._connections:
+            logger.warning(
+                "%s: %d connections never reported closing", self, len(self._connections)
+            )
+            self._connections.clear()
         self._listeners = []
         if self._closed is not None:
             self._closed.set()
