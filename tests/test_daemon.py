@@ -24,18 +24,15 @@ from typing import Any
 
 import pytest
 
+from peers import require_root
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
 NOBODY = 65534
-IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        reason = "needs root: the daemon drops privileges and other users own connections"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_root("the daemon drops privileges and other users own connections")
 
 
 class Daemon:

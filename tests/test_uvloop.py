@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 import test_server
+from peers import unavailable
 
 try:
     import uvloop
@@ -46,9 +46,7 @@ def _name(case: Case) -> str:
 @pytest.mark.parametrize("case", CASES, ids=_name)
 def test_server_on_uvloop(case: Case) -> None:
     if uvloop is None:
-        if os.environ.get("CI"):
-            pytest.fail("uvloop is not installed (pip install -e '.[test]')")
-        pytest.skip("uvloop is not installed")
+        unavailable("uvloop is not installed (pip install -e '.[test]')")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert isinstance(runner.get_loop(), uvloop.Loop)
         runner.run(asyncio.wait_for(case(), 60))
@@ -56,9 +54,7 @@ def test_server_on_uvloop(case: Case) -> None:
 
 def test_client_on_uvloop() -> None:
     if uvloop is None:
-        if os.environ.get("CI"):
-            pytest.fail("uvloop is not installed (pip install -e '.[test]')")
-        pytest.skip("uvloop is not installed")
+        unavailable("uvloop is not installed (pip install -e '.[test]')")
 
     async def scenario() -> None:
         import aioidentd

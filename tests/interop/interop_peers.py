@@ -1,10 +1,8 @@
 """Peer availability and paths for the interop suite (real third-party peers vs our server).
 
-The one rule for a missing peer lives in :func:`unavailable`: when the environment variable
-``CI`` is set (to anything but ``""``, ``0`` or ``false``) a missing program, Perl module or
-network namespace FAILS the test with a clear message, because CI installs every peer
-(``scripts/install-system-deps.sh``); on a developer's machine the test is skipped with the
-same reason.
+A missing program, Perl module or network namespace goes through ``peers.unavailable``
+(tests/peers.py): it FAILS the test under CI, which installs every peer
+(``scripts/install-system-deps.sh``), and skips it with the same reason elsewhere.
 """
 
 from __future__ import annotations
@@ -16,30 +14,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
+from peers import unavailable
 
 HERE = Path(__file__).resolve().parent
 PERL_DIR = HERE / "perl"
 SRC = HERE.parents[1] / "src"
 #: Daemons live in sbin, which is not on every user's PATH.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Fail under CI, skip elsewhere: the single place where that rule is decided."""
-    if in_ci():
-        pytest.fail(
-            f"interop peer unavailable under CI: {reason} "
-            f"(CI must provide it: run scripts/install-system-deps.sh as root)",
-            pytrace=False,
-        )
-    pytest.skip(reason)
 
 
 def require_program(name: str) -> str:
