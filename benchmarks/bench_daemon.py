@@ -13,8 +13,10 @@ made by a child that switches to uid 65534). What runs, all on 127.0.0.1:
 * oidentd: ``oidentd -i -S -q -a 127.0.0.1 -p P2 -C FILE``, FILE being Debian's default
   ``/etc/oidentd.conf`` policy (user names, no spoofing, nothing hidden), so a host's own
   oidentd.conf does not change the figures. It forks a child per connection; on Linux it
-  tries a sock_diag lookup, and when that finds nothing it reads the whole /proc/net/tcp
-  (and tcp6) table.
+  tries a sock_diag lookup, and when that finds nothing it reads the whole /proc/net/tcp,
+  then asks sock_diag for the v4-mapped form and reads /proc/net/tcp6 (seen with strace).
+  Generating those files walks every bucket of the kernel's established hash, so even a
+  near-empty table costs milliseconds, and a big one more.
 * the load: ``benchmarks/loadgen.c`` in ``list`` mode (C, one thread, epoll,
   ``--concurrency`` queries in flight, one query per new connection, closed with an RST),
   sending queries from a file and checking every answer against the file's exact line.
@@ -62,7 +64,6 @@ from bench_server import (
     Result,
     Run,
     Server,
-    _ratio,
     compile_loadgen,
     free_port,
 )
@@ -95,6 +96,14 @@ class Scenario:
     extra: int
     table: list[int] = field(default_factory=list)
     results: dict[tuple[str, str], Result] = field(default_factory=dict)
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    """ours/theirs, with two significant digits below 0.1 (a miss can be 1/300)."""
+    if not theirs:
+        return "n/a"
+    value = ours / theirs
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 def raise_fd_limit(needed: int) -> None:
