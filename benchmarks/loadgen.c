@@ -4,6 +4,7 @@
  * One thread, epoll, non-blocking sockets, CONC queries in flight at any time.
  *
  *   loadgen HOST PORT MODE CONC SECONDS USER
+ *   loadgen HOST PORT list CONC SECONDS FILE
  *
  * MODE "conn": every query on a new connection: connect, send "P, P\r\n", read one line,
  *              then close with SO_LINGER 0 (an RST: neither end keeps a TIME_WAIT, so
@@ -11,9 +12,15 @@
  *              ports). Latency runs from connect() to the answer's end of line.
  * MODE "keep": CONC connections stay open; each sends its next query as soon as the
  *              previous answer arrived. Latency runs from send() to the end of line.
+ * MODE "list": like "conn" (one query per new connection), but the queries and their
+ *              answers come from FILE, one "QUERY<TAB>ANSWER" pair a line (both without
+ *              CR LF, which is added), taken in turn, round-robin
+ *              (benchmarks/bench_daemon.py: real connections and the owner each
+ *              server must name).
  *
- * Every answer must be exactly "S,C:USERID:UNIX:USER\r\n" for the ports sent; anything
- * else counts as an error (kind and a sample printed). Prints one line of key=value
+ * In "conn" and "keep" every answer must be exactly "S,C:USERID:UNIX:USER\r\n" for the
+ * ports sent; in "list", exactly the line's ANSWER + CR LF. Anything else counts as an
+ * error (kind and a sample printed). Prints one line of key=value
  * pairs: counts, elapsed wall time, latency percentiles (microseconds) and this
  * program's own CPU time, so the caller can show that it is not the bottleneck.
  */
@@ -39,11 +46,17 @@ enum state { IDLE, CONNECTING, WAITING };
 enum err { E_CONNECT, E_RESET, E_EOF, E_WRONG, E_TIMEOUT, E_OTHER, E_COUNT };
 static const char *err_names[E_COUNT] = {"connect", "reset", "eof", "wrong", "timeout", "other"};
 
+struct entry {
+    char *query, *answer; /* both with CR LF */
+    size_t qlen, alen;
+};
+
 struct slot {
     int fd;
     enum state st;
     double t0;
     unsigned sport, cport;
+    const struct entry *ent; /* list mode: the query sent */
     size_t len;
     char buf[256];
 };
@@ -51,6 +64,8 @@ struct slot {
 static struct sockaddr_in addr;
 static int ep, keep;
 static const char *user;
+static struct entry *entries; /* list mode */
+static size_t nentries;
 static uint64_t seq, ok, errors[E_COUNT];
 static float *lat;
 static size_t nlat;
@@ -88,11 +103,19 @@ static void fail(struct slot *s, enum err kind) {
 
 /* Send the next query on a connected socket and wait for its answer. */
 static int send_query(struct slot *s) {
-    char q[32];
+    char qbuf[32];
+    const char *q = qbuf;
     uint64_t n = seq++;
-    s->sport = 1 + (unsigned)((n * 7919u) % 65535u);
-    s->cport = 1 + (unsigned)(n % 65535u);
-    int qlen = snprintf(q, sizeof q, "%u, %u\r\n", s->sport, s->cport);
+    int qlen;
+    if (entries != NULL) {
+        s->ent = &entries[n % nentries];
+        q = s->ent->query;
+        qlen = (int)s->ent->qlen;
+    } else {
+        s->sport = 1 + (unsigned)((n * 7919u) % 65535u);
+        s->cport = 1 + (unsigned)(n % 65535u);
+        qlen = snprintf(qbuf, sizeof qbuf, "%u, %u\r\n", s->sport, s->cport);
+    }
     if (keep) s->t0 = now();
     s->len = 0;
     if (send(s->fd, q, (size_t)qlen, MSG_NOSIGNAL) != qlen) {
@@ -155,10 +178,18 @@ static void on_event(struct slot *s, uint32_t events) {
         return;
     }
     double t1 = now();
-    char want[128];
-    int wlen = snprintf(want, sizeof want, "%u,%u:USERID:UNIX:%s\r\n", s->sport, s->cport, user);
+    char wbuf[128];
+    const char *want = wbuf;
+    size_t wlen;
+    if (s->ent != NULL) {
+        want = s->ent->answer;
+        wlen = s->ent->alen;
+    } else {
+        wlen = (size_t)snprintf(wbuf, sizeof wbuf, "%u,%u:USERID:UNIX:%s\r\n", s->sport,
+                                s->cport, user);
+    }
     size_t got = (size_t)(eol - s->buf) + 1;
-    if (got != (size_t)wlen || memcmp(s->buf, want, got) != 0 || got != s->len) {
+    if (got != wlen || memcmp(s->buf, want, got) != 0 || got != s->len) {
         if (sample[0] == '\0') {
             size_t k = 0;
             for (size_t i = 0; i < s->len && k + 5 < sizeof sample; i++) {
@@ -180,6 +211,46 @@ static void on_event(struct slot *s, uint32_t events) {
     }
 }
 
+/* Read FILE's "QUERY<TAB>ANSWER" lines into entries[]; returns 0 on success. */
+static int load_entries(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        perror(path);
+        return -1;
+    }
+    size_t cap = 0;
+    char line[1024];
+    while (fgets(line, sizeof line, f) != NULL) {
+        line[strcspn(line, "\r\n")] = '\0';
+        char *tab = strchr(line, '\t');
+        if (tab == NULL || tab == line || tab[1] == '\0') {
+            if (line[0] == '\0') continue;
+            fprintf(stderr, "loadgen: %s: not QUERY<TAB>ANSWER: %s\n", path, line);
+            fclose(f);
+            return -1;
+        }
+        *tab = '\0';
+        if (nentries == cap) {
+            cap = cap ? cap * 2 : 256;
+            entries = realloc(entries, cap * sizeof *entries);
+            if (entries == NULL) {
+                perror("loadgen");
+                fclose(f);
+                return -1;
+            }
+        }
+        struct entry *e = &entries[nentries++];
+        e->qlen = (size_t)asprintf(&e->query, "%s\r\n", line);
+        e->alen = (size_t)asprintf(&e->answer, "%s\r\n", tab + 1);
+    }
+    fclose(f);
+    if (nentries == 0) {
+        fprintf(stderr, "loadgen: %s: no queries\n", path);
+        return -1;
+    }
+    return 0;
+}
+
 static int cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
@@ -193,7 +264,8 @@ static double pct(double p) {
 
 int main(int argc, char **argv) {
     if (argc != 7) {
-        fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER\n"
+                        "       %s HOST PORT list CONCURRENCY SECONDS FILE\n", argv[0], argv[0]);
         return 2;
     }
     memset(&addr, 0, sizeof addr);
@@ -204,13 +276,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     keep = strcmp(argv[3], "keep") == 0;
-    if (!keep && strcmp(argv[3], "conn") != 0) {
-        fprintf(stderr, "loadgen: mode must be conn or keep\n");
+    int list = strcmp(argv[3], "list") == 0;
+    if (!keep && !list && strcmp(argv[3], "conn") != 0) {
+        fprintf(stderr, "loadgen: mode must be conn, keep or list\n");
         return 2;
     }
     int conc = atoi(argv[4]);
     double seconds = atof(argv[5]);
     user = argv[6];
+    if (list && load_entries(argv[6]) != 0) return 2;
     if (conc < 1 || conc > 4096 || !(seconds > 0)) {
         fprintf(stderr, "loadgen: bad concurrency or duration\n");
         return 2;

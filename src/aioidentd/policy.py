@@ -283,19 +283,26 @@ class Policy:
         self.user_db: UserDB = user_db if user_db is not None else SystemUserDB()
         self._geteuid = geteuid
         self._needs_groups = bool(config.groups) or any(rule.groups for rule in config.rules)
+        # Per-query shortcuts, computed once: the configuration is frozen.
+        tables = [
+            config.default,
+            *config.users.values(),
+            *config.groups.values(),
+            *(rule.settings for rule in config.rules),
+        ]
+        self._reads_files = any(table.allow_user_reply for table in tables)
+        #: What settings_for() merges for a user with no table of its own when there are
+        #: no rules and no group tables (the built-in policy): the same every time.
+        self._plain: Settings | None = None
+        if not config.rules and not config.groups:
+            self._plain = merge_settings(config.default, BUILTIN_DEFAULT)
 
     @property
     def reads_files(self) -> bool:
         """Whether :meth:`decide` may read a user's reply file (file I/O, which can block
         on a network home); when False it is pure computation and cheap enough to call
         on the event loop, otherwise a server should call it in a thread."""
-        tables = [
-            self.config.default,
-            *self.config.users.values(),
-            *self.config.groups.values(),
-            *(rule.settings for rule in self.config.rules),
-        ]
-        return any(table.allow_user_reply for table in tables)
+        return self._reads_files
 
     def decide(self, uid: int | None, local: Address, remote: Address) -> Decision:
         """The decision for the connection ``local`` (this host) <-> ``remote``.
@@ -322,6 +329,8 @@ class Policy:
         ]
         if uid == 0 and not any(table.answer is not None for table in user_tables):
             return merge_settings(BUILTIN_ROOT, BUILTIN_DEFAULT)
+        if self._plain is not None and not user_tables:
+            return self._plain
         groups: Sequence[str] = self.user_db.groups_of(uid) if self._needs_groups else ()
         layers: list[Settings] = []
         for rule in self.config.rules:
@@ -402,6 +411,7 @@ class Policy:
         if answer == "no-user":
             return self._error(answer, source, uid, name, "NO-USER", note)
         charset = self.config.reply.charset
+        raw: bytes | None = None
         if answer == "random":
             text = "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
         elif answer == "fixed" and settings.reply is not None:
@@ -409,13 +419,15 @@ class Policy:
         elif answer == "username" and name is not None:
             text = name
             try:
-                validate_user_id(name, charset)
+                raw = validate_user_id(name, charset)
             except ValueError as exc:
                 logger.warning("answering uid %d instead of its name: %s", uid, exc)
                 text = str(uid)
         else:  # "uid", or "username" without a passwd entry
             text = str(uid)
-        return self._user_id(answer, source, uid, name, validate_user_id(text, charset), note)
+        if raw is None:
+            raw = validate_user_id(text, charset)
+        return self._user_id(answer, source, uid, name, raw, note)
 
     def _user_id(
         self,
