@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit bench deps venv clean
+.PHONY: run test lint typecheck unit bench bench-daemon deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ unit: venv
 ## The whole suite: system peers, lint, types, tests
 test: deps lint typecheck unit
 
+## Our server (static answer) against oidentd -R, in one run (BENCH_ARGS=--quick for a short one)
 bench: venv deps
-	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_server.py $(BENCH_ARGS)
+
+## The daemon with real kernel lookups against oidentd's, hits and misses, few and 10,000 extra
+## sockets on the host (needs root)
+bench-daemon: venv deps
+	$(BIN)/python benchmarks/bench_daemon.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
