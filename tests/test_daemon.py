@@ -7,6 +7,7 @@ skipped with the reason, except in CI, where that is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -528,3 +529,43 @@ def test_workers_share_the_port_and_stop_together() -> None:
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+class SlowLookup:
+    """A lookup that takes its time (like a /proc scan of a huge table), so that a query
+    is still waiting when the daemon is told to stop."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    def owner(self, local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+        self.started.set()
+        time.sleep(1.0)
+        return NOBODY
+
+
+def test_sigterm_answers_a_query_still_waiting_for_its_lookup() -> None:
+    from aioidentd.config import Config, ServerConfig
+    from aioidentd.daemon import Daemon
+    from aioidentd.listener import bind_sockets
+
+    config = Config(server=ServerConfig(listen=("127.0.0.1",), port=0, response_timeout=10))
+    socks = bind_sockets("127.0.0.1", 0)
+    port = socks[0].getsockname()[1]
+    lookup = SlowLookup()
+
+    async def scenario() -> tuple[bytes, int]:
+        serving = asyncio.ensure_future(Daemon(config).serve(socks, None, lookup))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"1,2\r\n")
+        assert await asyncio.to_thread(lookup.started.wait, 5)
+        os.kill(os.getpid(), signal.SIGTERM)  # the daemon's handler, not pytest's
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        return answer, await asyncio.wait_for(serving, 5)
+
+    answer, status = asyncio.run(scenario())
+    assert answer == b"1,2:ERROR:HIDDEN-USER\r\n"  # the fallback, not silence
+    assert status == 0

@@ -160,7 +160,7 @@ class Daemon:
             return self._run_workers(socks, identity)
         lookup = None if self.static else self._lookup()
         self._drop(identity)
-        return asyncio.run(self._serve(socks, connected, lookup))
+        return asyncio.run(self.serve(socks, connected, lookup))
 
     def _sockets(self) -> tuple[list[socket.socket], socket.socket | None]:
         """Listening sockets, or the one connection of inetd mode."""
@@ -254,12 +254,15 @@ class Daemon:
         )
         return ident, responder
 
-    async def _serve(
+    async def serve(
         self,
         socks: list[socket.socket],
         connected: socket.socket | None,
         lookup: SocketLookup | None,
     ) -> int:
+        """Serve ``socks`` (or the one ``connected`` socket) until SIGTERM or SIGINT, which
+        answer what is still waiting before closing; SIGHUP reloads. ``lookup`` is None in
+        static mode."""
         loop = asyncio.get_running_loop()
         ident, responder = self._make_server(socks, lookup)
         stop = asyncio.Event()
@@ -343,7 +346,7 @@ class Daemon:
                                 sock.close()
                     lookup = None if self.static else self._lookup()
                     self._drop(identity)
-                    status = asyncio.run(self._serve(groups[index], None, lookup))
+                    status = asyncio.run(self.serve(groups[index], None, lookup))
                 except DaemonError as exc:
                     print(f"aioidentd: worker {index}: {exc}", file=sys.stderr)
                 except BaseException:
