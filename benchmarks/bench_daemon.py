@@ -223,17 +223,7 @@ def run_list(exe: Path, server: Server, listfile: Path, concurrency: int, second
     time.sleep(0.2)  # let oidentd reap its last children, so cutime counts them
     cpu = server.cpu_seconds() - before
     values = dict(item.split("=", 1) for item in out.split())
-    return Run(
-        ok=int(values["ok"]),
-        errors=int(values["errors"]),
-        elapsed=float(values["elapsed"]),
-        loadgen_cpu=float(values["cpu"]),
-        server_cpu=cpu,
-        p50_us=float(values["p50_us"]),
-        p99_us=float(values["p99_us"]),
-        error_kinds={k[4:]: int(v) for k, v in values.items() if k.startswith("err_")},
-        sample=values.get("sample", "-"),
-    )
+    return Run.from_loadgen(values, cpu)
 
 
 def main(argv: list[str] | None = None) -> int:

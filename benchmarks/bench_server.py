@@ -73,6 +73,21 @@ class Run:
     error_kinds: dict[str, int]
     sample: str
 
+    @classmethod
+    def from_loadgen(cls, values: dict[str, str], server_cpu: float) -> Run:
+        """The figures of one loadgen report (its ``key=value`` words) and the server's CPU."""
+        return cls(
+            ok=int(values["ok"]),
+            errors=int(values["errors"]),
+            elapsed=float(values["elapsed"]),
+            loadgen_cpu=float(values["cpu"]),
+            server_cpu=server_cpu,
+            p50_us=float(values["p50_us"]),
+            p99_us=float(values["p99_us"]),
+            error_kinds={k[4:]: int(v) for k, v in values.items() if k.startswith("err_")},
+            sample=values.get("sample", "-"),
+        )
+
 
 @dataclass
 class Result:
@@ -229,18 +244,7 @@ def measure(
 ) -> Run:
     run_loadgen(exe, server, mode, concurrency, warmup)
     values, cpu = run_loadgen(exe, server, mode, concurrency, seconds)
-    kinds = {k[4:]: int(v) for k, v in values.items() if k.startswith("err_")}
-    return Run(
-        ok=int(values["ok"]),
-        errors=int(values["errors"]),
-        elapsed=float(values["elapsed"]),
-        loadgen_cpu=float(values["cpu"]),
-        server_cpu=cpu,
-        p50_us=float(values["p50_us"]),
-        p99_us=float(values["p99_us"]),
-        error_kinds=kinds,
-        sample=values.get("sample", "-"),
-    )
+    return Run.from_loadgen(values, cpu)
 
 
 def our_argv(port: int, *, multiple: bool, uvloop: bool) -> list[str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from wire import ask
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -45,22 +47,10 @@ def serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
         proc.wait()
 
 
-def query(port: int, line: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(line)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serves_fallback_and_stops_cleanly_on_signal(signum: int) -> None:
     with serve("--default", "alice", "--reply-style", "spaced") as (proc, port):
-        assert query(port, b"6193, 23\r\n") == b"6193 , 23 : USERID : UNIX : alice\r\n"
+        assert ask(port, b"6193, 23\r\n") == b"6193 , 23 : USERID : UNIX : alice\r\n"
         proc.send_signal(signum)
         assert proc.wait(timeout=10) == 0
         assert proc.stderr is not None

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from peers import require_root
+from wire import ask
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
@@ -94,23 +95,6 @@ def daemon(*args: str, **popen: Any) -> Iterator[Daemon]:
         if running.proc.poll() is None:
             running.proc.kill()
         running.proc.wait()
-
-
-def ask(port: int, line: bytes, host: str = "127.0.0.1", source: str | None = None) -> bytes:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        if source is not None:
-            sock.bind((source, 0))
-        sock.connect((host, port))
-        sock.sendall(line)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-        return data
 
 
 @contextmanager

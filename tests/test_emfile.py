@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from wire import read_line
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # The server runs in its own process with a tiny descriptor limit, so that accept() hits
@@ -32,15 +34,9 @@ SERVER = textwrap.dedent(
 )
 
 
-def ask(sock: socket.socket, line: bytes) -> bytes:
+def ask_on(sock: socket.socket, line: bytes) -> bytes:
     sock.sendall(line)
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(100)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return read_line(sock)
 
 
 def test_server_recovers_after_emfile() -> None:
@@ -62,7 +58,7 @@ def test_server_recovers_after_emfile() -> None:
         time.sleep(0.5)
         assert proc.poll() is None, "server died on EMFILE"
         # One of the accepted connections still works while the limit is hit.
-        assert ask(held[0], b"1,2\r\n") == b"1,2:USERID:UNIX:alice\r\n"
+        assert ask_on(held[0], b"1,2\r\n") == b"1,2:USERID:UNIX:alice\r\n"
         for sock in held:
             sock.close()
         held.clear()
@@ -74,7 +70,7 @@ def test_server_recovers_after_emfile() -> None:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.settimeout(3)
                 try:
-                    answer = ask(sock, b"3,4\r\n")
+                    answer = ask_on(sock, b"3,4\r\n")
                 except OSError:
                     answer = b""
             if answer:
