@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -607,3 +609,39 @@ def test_register_needs_a_callable() -> None:
     server.register(handler)
     assert server.handlers == (handler,)
     assert server.port == 113 and server.response_timeout == 10.0 and server.idle_timeout == 60.0
+
+
+def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:
+    """As nobody, port 113 cannot be bound: start() says so and leaves nothing behind."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root, to become nobody in a child")  # already the case as non-root
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 113:
+        pytest.skip("this kernel lets anyone bind port 113")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        result = "no error"
+        try:
+            # getaddrinfo() loads the idna codec lazily; nobody may not be able to read the
+            # interpreter's files, so load it first.
+            "localhost".encode("idna")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            server = IdentServer("127.0.0.1", 113)
+            try:
+                asyncio.run(server.start())
+            except OSError as exc:
+                result = f"{type(exc).__name__}: {exc.strerror} / sockets={len(server.sockets)}"
+        except BaseException as exc:
+            result = repr(exc)
+        finally:
+            os.write(write_end, result.encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = pipe.read()
+    os.waitpid(pid, 0)
+    assert result == (
+        "PermissionError: cannot bind 127.0.0.1 port 113: Permission denied / sockets=0"
+    )

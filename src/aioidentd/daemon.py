@@ -11,9 +11,13 @@ then are queries read.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures.thread  # noqa: F401  (imported before privileges are dropped)
+
+# Loaded before privileges are dropped: the interpreter's own files may not be readable by
+# the unprivileged user (a Python under /root), and these load lazily otherwise.
+import concurrent.futures.thread  # noqa: F401  (run_in_executor's pool)
 import contextlib
 import dataclasses
+import encodings.idna  # noqa: F401  (getaddrinfo() of a str host: a restarted worker's probe)
 import logging
 import os
 import signal
