@@ -556,3 +556,20 @@ def test_sigterm_answers_a_query_still_waiting_for_its_lookup() -> None:
     answer, status = asyncio.run(scenario())
     assert answer == b"1,2:ERROR:HIDDEN-USER\r\n"  # the fallback, not silence
     assert status == 0
+
+
+def test_runs_on_uvloop_with_real_lookups(listener: socket.socket) -> None:
+    need_root()
+    lport = listener.getsockname()[1]
+    with (
+        daemon("--port", "0", "--uvloop") as d,
+        as_nobody(connect_from_nobody("127.0.0.1", lport)) as child,
+    ):
+        port = d.port
+        nport = child["port"]
+        assert ask(port, b"%d,%d\r\n" % (nport, lport)) == b"%d,%d:USERID:UNIX:nobody\r\n" % (
+            nport,
+            lport,
+        )
+        assert d.stop() == 0
+        assert "(kernel lookups, uvloop)" in d.log

@@ -203,6 +203,7 @@ class ServerConfig:
     allow_root: bool = False
     log_queries: bool = False
     workers: int = 1
+    uvloop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,8 @@ class Config:
             f"  {server.reply_style} replies; run as user {server.user}, group "
             f"{group}{' (root allowed)' if server.allow_root else ''}; "
             f"queries {'logged' if server.log_queries else 'not logged'}; "
-            f"{server.workers} worker process{'es' if server.workers > 1 else ''}",
+            f"{server.workers} worker process{'es' if server.workers > 1 else ''}"
+            f"{' on uvloop' if server.uvloop else ''}",
             "replies:",
             f"  opsys {reply.opsys}, "
             + (f"charset {reply.charset}" if reply.charset else "no charset (US-ASCII)")
@@ -424,6 +426,7 @@ _SERVER_KEYS: Final = (
     "allow_root",
     "log_queries",
     "workers",
+    "uvloop",
 )
 _REPLY_KEYS: Final = ("opsys", "charset", "mask_errors")
 _TOP_KEYS: Final = ("server", "reply", "default", "user", "group", "rule")
@@ -596,7 +599,7 @@ class _Validator:
             if not 0 <= port <= 65535:
                 raise self.error((*path, "port"), f"'port' must be 0..65535, got {port}")
             values["port"] = port
-        for key in ("multiple", "log_queries", "allow_root"):
+        for key in ("multiple", "log_queries", "allow_root", "uvloop"):
             if key in table:
                 values[key] = self.typed(table, key, path, bool)
         for key in ("idle_timeout", "response_timeout"):

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aioidentd.activation import ActivationError, inherited_sockets, is_listening, stdin_socket
@@ -159,12 +159,13 @@ class Daemon:
         except ActivationError as exc:
             raise DaemonError(str(exc)) from None
         identity = self._identity()
+        self._loop_factory()  # imports uvloop, if asked for, while the files are readable
         workers = server.workers if not connected else 1
         if workers > 1:
             return self._run_workers(socks, identity)
         lookup = None if self.static else self._lookup()
         self._drop(identity)
-        return asyncio.run(self.serve(socks, connected, lookup))
+        return self._run_loop(self.serve(socks, connected, lookup))
 
     def _sockets(self) -> tuple[list[socket.socket], socket.socket | None]:
         """Listening sockets, or the one connection of inetd mode."""
@@ -233,6 +234,20 @@ class Daemon:
 
     # -- serving -----------------------------------------------------------------------------
 
+    def _loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        if not self.config.server.uvloop:
+            return None
+        try:
+            import uvloop
+        except ImportError:
+            raise DaemonError("uvloop is not installed (pip install 'aioidentd[uvloop]')") from None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+
+    def _run_loop(self, main: Coroutine[Any, Any, int]) -> int:
+        with asyncio.Runner(loop_factory=self._loop_factory()) as runner:
+            return runner.run(main)
+
     def _make_server(
         self, socks: list[socket.socket], lookup: SocketLookup | None
     ) -> tuple[IdentServer, KernelResponder | None]:
@@ -286,7 +301,8 @@ class Daemon:
             await ident.start()
             where = ", ".join(f"{host}:{port}" for host, port in ident.addresses)
             mode = "static answers" if self.static else "kernel lookups"
-            logger.info("serving ident on %s (%s)", where, mode)
+            engine = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+            logger.info("serving ident on %s (%s, %s)", where, mode, engine)
             await stop.wait()
             logger.info("shutting down")
             await ident.close()
@@ -350,7 +366,7 @@ class Daemon:
                                 sock.close()
                     lookup = None if self.static else self._lookup()
                     self._drop(identity)
-                    status = asyncio.run(self.serve(groups[index], None, lookup))
+                    status = self._run_loop(self.serve(groups[index], None, lookup))
                 except DaemonError as exc:
                     print(f"aioidentd: worker {index}: {exc}", file=sys.stderr)
                 except BaseException:

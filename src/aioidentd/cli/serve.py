@@ -99,6 +99,11 @@ def register(subparsers: SubParsers) -> None:
         help="processes sharing the port with SO_REUSEPORT (default 1)",
     )
     where.add_argument(
+        "--uvloop",
+        action=argparse.BooleanOptionalAction,
+        help="run on uvloop (the 'uvloop' extra): about a third more connections/s",
+    )
+    where.add_argument(
         "--inetd",
         action="store_true",
         help="serve the one connection on standard input (inetd, systemd Accept=yes)",
@@ -150,6 +155,7 @@ _FLAGS = {
     "group": "group",
     "allow_root": "allow_root",
     "log_queries": "log_queries",
+    "uvloop": "uvloop",
 }
 
 
