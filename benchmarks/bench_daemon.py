@@ -52,7 +52,6 @@ import resource
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +66,7 @@ from bench_server import (
     Server,
     compile_loadgen,
     free_port,
+    run_loadgen,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,16 +213,7 @@ def query(port: int, text: str) -> str:
 
 
 def run_list(exe: Path, server: Server, listfile: Path, concurrency: int, seconds: float) -> Run:
-    before = server.cpu_seconds()
-    out = subprocess.run(
-        [str(exe), HOST, str(server.port), "list", str(concurrency), str(seconds), str(listfile)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    time.sleep(0.2)  # let oidentd reap its last children, so cutime counts them
-    cpu = server.cpu_seconds() - before
-    values = dict(item.split("=", 1) for item in out.split())
+    values, cpu = run_loadgen(exe, server, "list", concurrency, seconds, str(listfile))
     return Run.from_loadgen(values, cpu)
 
 

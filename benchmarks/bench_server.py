@@ -224,11 +224,13 @@ def compile_loadgen(workdir: Path) -> Path:
 
 
 def run_loadgen(
-    exe: Path, server: Server, mode: str, concurrency: int, seconds: float
+    exe: Path, server: Server, mode: str, concurrency: int, seconds: float, last: str = USER
 ) -> tuple[dict[str, str], float]:
+    """One loadgen run; ``last`` is its final argument (the user id to expect, or for the
+    ``list`` mode the file of queries and answers)."""
     before = server.cpu_seconds()
     out = subprocess.run(
-        [str(exe), HOST, str(server.port), mode, str(concurrency), str(seconds), USER],
+        [str(exe), HOST, str(server.port), mode, str(concurrency), str(seconds), last],
         check=True,
         capture_output=True,
         text=True,

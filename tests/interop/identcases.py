@@ -8,6 +8,7 @@ can carry every case at once.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -76,3 +77,15 @@ def make_handler(
 
 def by_server_port(ports: Mapping[int, str]) -> Callable[[IdentRequest], str | None]:
     return lambda request: ports.get(request.server_port)
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up, for running a namespace driver by hand (``interop_peers``
+    ``require_netns()`` does it for the tests)."""
+    subprocess.run(
+        ["ip", "link", "set", "lo", "up"],
+        check=False,
+        timeout=10,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from identcases import make_handler
+from identcases import loopback_up, make_handler
 
 from aioidentd.server import IdentServer
 
@@ -230,12 +230,5 @@ async def main(kind: str, specs: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    # interop_peers.require_netns() has done it; this is for running the driver by hand.
-    subprocess.run(
-        ["ip", "link", "set", "lo", "up"],
-        check=False,
-        timeout=10,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    loopback_up()
     print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2:]))))

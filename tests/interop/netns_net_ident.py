@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from identcases import by_server_port, make_handler
+from identcases import by_server_port, loopback_up, make_handler
 
 from aioidentd.server import IdentServer
 
@@ -72,12 +71,5 @@ async def main(spec: dict[str, Any], response_timeout: float, client_timeout: fl
 
 
 if __name__ == "__main__":
-    # interop_peers.require_netns() has done it; this is for running the driver by hand.
-    subprocess.run(
-        ["ip", "link", "set", "lo", "up"],
-        check=False,
-        timeout=10,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    loopback_up()
     asyncio.run(main(json.loads(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])))
