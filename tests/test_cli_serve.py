@@ -93,7 +93,8 @@ def test_bad_arguments_give_one_line_error_and_status_2(args: list[str], message
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("aioidentd")
+    (line,) = proc.stderr.strip().splitlines()  # one line, not argparse's usage block
+    assert line.startswith("aioidentd") and "--help" in line
 
 
 def test_port_in_use_is_a_clear_error() -> None:

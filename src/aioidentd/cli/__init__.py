@@ -1,15 +1,15 @@
 """The ``aioidentd`` command line: one sub-module per sub-command.
 
 Each sub-module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` (taking the parsed namespace, returning the exit status). Keeping commands
-apart keeps the daemon's imports out of ``aioidentd query`` and vice versa.
+``func`` (taking the parsed namespace, returning the exit status), so a command's options
+and its behaviour live side by side and no module grows a switch over command names.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from aioidentd.cli import check_config as check_config
 from aioidentd.cli import query as query
@@ -18,12 +18,20 @@ from aioidentd.cli import serve as serve
 _COMMANDS = (serve, query, check_config)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (and status 2), not the usage
+    block: the line says what is wrong and where ``--help`` is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aioidentd",
         description="RFC 1413 ident server, client and daemon.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in _COMMANDS:
         command.register(subparsers)
     return parser
@@ -32,12 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aioidentd`` and ``python -m aioidentd``; returns the exit status.
 
-    Bad arguments exit with status 2 and a one-line message (argparse's convention).
+    Bad arguments exit with status 2 and a one-line message.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        parser.exit(2, f"{parser.prog}: error: a command is required\n")
+        parser.error("a command is required")
     status: int = args.func(args)
     return status
