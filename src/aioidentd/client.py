@@ -24,7 +24,15 @@ from aioidentd.errors import (
     IdentProtocolError,
     IdentTimeout,
 )
-from aioidentd.protocol import MAX_LINE, MalformedReply, Query, Reply, parse_reply, split_lines
+from aioidentd.protocol import (
+    MAX_LINE,
+    MalformedReply,
+    Query,
+    Reply,
+    check_port,
+    parse_reply,
+    split_lines,
+)
 
 __all__ = ["IDENT_PORT", "query", "query_connection"]
 
@@ -38,13 +46,6 @@ _BLANK = b" \t\x0b\x0c\r"
 def _display(host: str, port: int) -> str:
     """``host:port``, bracketing IPv6 literals so the port is not read as part of them."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _check_port(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 1 <= value <= 65535:
-        raise ValueError(f"{name} must be 1..65535, got {value}")
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -191,7 +192,7 @@ async def query(
     ``timeout`` (seconds, or ``None`` for none) bounds the whole exchange.
     """
     the_query = Query(server_port, client_port)
-    _check_port("port", port)
+    check_port("port", port)
     _check_timeout(timeout)
     server = (host, port)
     where = _display(host, port)

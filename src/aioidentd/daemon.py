@@ -1,6 +1,6 @@
-"""The host identd: real answers from the kernel, through the policy, and the process
-life cycle around :class:`~aioidentd.server.IdentServer` (privileges, systemd, inetd,
-reloads, worker processes).
+"""The host identd: the process life cycle around an :class:`~aioidentd.server.IdentServer`
+answering through :class:`~aioidentd.responder.KernelResponder` (privileges, systemd,
+inetd, reloads, worker processes).
 
 The order of start-up is the point of this module: everything that needs root (binding
 port 113) or may need files the unprivileged user cannot read (Python's own modules, when
@@ -24,89 +24,25 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aioidentd.activation import ActivationError, inherited_sockets, is_listening, stdin_socket
 from aioidentd.config import Config, ConfigError, ServerConfig, load_config
 from aioidentd.listener import bind_sockets
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
-from aioidentd.policy import Decision, Policy
+from aioidentd.policy import Policy
 from aioidentd.privileges import Identity, PrivilegeError, drop_privileges, resolve_identity
-from aioidentd.server import IdentRequest, IdentServer
+from aioidentd.responder import KernelResponder
+from aioidentd.server import IdentServer
 
-__all__ = ["Daemon", "DaemonError", "KernelResponder"]
+__all__ = ["Daemon", "DaemonError"]
 
 logger = logging.getLogger(__name__)
-
-Address = tuple[str, int]
 
 
 class DaemonError(RuntimeError):
     """The daemon cannot start; the message is meant for the administrator."""
-
-
-class KernelResponder:
-    """An :class:`IdentServer` handler that answers from the kernel's socket table.
-
-    The queried connection is named by the RFC's rule: our end is the address the query
-    arrived on with the queried server port, the other end is the querier's own address
-    with the client port. So a host can only ask about its own connections to us.
-    """
-
-    def __init__(self, lookup: SocketLookup, policy: Policy, *, log_queries: bool = False):
-        self.lookup = lookup
-        self.policy = policy
-        self.log_queries = log_queries
-
-    def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
-        local = (request.local[0], request.server_port)
-        remote = (request.peer[0], request.client_port)
-        if self.lookup.blocking or self.policy.reads_files:
-            # /proc scans and users' reply files may block: off the event loop.
-            return self._answer_off_loop(request, local, remote)
-        self._send(request, self._decide(local, remote))
-        return None
-
-    async def _answer_off_loop(
-        self, request: IdentRequest, local: Address, remote: Address
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        decision = await loop.run_in_executor(None, self._decide, local, remote)
-        self._send(request, decision)
-
-    def _decide(self, local: Address, remote: Address) -> Decision | None:
-        """The policy's decision, or None when the lookup itself failed."""
-        try:
-            uid = self.lookup.owner(local, remote)
-        except (SocketLookupError, ValueError) as exc:
-            logger.warning("lookup of %s:%d <-> %s:%d failed: %s", *local, *remote, exc)
-            return None
-        return self.policy.decide(uid, local, remote)
-
-    def _send(self, request: IdentRequest, decision: Decision | None) -> None:
-        if decision is None:
-            error = "UNKNOWN-ERROR"
-            request.error(error)
-            if self.log_queries:
-                logger.info(
-                    "%s:%d asked %d,%d: %s (lookup failed)",
-                    *request.peer,
-                    request.server_port,
-                    request.client_port,
-                    error,
-                )
-            return
-        request.answer(decision.reply(request.server_port, request.client_port))
-        if self.log_queries or decision.spoofed:
-            # Spoofed answers are always logged with the real user, for abuse handling.
-            logger.info(
-                "%s:%d asked %d,%d: %s",
-                *request.peer,
-                request.server_port,
-                request.client_port,
-                decision.describe(),
-            )
 
 
 @dataclasses.dataclass(slots=True)

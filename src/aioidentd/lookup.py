@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import NamedTuple, Protocol, Self
 
+from aioidentd.protocol import Address
+
 __all__ = [
     "Address",
     "DiagEntry",
@@ -53,9 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Address = tuple[str, int]
-"""``(host, port)`` as the socket module prints it; extra items (IPv6 flow/scope) are ignored."""
 
 
 class SocketLookupError(OSError):

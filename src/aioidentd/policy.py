@@ -36,7 +36,7 @@ from aioidentd.config import (
     merge_settings,
     validate_user_id,
 )
-from aioidentd.protocol import MAX_USER_ID, ErrorReply, Reply, UserIdReply
+from aioidentd.protocol import MAX_USER_ID, Address, ErrorReply, Reply, UserIdReply
 
 __all__ = [
     "REPLY_FILE",
@@ -50,7 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 
 #: The user's own reply, relative to their home directory. Not under ``~/.config``: that
 #: directory is often created mode 0700, and every directory on the way must be

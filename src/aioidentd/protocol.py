@@ -23,6 +23,7 @@ __all__ = [
     "ERROR_TOKENS",
     "MAX_LINE",
     "MAX_USER_ID",
+    "Address",
     "ErrorReply",
     "InvalidQuery",
     "MalformedReply",
@@ -30,6 +31,7 @@ __all__ = [
     "Reply",
     "ReplyStyle",
     "UserIdReply",
+    "check_port",
     "encode_reply",
     "error_line",
     "parse_query",
@@ -77,11 +79,20 @@ _X_TOKEN_RE: Final = re.compile(r"X[!-9;-~]{1,63}")
 _STRIP: Final = b" \t\x0b\x0c\r"
 
 
-def _check_port(name: str, value: int, low: int = 1) -> None:
+#: ``(host, port)`` of one end of a TCP connection, as the socket module gives it. The RFC
+#: names a connection by two of these; the server, lookups and policy all pass them around
+#: (readers look at the first two items only, so an IPv6 4-tuple serves as well).
+Address = tuple[str, int]
+
+
+def check_port(name: str, value: int, low: int = 1, high: int | None = 65535) -> None:
+    """Raise TypeError/ValueError unless ``value`` is an int port in ``low..high``
+    (``high=None``: no upper bound, for the out-of-range pairs an error reply echoes)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +104,8 @@ class Query:
     client_port: int
 
     def __post_init__(self) -> None:
-        for name in ("server_port", "client_port"):
-            value = getattr(self, name)
-            _check_port(name, value)
-            if value > 65535:
-                raise ValueError(f"{name} must be <= 65535, got {value}")
+        check_port("server_port", self.server_port)
+        check_port("client_port", self.client_port)
 
     def encode(self) -> bytes:
         """The query as a client sends it (``6191, 23`` + CR LF, the form most clients use)."""
@@ -160,8 +168,8 @@ class UserIdReply:
     charset: str | None = None
 
     def __post_init__(self) -> None:
-        _check_port("server_port", self.server_port, 0)
-        _check_port("client_port", self.client_port, 0)
+        check_port("server_port", self.server_port, 0, None)
+        check_port("client_port", self.client_port, 0, None)
         if not isinstance(self.opsys, str) or not _OPSYS_RE.fullmatch(self.opsys):
             raise ValueError(
                 f"opsys must be 1-64 printable ASCII characters without ':' or ',', "
@@ -236,8 +244,8 @@ class ErrorReply:
     error: str = field()
 
     def __post_init__(self) -> None:
-        _check_port("server_port", self.server_port, 0)
-        _check_port("client_port", self.client_port, 0)
+        check_port("server_port", self.server_port, 0, None)
+        check_port("client_port", self.client_port, 0, None)
         if not isinstance(self.error, str):
             raise TypeError(f"error must be str, not {type(self.error).__name__}")
         upper = self.error.upper()

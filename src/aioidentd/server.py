@@ -32,6 +32,7 @@ from typing import Any, Final, cast
 from aioidentd.listener import Listener, bind_sockets
 from aioidentd.protocol import (
     MAX_LINE,
+    Address,
     ErrorReply,
     InvalidQuery,
     ReplyStyle,
@@ -44,7 +45,6 @@ __all__ = ["Handler", "IdentRequest", "IdentServer"]
 
 logger = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 Handler = Callable[["IdentRequest"], Awaitable[None] | None]
 
 #: How long a connection that got its last answer may stay half-closed waiting for the
@@ -274,22 +274,13 @@ class _IdentConnection(asyncio.Protocol):
                     self._paused = True
                 break
             end = buffer.find(b"\n")
+            if end > MAX_LINE or (end < 0 and len(buffer) > MAX_LINE):
+                self._overlong()
+                return
             if end < 0:
-                if len(buffer) > MAX_LINE:
-                    logger.info("%s: line over %d octets from %s", server, MAX_LINE, self.peer)
-                    self._buffer = b""
-                    self._in_process = False
-                    self._send_final(b"0,0:ERROR:INVALID-PORT\r\n")
-                    return
                 break
             line = buffer[:end]
             buffer = buffer[end + 1 :]
-            if end > MAX_LINE:
-                logger.info("%s: line over %d octets from %s", server, MAX_LINE, self.peer)
-                self._buffer = b""
-                self._in_process = False
-                self._send_final(b"0,0:ERROR:INVALID-PORT\r\n")
-                return
             if not multiple:
                 # One query per connection: whatever follows is never read.
                 self._closing = True
@@ -365,9 +356,13 @@ class _IdentConnection(asyncio.Protocol):
         elif self._paused and not self._in_process:
             self._process()
 
-    def _send_final(self, line: bytes) -> None:
+    def _overlong(self) -> None:
+        """A line over MAX_LINE octets: answer INVALID-PORT and close, reading no more."""
+        logger.info("%s: line over %d octets from %s", self.server, MAX_LINE, self.peer)
+        self._buffer = b""
+        self._in_process = False
         self._closing = True
-        self._query_done(line)
+        self._query_done(b"0,0:ERROR:INVALID-PORT\r\n")
 
     def _finish(self) -> None:
         """All answers written: half-close, drain the peer, close on its FIN or linger."""
@@ -436,7 +431,7 @@ class _IdentConnection(asyncio.Protocol):
         server = self.server
         for request in list(self._pending):
             if request._answer is None:
-                request._set(server._fallback(request.server_port, request.client_port))
+                request._set_line(server._fallback_line(request.server_port, request.client_port))
         if self._transport is not None:
             self._closing = True
             self._transport.close()

@@ -143,25 +143,26 @@ def register(subparsers: SubParsers) -> None:
     parser.set_defaults(func=run)
 
 
-_FLAGS = {
-    "port": "port",
-    "multiple": "multiple",
-    "idle_timeout": "idle_timeout",
-    "response_timeout": "response_timeout",
-    "reply_style": "reply_style",
-    "max_connections": "max_connections",
-    "workers": "workers",
-    "user": "user",
-    "group": "group",
-    "allow_root": "allow_root",
-    "log_queries": "log_queries",
-    "uvloop": "uvloop",
-}
+#: ``[server]`` settings that have a flag of the same name; given flags override the file.
+_SERVER_FLAGS = (
+    "port",
+    "multiple",
+    "idle_timeout",
+    "response_timeout",
+    "reply_style",
+    "max_connections",
+    "workers",
+    "user",
+    "group",
+    "allow_root",
+    "log_queries",
+    "uvloop",
+)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {
-        key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None
+        key: getattr(args, key) for key in _SERVER_FLAGS if getattr(args, key) is not None
     }
     if args.host:
         overrides["listen"] = None if "*" in args.host else tuple(args.host)

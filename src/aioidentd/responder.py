@@ -1,0 +1,81 @@
+"""Answers from the kernel's socket table, through the policy: the handler behind the host
+identd, and usable by any embedding application that wants real answers for some queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from aioidentd.lookup import SocketLookup, SocketLookupError
+from aioidentd.policy import Decision, Policy
+from aioidentd.protocol import Address
+from aioidentd.server import IdentRequest
+
+__all__ = ["KernelResponder"]
+
+logger = logging.getLogger(__name__)
+
+
+class KernelResponder:
+    """An :class:`IdentServer` handler that answers from the kernel's socket table.
+
+    The queried connection is named by the RFC's rule: our end is the address the query
+    arrived on with the queried server port, the other end is the querier's own address
+    with the client port. So a host can only ask about its own connections to us.
+    """
+
+    def __init__(self, lookup: SocketLookup, policy: Policy, *, log_queries: bool = False):
+        self.lookup = lookup
+        self.policy = policy
+        self.log_queries = log_queries
+
+    def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
+        local = (request.local[0], request.server_port)
+        remote = (request.peer[0], request.client_port)
+        if self.lookup.blocking or self.policy.reads_files:
+            # /proc scans and users' reply files may block: off the event loop.
+            return self._answer_off_loop(request, local, remote)
+        self._send(request, self._decide(local, remote))
+        return None
+
+    async def _answer_off_loop(
+        self, request: IdentRequest, local: Address, remote: Address
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        decision = await loop.run_in_executor(None, self._decide, local, remote)
+        self._send(request, decision)
+
+    def _decide(self, local: Address, remote: Address) -> Decision | None:
+        """The policy's decision, or None when the lookup itself failed."""
+        try:
+            uid = self.lookup.owner(local, remote)
+        except (SocketLookupError, ValueError) as exc:
+            logger.warning("lookup of %s:%d <-> %s:%d failed: %s", *local, *remote, exc)
+            return None
+        return self.policy.decide(uid, local, remote)
+
+    def _send(self, request: IdentRequest, decision: Decision | None) -> None:
+        if decision is None:
+            error = "UNKNOWN-ERROR"
+            request.error(error)
+            if self.log_queries:
+                logger.info(
+                    "%s:%d asked %d,%d: %s (lookup failed)",
+                    *request.peer,
+                    request.server_port,
+                    request.client_port,
+                    error,
+                )
+            return
+        request.answer(decision.reply(request.server_port, request.client_port))
+        if self.log_queries or decision.spoofed:
+            # Spoofed answers are always logged with the real user, for abuse handling.
+            logger.info(
+                "%s:%d asked %d,%d: %s",
+                *request.peer,
+                request.server_port,
+                request.client_port,
+                decision.describe(),
+            )
