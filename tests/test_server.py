@@ -148,6 +148,7 @@ async def test_spaced_reply_style() -> None:
     async with serving(handlers=[lambda r: r.reply("UNIX", "bingos")], reply_style="spaced") as s:
         assert await ask(s) == b"12345 , 123 : USERID : UNIX : bingos\r\n"
         assert await ask(s, b"nope\n") == b"0 , 0 : ERROR : INVALID-PORT\r\n"
+        assert await ask(s, b"1" * 1001) == b"0 , 0 : ERROR : INVALID-PORT\r\n"  # over-long
 
 
 async def test_request_carries_ports_and_both_addresses() -> None:

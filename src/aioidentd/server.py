@@ -38,6 +38,7 @@ from aioidentd.protocol import (
     ReplyStyle,
     UserIdReply,
     encode_reply,
+    error_line,
     parse_query,
 )
 
@@ -362,7 +363,7 @@ class _IdentConnection(asyncio.Protocol):
         self._buffer = b""
         self._in_process = False
         self._closing = True
-        self._query_done(b"0,0:ERROR:INVALID-PORT\r\n")
+        self._query_done(error_line(0, 0, "INVALID-PORT", self.server.reply_style))
 
     def _finish(self) -> None:
         """All answers written: half-close, drain the peer, close on its FIN or linger."""
