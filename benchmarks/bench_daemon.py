@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import encodings.idna  # noqa: F401  (connect() needs it; the nobody child cannot import it)
 import os
-import resource
 import shutil
 import socket
 import struct
@@ -59,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_lookup import open_sockets, raise_fd_limit
 from bench_server import (
     HOST,
     Result,
@@ -105,14 +105,6 @@ def _ratio(ours: float, theirs: float) -> str:
         return "n/a"
     value = ours / theirs
     return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        sys.exit(f"bench_daemon: need about {needed} file descriptors, hard limit is {hard}")
 
 
 def table_lines() -> int:
@@ -185,19 +177,6 @@ def nobody_pool(
     if len(ports) != count:
         raise RuntimeError("the nobody child did not make its connections")
     return accepted, pid, hold_w, ports
-
-
-def open_pairs(pairs: int) -> list[socket.socket]:
-    """``pairs`` established loopback connections (both ends kept), plus their listener."""
-    listener = socket.create_server((HOST, 0), backlog=4096)
-    socks = [listener]
-    addr = listener.getsockname()
-    for _ in range(pairs):
-        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        client.connect(addr)
-        server, _ = listener.accept()
-        socks += (client, server)
-    return socks
 
 
 def query(port: int, text: str) -> str:
@@ -305,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 have = len(keep) - 1 - len(accepted)
                 if scenario.extra > have:
-                    keep += open_pairs((scenario.extra - have) // 2)
+                    keep += open_sockets(scenario.extra - have)
                 scenario.table.append(table_lines())
                 print(f"{scenario.label}: {scenario.table[-1]:,} sockets in /proc/net/tcp{{,6}}")
                 for rnd in range(rounds):
