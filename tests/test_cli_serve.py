@@ -66,7 +66,9 @@ def test_random_and_multiple() -> None:
             data = b""
             while data.count(b"\n") < 2:
                 data += sock.recv(1024)
-        assert re.fullmatch(rb"1,2:USERID:UNIX:[a-z]{8}\r\n3,4:USERID:UNIX:[a-z]{8}\r\n", data)
+        assert re.fullmatch(
+            rb"1,2:USERID:UNIX:[a-z0-9]{8}\r\n3,4:USERID:UNIX:[a-z0-9]{8}\r\n", data
+        )
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,10 @@ def test_random_and_multiple() -> None:
         (["serve", "--port", "http"], "not a port number"),
         (["serve", "--idle-timeout", "-5"], "positive number of seconds"),
         (["serve", "--response-timeout", "nan"], "positive number of seconds"),
-        (["serve", "--default", "a:b", "--random"], "not allowed with"),
+        (["serve", "--default", "ab", "--random"], "not allowed with"),
+        # The configuration's rule for a fixed answer, word for word (see test_config).
+        (["serve", "--default", "a:b"], "user id must not contain ':' (clients count colons)"),
+        (["serve", "--default", " ab"], "user id must not start or end with blanks"),
         (["serve", "--default", "jürgen"], "charset"),
         (["serve", "--bogus"], "unrecognized arguments"),
         ([], "a command is required"),

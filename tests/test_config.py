@@ -427,6 +427,27 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             "aioidentd.toml:3: [user.0] names a user already configured",
         ),
         (
+            # str.isdigit() takes these, int() does not (or reads a number nobody meant).
+            """
+            [default]
+            answer = "uid"
+
+            [user."²"]
+            answer = "hidden"
+            """,
+            "aioidentd.toml:4: [user.²]: '²' is neither a user name nor a uid (digits 0-9)",
+        ),
+        (
+            """
+            [[rule]]
+            remote_port = 6667
+            user = ["alice", "٣"]
+            answer = "random"
+            """,
+            "aioidentd.toml:3: 'user' in [[rule]] #1: '٣' is neither a user name nor a uid "
+            "(digits 0-9)",
+        ),
+        (
             """
             user = "alice"
             """,
@@ -514,6 +535,20 @@ def test_check_config_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert out == ""
     assert err == (
         f"aioidentd: {path}:3: unknown key 'multple' in [server] (did you mean 'multiple'?)\n"
+    )
+
+
+def test_check_config_superscript_uid_is_a_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "digits.toml"
+    path.write_text('[[rule]]\nlocal_port = 113\nuser = "²"\nanswer = "hidden"\n')
+    assert check_config(argparse.Namespace(config=str(path))) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"aioidentd: {path}:3: 'user' in [[rule]] #1: '²' is neither a user name nor a "
+        "uid (digits 0-9)\n"
     )
 
 

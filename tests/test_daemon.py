@@ -466,7 +466,7 @@ def test_command_line_wins_over_the_file(config_dir: Path) -> None:
     config.write_text('[server]\nlisten = "127.0.0.1"\nport = 1\nreply_style = "compact"\n')
     with daemon("--config", str(config), "--port", "0", "--reply-style", "spaced", "--random") as d:
         answer = ask(d.port, b"1,2\r\n")
-        assert re.fullmatch(rb"1 , 2 : USERID : UNIX : [a-z]{8}\r\n", answer), answer
+        assert re.fullmatch(rb"1 , 2 : USERID : UNIX : [a-z0-9]{8}\r\n", answer), answer
 
 
 def test_sigterm_answers_every_query_already_sent() -> None:

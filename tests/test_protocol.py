@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aioidentd.protocol import (
+    MAX_TOKEN,
+    WHITESPACE,
     ErrorReply,
     InvalidQuery,
     MalformedReply,
@@ -16,6 +18,7 @@ from aioidentd.protocol import (
     parse_query,
     parse_reply,
     split_lines,
+    unmapped,
 )
 
 # -- queries -------------------------------------------------------------------------------
@@ -278,3 +281,62 @@ def test_reply_parser_raises_only_its_own_error(data: bytes) -> None:
     else:
         # The spaced form writes " : " before the id, so a leading space survives.
         assert parse_reply(encode_reply(reply, "spaced")) == reply
+
+
+# -- the value rules, each defined once ----------------------------------------------------
+
+
+def test_every_token_is_bounded_by_max_token() -> None:
+    """opsys, charset, X-tokens and the non-standard error names a client keeps all stop at
+    MAX_TOKEN characters (the limit is the constant, not a 64 repeated in each pattern)."""
+    longest, too_long = "A" * MAX_TOKEN, "A" * (MAX_TOKEN + 1)
+    assert UserIdReply(1, 2, longest, b"x", longest).opsys == longest
+    with pytest.raises(ValueError, match=f"1-{MAX_TOKEN} printable"):
+        UserIdReply(1, 2, too_long, b"x")
+    with pytest.raises(ValueError, match=f"1-{MAX_TOKEN} printable"):
+        UserIdReply(1, 2, "UNIX", b"x", too_long)
+    assert ErrorReply(1, 2, "X" + longest[1:]).error == "X" + longest[1:]
+    with pytest.raises(ValueError):
+        ErrorReply(1, 2, "X" + too_long[1:])
+    assert parse_reply(b"1,2:ERROR:" + longest.encode()) == ErrorReply._received(1, 2, longest)
+    with pytest.raises(MalformedReply):
+        parse_reply(b"1,2:ERROR:" + too_long.encode())
+
+
+def test_a_non_standard_error_name_from_a_peer_is_kept_and_shown() -> None:
+    reply = parse_reply(b"1,2:ERROR:NO-SUCH-THING\r\n")
+    assert isinstance(reply, ErrorReply) and reply.error == "NO-SUCH-THING"
+    assert repr(reply) == "ErrorReply(server_port=1, client_port=2, error='NO-SUCH-THING')"
+    assert encode_reply(reply) == b"1,2:ERROR:NO-SUCH-THING\r\n"
+
+
+@pytest.mark.parametrize("blank", [bytes([char]) for char in WHITESPACE])
+def test_every_whitespace_octet_is_accepted_around_tokens(blank: bytes) -> None:
+    assert parse_query(blank + b"80" + blank + b"," + blank + b"25" + blank) == Query(80, 25)
+    assert parse_reply(b"80,25:" + blank + b"ERROR" + blank + b":NO-USER" + blank) == (
+        ErrorReply(80, 25, "NO-USER")
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "plain"),
+    [
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("::FFFF:c000:0207", "192.0.2.7"),
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("fe80::1%lo", "fe80::1%lo"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_v4_mapped_addresses_are_plain_ipv4(host: str, plain: str) -> None:
+    assert unmapped(host) == plain
+
+
+def test_the_version_is_said_once() -> None:
+    """The installed metadata's version is the package's own ``__version__``."""
+    import importlib.metadata
+
+    import aioidentd
+
+    assert importlib.metadata.version("aioidentd") == aioidentd.__version__

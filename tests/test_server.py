@@ -122,7 +122,7 @@ async def test_t05_random_user_id_is_fresh_per_query() -> None:
         await client.close()
     ids = []
     for line, pair in zip(lines, (b"1,2", b"3,4", b"5,6"), strict=True):
-        match = re.fullmatch(rb"(\d+,\d+):USERID:UNIX:([a-z]{8})\r\n", line)
+        match = re.fullmatch(rb"(\d+,\d+):USERID:UNIX:([a-z0-9]{8})\r\n", line)
         assert match is not None, line
         assert match.group(1) == pair
         ids.append(match.group(2))

@@ -13,13 +13,11 @@ import socket
 import stat
 from collections.abc import MutableMapping
 
+from aioidentd.errors import ActivationError
+
 __all__ = ["ActivationError", "inherited_sockets", "is_listening", "stdin_socket"]
 
 LISTEN_FDS_START = 3
-
-
-class ActivationError(RuntimeError):
-    """The service manager's hand-over is not usable (with the reason)."""
 
 
 def inherited_sockets(environ: MutableMapping[str, str] | None = None) -> list[socket.socket]:

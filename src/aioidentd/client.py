@@ -12,7 +12,6 @@ Parsing lives in :mod:`aioidentd.protocol`; this module only moves octets.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from typing import Any, cast
 
@@ -23,15 +22,18 @@ from aioidentd.errors import (
     IdentPortMismatch,
     IdentProtocolError,
     IdentTimeout,
+    MalformedReply,
 )
 from aioidentd.protocol import (
     MAX_LINE,
-    MalformedReply,
+    WHITESPACE,
     Query,
     Reply,
     check_port,
+    check_seconds,
     parse_reply,
     split_lines,
+    unmapped,
 )
 
 __all__ = ["IDENT_PORT", "query", "query_connection"]
@@ -39,22 +41,10 @@ __all__ = ["IDENT_PORT", "query", "query_connection"]
 #: The ident service's well-known port.
 IDENT_PORT = 113
 
-# Whitespace the protocol module tolerates around tokens; a line of only these is blank.
-_BLANK = b" \t\x0b\x0c\r"
-
 
 def _display(host: str, port: int) -> str:
     """``host:port``, bracketing IPv6 literals so the port is not read as part of them."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if not timeout > 0:  # also refuses NaN
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
 
 
 class _IdentClientProtocol(asyncio.Protocol):
@@ -86,7 +76,7 @@ class _IdentClientProtocol(asyncio.Protocol):
             if len(line) > MAX_LINE:
                 self._fail_line(f"an answer longer than {MAX_LINE} octets", line)
                 return
-            if not line.strip(_BLANK):
+            if not line.strip(WHITESPACE):
                 # A blank line says nothing; Net::Ident and POE::Filter::Ident skip such
                 # lines too, rather than fail on a server that pads its output.
                 continue
@@ -193,7 +183,8 @@ async def query(
     """
     the_query = Query(server_port, client_port)
     check_port("port", port)
-    _check_timeout(timeout)
+    if timeout is not None:
+        check_seconds("timeout", timeout)
     server = (host, port)
     where = _display(host, port)
     loop = asyncio.get_running_loop()
@@ -247,22 +238,6 @@ async def query(
         ) from None
 
 
-def _unmap(host: str) -> str:
-    """``1.2.3.4`` for ``::ffff:1.2.3.4``; other addresses unchanged.
-
-    A dual-stack listener reports IPv4 peers in the v4-mapped form, but the peer's identd
-    listens on IPv4, and an AF_INET6 socket bound to a mapped source would not reach it
-    reliably; so both ends of the query connection are spoken to over plain IPv4.
-    """
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return host
-
-
 def _host_of(sockaddr: Any) -> tuple[str, int, int]:
     """``(host, port, scope_id)`` from an AF_INET/AF_INET6 socket address."""
     if not isinstance(sockaddr, tuple) or len(sockaddr) not in (2, 4):
@@ -307,7 +282,10 @@ async def query_connection(
         )
     local_host, local_port, local_scope = _host_of(sockname)
     peer_host, peer_port, peer_scope = _host_of(peername)
-    peer_plain, local_plain = _unmap(peer_host), _unmap(local_host)
+    # A dual-stack listener reports IPv4 peers in the v4-mapped form, but the peer's identd
+    # listens on IPv4, and an AF_INET6 socket bound to a mapped source would not reach it
+    # reliably; so both ends of the query connection are spoken to over plain IPv4.
+    peer_plain, local_plain = unmapped(peer_host), unmapped(local_host)
     if (peer_plain != peer_host) != (local_plain != local_host):
         # One side mapped and the other not cannot share a family: let the kernel choose
         # the source rather than fail to bind.

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias, cast, get_args
 
-from aioidentd.protocol import UserIdReply
+from aioidentd.errors import ConfigError
+from aioidentd.protocol import check_port, check_seconds, check_token, safe_user_id
 
 __all__ = [
     "ANSWERS",
     "BUILTIN_DEFAULT",
     "BUILTIN_ROOT",
-    "RANDOM_LENGTH",
     "Answer",
     "Config",
     "ConfigError",
@@ -41,7 +41,6 @@ __all__ = [
     "load_config",
     "merge_settings",
     "parse_config",
-    "validate_user_id",
 ]
 
 Answer = Literal["username", "uid", "fixed", "random", "hidden", "no-user"]
@@ -49,39 +48,6 @@ Answer = Literal["username", "uid", "fixed", "random", "hidden", "no-user"]
 ANSWERS: Final[tuple[Answer, ...]] = get_args(Answer)
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Path: TypeAlias = tuple[str | int, ...]
-
-#: Random ids this long from [a-z0-9] give 41 bits; enough that two queries never link.
-RANDOM_LENGTH: Final = 8
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; ``str()`` is one line, ``file:line: message``."""
-
-    def __init__(self, filename: str, line: int | None, message: str) -> None:
-        self.filename = filename
-        self.line = line
-        self.message = message
-        where = filename if line is None else f"{filename}:{line}"
-        super().__init__(f"{where}: {message}")
-
-
-def validate_user_id(text: str, charset: str | None) -> bytes:
-    """The octets to send for a configured or user-chosen id; ValueError says why not.
-
-    Stricter than :class:`~aioidentd.protocol.UserIdReply`, which allows any octets but
-    CR, LF and NUL: a colon breaks clients that count colons (InspIRCd), surrounding
-    blanks are stripped by most parsers (so the id would not be what was configured), and
-    control characters have no business in a name that ends up in logs.
-    """
-    if not text:
-        raise ValueError("user id must not be empty")
-    if text != text.strip():
-        raise ValueError(f"user id must not start or end with blanks: {text!r}")
-    if ":" in text:
-        raise ValueError(f"user id must not contain ':' (clients count colons): {text!r}")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
-        raise ValueError(f"user id must not contain control characters (CR, LF, ...): {text!r}")
-    return UserIdReply.from_text(0, 0, "UNIX", text, charset).raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,14 +481,22 @@ class _Validator:
     def token(self, table: Mapping[str, Any], key: str, path: Path) -> str:
         value: str = self.typed(table, key, path, str)
         try:
-            UserIdReply(0, 0, value, b"x")
-        except ValueError:
-            raise self.error(
-                (*path, key),
-                f"'{key}' in {_show(path)} must be 1-64 printable ASCII characters without "
-                f"':' or ',', got {value!r}",
-            ) from None
+            check_token(f"'{key}' in {_show(path)}", value)
+        except ValueError as exc:
+            raise self.error((*path, key), str(exc)) from None
         return value
+
+    def user_key(self, text: str, path: Path) -> str | int:
+        """A uid when ``text`` is decimal digits, else a name. Only ASCII digits make a
+        uid: ``str.isdigit()`` also takes ``²`` and other digits that ``int()`` refuses
+        or reads as a number nobody meant."""
+        if text.isascii() and text.isdigit():
+            return int(text)
+        if text.isdigit():
+            raise self.error(
+                path, f"{_show(path)}: {text!r} is neither a user name nor a uid (digits 0-9)"
+            )
+        return text
 
     def one_or_many(self, table: Mapping[str, Any], key: str, path: Path) -> list[Any]:
         value = table[key]
@@ -543,7 +517,7 @@ class _Validator:
         users: dict[str | int, Settings] = {}
         for key, value in self.table(document.get("user", {}), ("user",)).items():
             path: Path = ("user", key)
-            user: str | int = int(key) if key.isdigit() else key
+            user = self.user_key(key, path)
             if user in users or (user in ("root", 0) and ({"root", 0} & users.keys())):
                 raise self.error(path, f"{_show(path)} names a user already configured")
             users[user] = self.settings(self.table(value, path), path, reply, _show(path))
@@ -596,8 +570,10 @@ class _Validator:
                 values["listen"] = tuple(listen)
         if "port" in table:
             port: int = self.typed(table, "port", path, int)
-            if not 0 <= port <= 65535:
-                raise self.error((*path, "port"), f"'port' must be 0..65535, got {port}")
+            try:
+                check_port("'port'", port, 0)
+            except ValueError as exc:
+                raise self.error((*path, "port"), str(exc)) from None
             values["port"] = port
         for key in ("multiple", "log_queries", "allow_root", "uvloop"):
             if key in table:
@@ -605,10 +581,10 @@ class _Validator:
         for key in ("idle_timeout", "response_timeout"):
             if key in table:
                 seconds = self.typed(table, key, path, float)
-                if not 0 < seconds < float("inf"):
-                    raise self.error(
-                        (*path, key), f"'{key}' must be a positive number of seconds, got {seconds}"
-                    )
+                try:
+                    check_seconds(f"'{key}'", seconds)
+                except ValueError as exc:
+                    raise self.error((*path, key), str(exc)) from None
                 values[key] = float(seconds)
         if "reply_style" in table:
             values["reply_style"] = self.choice(table, "reply_style", path, ("compact", "spaced"))
@@ -670,7 +646,7 @@ class _Validator:
                     (*path, "reply"), f"'reply' in {_show(path)} needs answer = \"fixed\""
                 )
             try:
-                validate_user_id(text, reply.charset)
+                safe_user_id(text, reply.charset)
             except ValueError as exc:
                 raise self.error((*path, "reply"), f"'reply' in {_show(path)}: {exc}") from None
             values["reply"] = text
@@ -732,7 +708,7 @@ class _Validator:
             if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
                 names.append(item)
             elif isinstance(item, str) and item:
-                names.append(int(item) if item.isdigit() else item)
+                names.append(self.user_key(item, (*path, key)))
             else:
                 raise self.error(
                     (*path, key),

@@ -27,22 +27,19 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aioidentd.activation import ActivationError, inherited_sockets, is_listening, stdin_socket
-from aioidentd.config import Config, ConfigError, ServerConfig, load_config
+from aioidentd.activation import inherited_sockets, is_listening, stdin_socket
+from aioidentd.config import Config, ServerConfig, load_config
+from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
 from aioidentd.listener import bind_sockets
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
 from aioidentd.policy import Policy
-from aioidentd.privileges import Identity, PrivilegeError, drop_privileges, resolve_identity
+from aioidentd.privileges import Identity, drop_privileges, resolve_identity
 from aioidentd.responder import KernelResponder
 from aioidentd.server import IdentServer
 
 __all__ = ["Daemon", "DaemonError"]
 
 logger = logging.getLogger(__name__)
-
-
-class DaemonError(RuntimeError):
-    """The daemon cannot start; the message is meant for the administrator."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -110,17 +107,7 @@ class Daemon:
             return [], stdin_socket()
         inherited = inherited_sockets()
         if inherited:
-            connected = [s for s in inherited if not is_listening(s)]
-            if connected:
-                # systemd Accept=yes: one connection per instance, like inetd.
-                for sock in inherited[1:]:
-                    sock.close()
-                return [], connected[0]
-            logger.info(
-                "serving %d socket(s) passed by systemd; 'listen' and 'port' are not used",
-                len(inherited),
-            )
-            return inherited, None
+            return take_inherited(inherited)
         copies = server.workers if server.workers > 1 else 1
         socks: list[socket.socket] = []
         try:
@@ -348,6 +335,25 @@ class Daemon:
         for sock in socks:
             sock.close()
         return status
+
+
+def take_inherited(
+    inherited: list[socket.socket],
+) -> tuple[list[socket.socket], socket.socket | None]:
+    """What to serve of the sockets systemd passed: all of them when they are listeners;
+    with ``Accept=yes``, the first connected one alone (one connection per instance, like
+    inetd), every other descriptor closed."""
+    connected = next((sock for sock in inherited if not is_listening(sock)), None)
+    if connected is not None:
+        for sock in inherited:
+            if sock is not connected:
+                sock.close()
+        return [], connected
+    logger.info(
+        "serving %d socket(s) passed by systemd; 'listen' and 'port' are not used",
+        len(inherited),
+    )
+    return inherited, None
 
 
 def _port_of(socks: list[socket.socket]) -> int:

@@ -39,7 +39,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import NamedTuple, Protocol, Self
 
-from aioidentd.protocol import Address
+from aioidentd.errors import SocketLookupError
+from aioidentd.protocol import V4_MAPPED_PREFIX, Address
 
 __all__ = [
     "Address",
@@ -55,14 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class SocketLookupError(OSError):
-    """The lookup itself failed, as opposed to finding no socket.
-
-    Kept distinct from a ``None`` result because the ident answers differ: "no such connection"
-    is NO-USER, while "I could not find out" must be UNKNOWN-ERROR, never a guess.
-    """
 
 
 class SocketLookup(Protocol):
@@ -84,8 +77,6 @@ class SocketLookup(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # Address handling shared by the back ends
-
-_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 # Linux TCP states (include/net/tcp_states.h) in which a matching entry is not a connection
 # anyone owns: TIME_WAIT and CLOSE are remnants; LISTEN can turn up because the kernel's exact
@@ -122,7 +113,7 @@ def _endpoint(addr: Address) -> _Endpoint:
         packed = socket.inet_pton(socket.AF_INET6, name)
     except (OSError, UnicodeError):
         raise ValueError(f"not an IP address: {host!r}") from None
-    if packed[:12] == _V4_MAPPED_PREFIX:
+    if packed[:12] == V4_MAPPED_PREFIX:
         return _Endpoint(socket.AF_INET, packed[12:], port, 0)
     return _Endpoint(socket.AF_INET6, packed, port, _scope_index(scope))
 
@@ -141,7 +132,7 @@ def _scope_index(scope: str) -> int:
 
 def _normalise_packed(packed: bytes) -> bytes:
     """Reduce a 16-byte v4-mapped address to its 4 IPv4 bytes; leave anything else alone."""
-    if len(packed) == 16 and packed[:12] == _V4_MAPPED_PREFIX:
+    if len(packed) == 16 and packed[:12] == V4_MAPPED_PREFIX:
         return packed[12:]
     return packed
 
@@ -331,7 +322,7 @@ class NetlinkLookup:
     def _lookup(self, lo: _Endpoint, re: _Endpoint, family: int) -> int | None:
         """One request/reply round trip, asking in ``family`` (AF_INET6 for the v4-mapped form)."""
         if family == socket.AF_INET6 and lo.family == socket.AF_INET:
-            src, dst = _V4_MAPPED_PREFIX + lo.packed, _V4_MAPPED_PREFIX + re.packed
+            src, dst = V4_MAPPED_PREFIX + lo.packed, V4_MAPPED_PREFIX + re.packed
         else:
             src, dst = lo.packed, re.packed
         with self._lock:
@@ -435,9 +426,9 @@ class ProcNetLookup:
         if uid is None:
             uid = self._search(
                 self._tcp6,
-                _V4_MAPPED_PREFIX + lo.packed,
+                V4_MAPPED_PREFIX + lo.packed,
                 lo.port,
-                _V4_MAPPED_PREFIX + re.packed,
+                V4_MAPPED_PREFIX + re.packed,
                 re.port,
                 required=False,
             )

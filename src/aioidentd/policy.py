@@ -19,7 +19,6 @@ import ipaddress
 import logging
 import os
 import pwd
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,15 +27,23 @@ from typing import Final, Protocol
 from aioidentd.config import (
     BUILTIN_DEFAULT,
     BUILTIN_ROOT,
-    RANDOM_LENGTH,
     Config,
     Network,
     Rule,
     Settings,
     merge_settings,
-    validate_user_id,
 )
-from aioidentd.protocol import MAX_USER_ID, Address, ErrorReply, Reply, UserIdReply
+from aioidentd.errors import ReplyFileRefused
+from aioidentd.protocol import (
+    MAX_USER_ID,
+    Address,
+    ErrorReply,
+    Reply,
+    UserIdReply,
+    random_user_id,
+    safe_user_id,
+    unmapped,
+)
 
 __all__ = [
     "REPLY_FILE",
@@ -57,7 +64,6 @@ logger = logging.getLogger(__name__)
 REPLY_FILE: Final = ".aioidentd-reply"
 #: The largest reply file read: a maximal user id plus CR LF.
 MAX_REPLY_FILE: Final = MAX_USER_ID + 2
-_RANDOM_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
 _OPEN_FLAGS: Final = (
     os.O_RDONLY
     | getattr(os, "O_NOFOLLOW", 0)
@@ -117,10 +123,6 @@ class SystemUserDB:
             except KeyError:
                 names.append(str(gid))
         return names
-
-
-class ReplyFileRefused(Exception):
-    """A reply file that exists but must not be used; the message says why."""
 
 
 def read_reply_file(home: str, uid: int) -> str | None:
@@ -251,14 +253,12 @@ def _address_in(address: str, networks: Sequence[Network]) -> bool:
     """Whether an address is in any network, seeing ``::ffff:a.b.c.d`` and ``a.b.c.d``
     as the same host (a dual-stack socket reports IPv4 peers in the mapped form)."""
     try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
+        ip = ipaddress.ip_address(unmapped(address).partition("%")[0])
     except ValueError:
         return False
     candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
-    else:
+    if isinstance(ip, ipaddress.IPv4Address):
+        # A network written in the mapped form (::ffff:0:0/96) still matches.
         candidates.append(ipaddress.IPv6Address(f"::ffff:{ip}"))
     return any(candidate in network for candidate in candidates for network in networks)
 
@@ -386,7 +386,7 @@ class Policy:
                 logger.debug("%s has no %s", who, REPLY_FILE)
                 return None, None
             try:
-                raw = validate_user_id(text, self.config.reply.charset)
+                raw = safe_user_id(text, self.config.reply.charset)
             except ValueError as exc:
                 raise ReplyFileRefused(f"invalid reply: {exc}") from None
             if not settings.allow_spoof_other:
@@ -412,20 +412,20 @@ class Policy:
         charset = self.config.reply.charset
         raw: bytes | None = None
         if answer == "random":
-            text = "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
+            text = random_user_id()
         elif answer == "fixed" and settings.reply is not None:
             text = settings.reply
         elif answer == "username" and name is not None:
             text = name
             try:
-                raw = validate_user_id(name, charset)
+                raw = safe_user_id(name, charset)
             except ValueError as exc:
                 logger.warning("answering uid %d instead of its name: %s", uid, exc)
                 text = str(uid)
         else:  # "uid", or "username" without a passwd entry
             text = str(uid)
         if raw is None:
-            raw = validate_user_id(text, charset)
+            raw = safe_user_id(text, charset)
         return self._user_id(answer, source, uid, name, raw, note)
 
     def _user_id(

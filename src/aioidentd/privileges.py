@@ -14,13 +14,11 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from aioidentd.errors import PrivilegeError
+
 __all__ = ["Identity", "PrivilegeError", "drop_privileges", "resolve_identity"]
 
 logger = logging.getLogger(__name__)
-
-
-class PrivilegeError(RuntimeError):
-    """The process cannot take, or refuses to keep, the requested identity."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +29,16 @@ class Identity:
     gid: int
 
 
+def _is_number(text: str) -> bool:
+    """Digits 0-9 only: ``str.isdigit()`` alone also takes ``²``, which ``int()`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def resolve_identity(user: str, group: str | None = None) -> Identity:
     """Look up ``user`` (and ``group``, default: the user's primary group) by name or
     number."""
     try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        entry = pwd.getpwuid(int(user)) if _is_number(user) else pwd.getpwnam(user)
     except (KeyError, ValueError):
         raise PrivilegeError(f"no such user: {user!r}") from None
     if group is None:
@@ -46,7 +49,11 @@ def resolve_identity(user: str, group: str | None = None) -> Identity:
             group_name = str(gid)
     else:
         try:
-            gentry = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+            gentry = (
+                grp.getgrgid(int(group))
+                if group.isascii() and group.isdigit()
+                else grp.getgrnam(group)
+            )
         except (KeyError, ValueError):
             raise PrivilegeError(f"no such group: {group!r}") from None
         gid, group_name = gentry.gr_gid, gentry.gr_name

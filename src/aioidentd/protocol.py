@@ -15,14 +15,21 @@ Two rules shape the whole module:
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Final, Literal
+
+from aioidentd.errors import InvalidQuery, MalformedReply
 
 __all__ = [
     "ERROR_TOKENS",
     "MAX_LINE",
     "MAX_USER_ID",
+    "V4_MAPPED_PREFIX",
+    "WHITESPACE",
     "Address",
     "ErrorReply",
     "InvalidQuery",
@@ -32,11 +39,19 @@ __all__ = [
     "ReplyStyle",
     "UserIdReply",
     "check_port",
+    "check_seconds",
+    "check_token",
     "encode_reply",
+    "encode_reply_tail",
+    "encode_user_id",
     "error_line",
     "parse_query",
     "parse_reply",
+    "port_pair",
+    "random_user_id",
+    "safe_user_id",
     "split_lines",
+    "unmapped",
 ]
 
 #: RFC 1413 lets a client abort after this many octets without an end of line; the server
@@ -52,9 +67,11 @@ ERROR_TOKENS: Final = frozenset({"INVALID-PORT", "NO-USER", "HIDDEN-USER", "UNKN
 
 ReplyStyle = Literal["compact", "spaced"]
 
-# Whitespace accepted between tokens. The RFC names space and tab; the seed (Perl's \s on
-# bytes) also took VT, FF and CR, and a stray CR before LF must be harmless anyway.
-_WS = rb"[ \t\x0b\x0c\r]*"
+#: Whitespace accepted between tokens (and a line of nothing else is blank). The RFC
+#: names space and tab; the seed (Perl's \s on bytes) also took VT, FF and CR, and a stray
+#: CR before LF must be harmless anyway.
+WHITESPACE: Final = b" \t\x0b\x0c\r"
+_WS: Final = b"[" + re.escape(WHITESPACE) + b"]*"
 _QUERY_RE: Final = re.compile(_WS + rb"([0-9]+)" + _WS + rb"," + _WS + rb"([0-9]+)" + _WS)
 _REPLY_RE: Final = re.compile(
     _WS
@@ -73,10 +90,20 @@ _REPLY_RE: Final = re.compile(
 )
 # Printable US-ASCII except the colon: the RFC's token characters. Commas are refused in
 # opsys and charset because the comma separates the two on the wire.
-_TOKEN_RE: Final = re.compile(r"[!-9;-~]{1,64}")
-_OPSYS_RE: Final = re.compile(r"[!-+\--9;-~]{1,64}")
-_X_TOKEN_RE: Final = re.compile(r"X[!-9;-~]{1,63}")
-_STRIP: Final = b" \t\x0b\x0c\r"
+_TOKEN_RE: Final = re.compile(f"[!-9;-~]{{1,{MAX_TOKEN}}}")
+_OPSYS_RE: Final = re.compile(f"[!-+\\--9;-~]{{1,{MAX_TOKEN}}}")
+_X_TOKEN_RE: Final = re.compile(f"X[!-9;-~]{{1,{MAX_TOKEN - 1}}}")
+
+#: The port pair at the start of a reply line, by reply style.
+_PORT_PAIR: Final[dict[str, bytes]] = {"compact": b"%d,%d", "spaced": b"%d , %d"}
+
+#: Random user ids: 8 characters of [a-z0-9] (41 bits, so two queries never link), a
+#: name every IRC server accepts.
+RANDOM_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
+RANDOM_LENGTH: Final = 8
+
+#: The first 12 octets of an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``).
+V4_MAPPED_PREFIX: Final = b"\x00" * 10 + b"\xff\xff"
 
 
 #: ``(host, port)`` of one end of a TCP connection, as the socket module gives it. The RFC
@@ -95,6 +122,102 @@ def check_port(name: str, value: int, low: int = 1, high: int | None = 65535) ->
         raise ValueError(f"{name} must be {bounds}, got {value}")
 
 
+def check_seconds(name: str, value: float) -> None:
+    """Raise TypeError/ValueError unless ``value`` is a positive, finite number of seconds
+    (a timeout, a deadline): the one rule for the server, the client, the configuration
+    and the command line."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):  # also refuses NaN
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def check_token(name: str, value: str) -> None:
+    """Raise TypeError/ValueError unless ``value`` can be an opsys or a charset on the wire:
+    1-64 printable US-ASCII characters, no colon (it ends the field), no comma (it
+    separates opsys from charset)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str, not {type(value).__name__}")
+    if not _OPSYS_RE.fullmatch(value):
+        raise ValueError(
+            f"{name} must be 1-{MAX_TOKEN} printable ASCII characters without ':' or ',', "
+            f"got {value!r}"
+        )
+
+
+def encode_user_id(user_id: str | bytes, charset: str | None = None) -> bytes:
+    """The octets a USERID reply carries for ``user_id``; ValueError says why it cannot
+    be sent (not encodable by ``charset``, US-ASCII by default; empty; over 512 octets;
+    CR, LF or NUL), TypeError when it is neither text nor bytes."""
+    if isinstance(user_id, str):
+        try:
+            raw = user_id.encode(charset or "ascii")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"user id {user_id!r} is not {charset or 'US-ASCII'}; "
+                f"pass charset='UTF-8' to send it"
+            ) from None
+        except LookupError:
+            raise ValueError(f"unknown charset {charset!r}") from None
+    elif isinstance(user_id, bytes):
+        raw = user_id
+    else:
+        raise TypeError(f"user id must be str or bytes, not {type(user_id).__name__}")
+    _check_raw_user_id(raw)
+    return raw
+
+
+def _check_raw_user_id(raw: bytes) -> None:
+    if not isinstance(raw, bytes):
+        raise TypeError(f"raw must be bytes, not {type(raw).__name__}")
+    if not 1 <= len(raw) <= MAX_USER_ID:
+        raise ValueError(f"user id must be 1-{MAX_USER_ID} octets, got {len(raw)}")
+    if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+        raise ValueError(f"user id must not contain CR, LF or NUL: {raw!r}")
+
+
+def safe_user_id(text: str, charset: str | None = None) -> bytes:
+    """The octets to send for an id an administrator or a user chose (a fixed answer,
+    ``serve --default``, a reply file); ValueError says why not.
+
+    Stricter than :func:`encode_user_id`, which allows any octets but CR, LF and NUL: a
+    colon breaks clients that count colons (InspIRCd), surrounding blanks are stripped by
+    most parsers (so the id would not be what was configured), and control characters
+    have no business in a name that ends up in logs.
+    """
+    if not text:
+        raise ValueError("user id must not be empty")
+    if text != text.strip():
+        raise ValueError(f"user id must not start or end with blanks: {text!r}")
+    if ":" in text:
+        raise ValueError(f"user id must not contain ':' (clients count colons): {text!r}")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ValueError(f"user id must not contain control characters (CR, LF, ...): {text!r}")
+    return encode_user_id(text, charset)
+
+
+def random_user_id() -> str:
+    """A fresh random user id (:data:`RANDOM_ALPHABET`, :data:`RANDOM_LENGTH` long), drawn
+    with :mod:`secrets` so that one answer says nothing about the next."""
+    return "".join(secrets.choice(RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
+
+
+def unmapped(host: str) -> str:
+    """``1.2.3.4`` for ``::ffff:1.2.3.4``; any other host unchanged.
+
+    A dual-stack socket reports IPv4 peers in the v4-mapped form; everything that compares
+    or reaches addresses (policy networks, the client's source address, the lookups)
+    treats both spellings as the one IPv4 host.
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return host
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """A valid query: the connection between ``server_port`` on the ident host and
@@ -110,23 +233,6 @@ class Query:
     def encode(self) -> bytes:
         """The query as a client sends it (``6191, 23`` + CR LF, the form most clients use)."""
         return b"%d, %d\r\n" % (self.server_port, self.client_port)
-
-
-class InvalidQuery(ValueError):
-    """A query line that cannot be answered; :attr:`reply` is the error line to send.
-
-    ``server_port``/``client_port`` echo the line's numbers when both were numeric (the pair
-    was merely out of range), else they are ``0, 0``.
-    """
-
-    def __init__(self, message: str, server_port: int = 0, client_port: int = 0) -> None:
-        super().__init__(message)
-        self.server_port = server_port
-        self.client_port = client_port
-
-    @property
-    def reply(self) -> ErrorReply:
-        return ErrorReply(self.server_port, self.client_port, "INVALID-PORT")
 
 
 def parse_query(line: bytes) -> Query:
@@ -170,24 +276,10 @@ class UserIdReply:
     def __post_init__(self) -> None:
         check_port("server_port", self.server_port, 0, None)
         check_port("client_port", self.client_port, 0, None)
-        if not isinstance(self.opsys, str) or not _OPSYS_RE.fullmatch(self.opsys):
-            raise ValueError(
-                f"opsys must be 1-64 printable ASCII characters without ':' or ',', "
-                f"got {self.opsys!r}"
-            )
-        if self.charset is not None and (
-            not isinstance(self.charset, str) or not _OPSYS_RE.fullmatch(self.charset)
-        ):
-            raise ValueError(
-                f"charset must be 1-64 printable ASCII characters without ':' or ',', "
-                f"got {self.charset!r}"
-            )
-        if not isinstance(self.raw, bytes):
-            raise TypeError(f"raw must be bytes, not {type(self.raw).__name__}")
-        if not 1 <= len(self.raw) <= MAX_USER_ID:
-            raise ValueError(f"user id must be 1-{MAX_USER_ID} octets, got {len(self.raw)}")
-        if b"\r" in self.raw or b"\n" in self.raw or b"\0" in self.raw:
-            raise ValueError(f"user id must not contain CR, LF or NUL: {self.raw!r}")
+        check_token("opsys", self.opsys)
+        if self.charset is not None:
+            check_token("charset", self.charset)
+        _check_raw_user_id(self.raw)
 
     @classmethod
     def from_text(
@@ -199,22 +291,7 @@ class UserIdReply:
         charset: str | None = None,
     ) -> UserIdReply:
         """Build a reply from a text user id, encoded by ``charset`` (US-ASCII by default)."""
-        if isinstance(user_id, str):
-            encoding = charset or "ascii"
-            try:
-                raw = user_id.encode(encoding)
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"user id {user_id!r} is not {charset or 'US-ASCII'}; "
-                    f"pass charset='UTF-8' to send it"
-                ) from None
-            except LookupError:
-                raise ValueError(f"unknown charset {charset!r}") from None
-        elif isinstance(user_id, bytes):
-            raw = user_id
-        else:
-            raise TypeError(f"user id must be str or bytes, not {type(user_id).__name__}")
-        return cls(server_port, client_port, opsys, raw, charset)
+        return cls(server_port, client_port, opsys, encode_user_id(user_id, charset), charset)
 
     @property
     def user_id(self) -> str | bytes:
@@ -258,11 +335,54 @@ class ErrorReply:
                 f"('X' + 1-63 printable ASCII characters without ':'), got {self.error!r}"
             )
 
+    @classmethod
+    def _received(cls, server_port: int, client_port: int, error: str) -> ErrorReply:
+        """A reply as a peer sent it, trusted as :func:`parse_reply` has checked it: keeps
+        a non-standard error name that lacks the ``X`` (liberal in what is accepted),
+        which the sender-side check of the constructor refuses."""
+        reply = object.__new__(cls)
+        object.__setattr__(reply, "server_port", server_port)
+        object.__setattr__(reply, "client_port", client_port)
+        object.__setattr__(reply, "error", error)
+        return reply
+
     def __str__(self) -> str:
         return f"ERROR {self.error}"
 
 
 Reply = UserIdReply | ErrorReply
+
+
+def port_pair(server_port: int, client_port: int, style: ReplyStyle = "compact") -> bytes:
+    """The port pair that starts a reply line in ``style`` (``6193,23`` or ``6193 , 23``)."""
+    try:
+        form = _PORT_PAIR[style]
+    except KeyError:
+        raise ValueError(f"reply style must be 'compact' or 'spaced', got {style!r}") from None
+    return form % (server_port, client_port)
+
+
+def encode_reply_tail(reply: Reply, style: ReplyStyle = "compact") -> bytes:
+    """The reply line after its port pair, CR LF included: what does not change from one
+    query to the next for the same answer, so that a server can keep it."""
+    if style == "compact":
+        if isinstance(reply, UserIdReply):
+            if reply.charset is None:
+                head = b":USERID:%s:" % reply.opsys.encode()
+            else:
+                head = b":USERID:%s,%s:" % (reply.opsys.encode(), reply.charset.encode())
+            if reply.raw.startswith(b" "):
+                # Readers strip one space after the colon (the usual separator); give them
+                # one so that an id's own leading space survives.
+                head += b" "
+            return head + reply.raw + b"\r\n"
+        return b":ERROR:%s\r\n" % reply.error.encode()
+    if style == "spaced":
+        if isinstance(reply, UserIdReply):
+            opsys = reply.opsys if reply.charset is None else f"{reply.opsys} , {reply.charset}"
+            return b" : USERID : %s : %s\r\n" % (opsys.encode(), reply.raw)
+        return b" : ERROR : %s\r\n" % reply.error.encode()
+    raise ValueError(f"reply style must be 'compact' or 'spaced', got {style!r}")
 
 
 def encode_reply(reply: Reply, style: ReplyStyle = "compact") -> bytes:
@@ -272,46 +392,8 @@ def encode_reply(reply: Reply, style: ReplyStyle = "compact") -> bytes:
     current client accepts; ``spaced`` is the seed's and the RFC examples' form
     (``6193 , 23 : USERID : UNIX : stjohns``) for old parsers that insist on spaces.
     """
-    if style == "compact":
-        if isinstance(reply, UserIdReply):
-            if reply.charset is None:
-                head = b"%d,%d:USERID:%s:" % (
-                    reply.server_port,
-                    reply.client_port,
-                    reply.opsys.encode(),
-                )
-            else:
-                head = b"%d,%d:USERID:%s,%s:" % (
-                    reply.server_port,
-                    reply.client_port,
-                    reply.opsys.encode(),
-                    reply.charset.encode(),
-                )
-            if reply.raw.startswith(b" "):
-                # Readers strip one space after the colon (the usual separator); give them
-                # one so that an id's own leading space survives.
-                head += b" "
-            return head + reply.raw + b"\r\n"
-        return b"%d,%d:ERROR:%s\r\n" % (
-            reply.server_port,
-            reply.client_port,
-            reply.error.encode(),
-        )
-    if style == "spaced":
-        if isinstance(reply, UserIdReply):
-            opsys = reply.opsys if reply.charset is None else f"{reply.opsys} , {reply.charset}"
-            return b"%d , %d : USERID : %s : %s\r\n" % (
-                reply.server_port,
-                reply.client_port,
-                opsys.encode(),
-                reply.raw,
-            )
-        return b"%d , %d : ERROR : %s\r\n" % (
-            reply.server_port,
-            reply.client_port,
-            reply.error.encode(),
-        )
-    raise ValueError(f"reply style must be 'compact' or 'spaced', got {style!r}")
+    tail = encode_reply_tail(reply, style)
+    return _PORT_PAIR[style] % (reply.server_port, reply.client_port) + tail
 
 
 def error_line(
@@ -319,10 +401,6 @@ def error_line(
 ) -> bytes:
     """Shorthand for ``encode_reply(ErrorReply(...), style)``."""
     return encode_reply(ErrorReply(server_port, client_port, error), style)
-
-
-class MalformedReply(ValueError):
-    """A reply line that does not follow RFC 1413's structure."""
 
 
 def parse_reply(line: bytes) -> Reply:
@@ -348,7 +426,7 @@ def parse_reply(line: bytes) -> Reply:
     kind_upper = kind.upper()
     try:
         if kind_upper == b"ERROR":
-            token = rest.strip(_STRIP)
+            token = rest.strip(WHITESPACE)
             try:
                 text = token.decode("ascii")
             except UnicodeDecodeError:
@@ -358,23 +436,16 @@ def parse_reply(line: bytes) -> Reply:
             if not _TOKEN_RE.fullmatch(text):
                 raise MalformedReply(f"invalid error token {token[:80]!r}")
             # A non-standard name that lacks the "X": keep it rather than lose what the
-            # server said (liberal in what we accept); it bypasses the sender-side check.
-            reply = object.__new__(ErrorReply)
-            for name, value in (
-                ("server_port", server_port),
-                ("client_port", client_port),
-                ("error", text),
-            ):
-                object.__setattr__(reply, name, value)
-            return reply
+            # server said.
+            return ErrorReply._received(server_port, client_port, text)
         if kind_upper == b"USERID":
             opsys_field, sep, raw = rest.partition(b":")
             if not sep:
                 raise MalformedReply(f"USERID reply without user id: {line[:80]!r}")
             opsys_bytes, comma, charset_bytes = opsys_field.partition(b",")
             try:
-                opsys = opsys_bytes.strip(_STRIP).decode("ascii")
-                charset = charset_bytes.strip(_STRIP).decode("ascii") if comma else None
+                opsys = opsys_bytes.strip(WHITESPACE).decode("ascii")
+                charset = charset_bytes.strip(WHITESPACE).decode("ascii") if comma else None
             except UnicodeDecodeError:
                 raise MalformedReply(f"non-ASCII opsys field: {opsys_field[:80]!r}") from None
             if raw.startswith(b" "):

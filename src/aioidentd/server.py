@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import secrets
 import socket
-import string
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
@@ -37,9 +35,15 @@ from aioidentd.protocol import (
     InvalidQuery,
     ReplyStyle,
     UserIdReply,
+    check_port,
+    check_seconds,
     encode_reply,
+    encode_reply_tail,
+    encode_user_id,
     error_line,
     parse_query,
+    port_pair,
+    random_user_id,
 )
 
 __all__ = ["Handler", "IdentRequest", "IdentServer"]
@@ -53,10 +57,6 @@ Handler = Callable[["IdentRequest"], Awaitable[None] | None]
 LINGER: Final = 2.0
 #: How long close() waits for connections to flush their last answers before aborting.
 CLOSE_GRACE: Final = 1.0
-_RANDOM_ALPHABET: Final = string.ascii_lowercase
-_RANDOM_LENGTH: Final = 8
-#: How encode_reply() writes the port pair at the start of a line, by reply style.
-_PORTS: Final[dict[str, bytes]] = {"compact": b"%d,%d", "spaced": b"%d , %d"}
 
 
 def _address(sockaddr: Any) -> Address:
@@ -470,14 +470,12 @@ class IdentServer:
         backlog: int = 1024,
         sock: socket.socket | Sequence[socket.socket] | None = None,
     ) -> None:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-        for label, value in (
-            ("idle_timeout", idle_timeout),
-            ("response_timeout", response_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        try:
+            check_port("port", port, 0)
+            check_seconds("idle_timeout", idle_timeout)
+            check_seconds("response_timeout", response_timeout)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None  # this constructor has always said ValueError
         for label, count in (
             ("max_connections", max_connections),
             ("max_pending", max_pending),
@@ -488,7 +486,7 @@ class IdentServer:
         if reply_style not in ("compact", "spaced"):
             raise ValueError(f"reply_style must be 'compact' or 'spaced', got {reply_style!r}")
         if default is not None:
-            UserIdReply.from_text(0, 0, "UNIX", default)  # raises ValueError when invalid
+            encode_user_id(default)  # raises ValueError when invalid
         self.host = host
         self.port = port
         self.multiple = bool(multiple)
@@ -670,8 +668,7 @@ class IdentServer:
         if self.default is not None:
             return UserIdReply.from_text(server_port, client_port, "UNIX", self.default)
         if self.random:
-            user = "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(_RANDOM_LENGTH))
-            return UserIdReply(server_port, client_port, "UNIX", user.encode())
+            return UserIdReply(server_port, client_port, "UNIX", random_user_id().encode())
         return ErrorReply(server_port, client_port, "HIDDEN-USER")
 
     def _fallback_line(self, server_port: int, client_port: int) -> bytes:
@@ -682,11 +679,9 @@ class IdentServer:
             return encode_reply(self._fallback(server_port, client_port), style)
         cached = self._default_tail
         if cached is None or cached[0] != default or cached[1] != style:
-            line = encode_reply(UserIdReply.from_text(0, 0, "UNIX", default), style)
-            head = _PORTS[style] % (0, 0)
-            assert line.startswith(head)
-            cached = self._default_tail = (default, style, line[len(head) :])
-        return _PORTS[style] % (server_port, client_port) + cached[2]
+            tail = encode_reply_tail(UserIdReply.from_text(0, 0, "UNIX", default), style)
+            cached = self._default_tail = (default, style, tail)
+        return port_pair(server_port, client_port, style) + cached[2]
 
     def _spawn(self, awaitable: Awaitable[None], request: IdentRequest) -> None:
         try:

@@ -4,9 +4,10 @@ same way (argparse turns these errors into one ``usage`` line and exit status 2)
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from aioidentd.protocol import check_port, check_seconds
 
 __all__ = ["SubParsers", "count", "port", "seconds"]
 
@@ -22,8 +23,10 @@ def port(low: int = 1) -> Callable[[str], int]:
             value = int(text, 10)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-        if not low <= value <= 65535:
-            raise argparse.ArgumentTypeError(f"port must be {low}..65535, got {value}")
+        try:
+            check_port("port", value, low)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return value
 
     return parse
@@ -35,8 +38,10 @@ def seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    try:
+        check_seconds("the value", value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aioidentd.cli.arguments import count, port, seconds
 from aioidentd.config import ConfigError, ServerConfig
 from aioidentd.daemon import Daemon, DaemonError
-from aioidentd.protocol import UserIdReply
+from aioidentd.protocol import safe_user_id
 
 if TYPE_CHECKING:
     from aioidentd.cli.arguments import SubParsers
@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 def _user_id(text: str) -> str:
+    """``--default``: the rule of the configuration's fixed answer (no colon, no
+    surrounding blanks, no control characters), so both refuse the same ids."""
     try:
-        UserIdReply.from_text(0, 0, "UNIX", text)
+        safe_user_id(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
