@@ -609,7 +609,7 @@ def test_register_needs_a_callable() -> None:
     server.register(handler)
     server.register(handler)
     assert server.handlers == (handler,)
-    assert server.port == 113 and server.response_timeout == 10.0 and server.idle_timeout == 60.0
+    assert server.port == 113 and server.response_timeout == 1.0 and server.idle_timeout == 60.0
 
 
 def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:

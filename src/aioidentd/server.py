@@ -27,6 +27,13 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
+from aioidentd.claims import (
+    Claim,
+    ClaimRegistry,
+    ClaimTarget,
+    PendingConnection,
+    connect_claimed,
+)
 from aioidentd.listener import Listener, bind_sockets
 from aioidentd.protocol import (
     MAX_LINE,
@@ -57,6 +64,13 @@ Handler = Callable[["IdentRequest"], Awaitable[None] | None]
 LINGER: Final = 2.0
 #: How long close() waits for connections to flush their last answers before aborting.
 CLOSE_GRACE: Final = 1.0
+
+
+def _check_claim_wait(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"claim_wait must be a number of seconds >= 0, got {value!r}")
+    if value != value or value == float("inf"):
+        raise ValueError(f"claim_wait must be finite, got {value!r}")
 
 
 def _address(sockaddr: Any) -> Address:
@@ -308,6 +322,15 @@ class _IdentConnection(asyncio.Protocol):
             self, server_port, client_port, self._loop.time() + server.response_timeout
         )
         self._pending.append(request)
+        claims = server._claims
+        if claims and claims.intercept(request, self._handle):
+            return  # answered by a claim, or held by the bounded wait
+        self._handle(request)
+
+    def _handle(self, request: IdentRequest) -> None:
+        """No claim answered: the handlers, then the fallback."""
+        server = self.server
+        server_port, client_port = request.server_port, request.client_port
         handlers = server._handlers
         if not handlers:
             # Nobody can answer: do not make the client wait for the deadline.
@@ -439,17 +462,27 @@ class _IdentConnection(asyncio.Protocol):
 
 
 class IdentServer:
-    """An RFC 1413 server whose answers come from registered handlers.
+    """An RFC 1413 server whose answers come from claims, then registered handlers.
 
-    ``handler(request)`` is called for every valid query (a plain function or an async
-    one); it answers with ``request.reply(opsys, user_id)`` or ``request.error(name)``.
-    When no handler answers within ``response_timeout`` seconds the fallback goes out:
-    ``USERID:UNIX:<default>`` if ``default`` is set, else a fresh random id if ``random``,
-    else ``ERROR:HIDDEN-USER``. With no handler registered the fallback goes out at once.
+    Each query is answered, in this order, by:
+
+    1. a **claim** on the exact connection asked about (:meth:`claim`,
+       :meth:`open_connection`), at once; if there is none and the application said it is
+       connecting to the querier (:meth:`connecting`), the query waits up to
+       ``claim_wait`` seconds for that claim;
+    2. the **handlers**: ``handler(request)`` is called for every valid query (a plain
+       function or an async one); it answers with ``request.reply(opsys, user_id)`` or
+       ``request.error(name)``;
+    3. the **fallback**, when nothing answered within ``response_timeout`` seconds of the
+       query's arrival (at once when no handler is registered): ``USERID:UNIX:<default>``
+       if ``default`` is set, else a fresh random id if ``random``, else
+       ``ERROR:HIDDEN-USER``.
 
     ``host`` may be one address, a list, or ``None`` for every interface (IPv4 and IPv6).
-    Real IRC servers give up after 1.5-10 s (Ergo 1.5, InspIRCd and Solanum 5, ngircd 10),
-    so keep ``response_timeout`` short when they are the clients.
+    ``response_timeout`` defaults to 1 s because the IRC servers that ask give up after
+    1.5-10 s (Ergo 1.5, InspIRCd and Solanum 5, ngircd 4 in practice): a fallback sent at
+    1 s still reaches the most impatient of them. ``claim_wait`` (0.5 s) leaves the
+    handlers the other half of that second.
     """
 
     def __init__(
@@ -459,7 +492,8 @@ class IdentServer:
         *,
         multiple: bool = False,
         idle_timeout: float = 60.0,
-        response_timeout: float = 10.0,
+        response_timeout: float = 1.0,
+        claim_wait: float = 0.5,
         default: str | None = None,
         random: bool = False,
         name: str | None = None,
@@ -476,6 +510,7 @@ class IdentServer:
             check_seconds("response_timeout", response_timeout)
         except TypeError as exc:
             raise ValueError(str(exc)) from None  # this constructor has always said ValueError
+        _check_claim_wait(claim_wait)
         for label, count in (
             ("max_connections", max_connections),
             ("max_pending", max_pending),
@@ -500,6 +535,7 @@ class IdentServer:
         self.max_pending = max_pending
         self.backlog = backlog
         self._sock = sock
+        self._claims = ClaimRegistry(float(claim_wait))
         self._handlers: list[Handler] = []
         for handler in handlers:
             self.register(handler)
@@ -536,6 +572,135 @@ class IdentServer:
     @property
     def handlers(self) -> tuple[Handler, ...]:
         return tuple(self._handlers)
+
+    # -- claims -------------------------------------------------------------------------
+
+    def claim(
+        self,
+        target: ClaimTarget,
+        user_id: str | bytes | None = None,
+        *,
+        opsys: str = "UNIX",
+        charset: str | None = None,
+        error: str | None = None,
+        remote: tuple[str, int] | None = None,
+    ) -> Claim:
+        """Answer for one of the application's connections: ``user_id`` (with ``opsys``
+        and ``charset``), or ``error`` (``HIDDEN-USER``, ``NO-USER``, an X token) instead.
+
+        ``target`` is a :class:`asyncio.StreamWriter`, a transport, a connected
+        :class:`socket.socket` (or a bound one with ``remote=(host, port)``, the address it
+        will connect to), or ``((local_host, local_port), (remote_host, remote_port))``.
+        Only a query from the remote host about exactly that pair of ports, arriving at
+        that local address, gets the answer. A new claim on the same connection replaces
+        the old one. The claim ends with :meth:`Claim.release` (or the ``with`` block), or
+        when its socket or transport is closed; a claim on one already closed never
+        answers. Raises :class:`ValueError` for an invalid answer or address,
+        :class:`TypeError` for something that is not a connection. Callable from any
+        thread.
+        """
+        return self._claims.add(
+            target, user_id, opsys=opsys, charset=charset, error=error, remote=remote
+        )
+
+    @property
+    def claims(self) -> tuple[Claim, ...]:
+        """The claims that answer now (released and closed ones excluded)."""
+        return tuple(self._claims.claims())
+
+    def connecting(self, host: str) -> PendingConnection:
+        """Declare a connection to ``host`` that will be claimed once it exists.
+
+        Until the returned object's ``done()`` (or the end of its ``with`` /
+        ``async with`` block), a query from ``host`` that matches no claim waits up to
+        :attr:`claim_wait` seconds for one before going to the handlers. Queries from any
+        other host never wait. An IP address registers at once; a host name is resolved
+        by ``async with`` (or ``await pending.resolve()``).
+        """
+        return PendingConnection(self._claims, host)
+
+    @property
+    def claim_wait(self) -> float:
+        """How long a query may wait for a claim being made (see :meth:`connecting`)."""
+        return self._claims.claim_wait
+
+    @claim_wait.setter
+    def claim_wait(self, value: float) -> None:
+        _check_claim_wait(value)
+        self._claims.claim_wait = float(value)
+
+    async def connect_socket(
+        self,
+        host: str,
+        port: int,
+        *,
+        user_id: str | bytes | None = None,
+        opsys: str = "UNIX",
+        charset: str | None = None,
+        error: str | None = None,
+        family: int = 0,
+        local_addr: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        """A connected, claimed, non-blocking socket, for libraries that take ``sock=``.
+
+        The socket is bound and claimed before its first packet leaves, so the server's
+        ident query cannot arrive before the claim. The claim ends when the socket is
+        closed (by the library's transport, typically).
+        """
+        sock, _claim = await connect_claimed(
+            self,
+            host,
+            port,
+            user_id=user_id,
+            opsys=opsys,
+            charset=charset,
+            error=error,
+            family=family,
+            local_addr=local_addr,
+        )
+        return sock
+
+    async def open_connection(
+        self,
+        host: str,
+        port: int,
+        *,
+        user_id: str | bytes | None = None,
+        opsys: str = "UNIX",
+        charset: str | None = None,
+        error: str | None = None,
+        ssl: Any = None,
+        family: int = 0,
+        local_addr: tuple[str, int] | None = None,
+        **kwargs: Any,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """:func:`asyncio.open_connection`, already claimed for ``user_id`` (or ``error``).
+
+        The local port is bound and claimed before the connection's first packet leaves
+        (no race with the peer's ident query, which may come before the TLS handshake or
+        even before this coroutine resumes). ``ssl`` and the other keyword arguments are
+        :func:`asyncio.open_connection`'s (``server_hostname`` defaults to ``host`` with
+        TLS). The claim ends when the writer is closed.
+        """
+        sock, claim = await connect_claimed(
+            self,
+            host,
+            port,
+            user_id=user_id,
+            opsys=opsys,
+            charset=charset,
+            error=error,
+            family=family,
+            local_addr=local_addr,
+        )
+        if ssl:
+            kwargs.setdefault("server_hostname", host)
+        try:
+            return await asyncio.open_connection(sock=sock, ssl=ssl, **kwargs)
+        except BaseException:
+            claim.release()
+            sock.close()
+            raise
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -584,6 +749,7 @@ class IdentServer:
             listener.close()
         for listener in self._listeners:
             await listener.wait_closed()
+        self._claims.close()
         for conn in list(self._connections):
             conn.shutdown()
         tasks = list(self._tasks)
