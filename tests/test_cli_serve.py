@@ -75,7 +75,9 @@ def test_random_and_multiple() -> None:
     ("args", "message"),
     [
         (["serve", "--port", "70000"], "port must be 0..65535"),
-        (["serve", "--port", "http"], "not a port number"),
+        (["serve", "--port", "http"], "not an integer: 'http'"),
+        (["serve", "--workers", "300"], "workers must be 1..256, got 300"),
+        (["serve", "--reply-style", "spaced2"], "did you mean 'spaced'"),
         (["serve", "--idle-timeout", "-5"], "positive number of seconds"),
         (["serve", "--response-timeout", "nan"], "positive number of seconds"),
         (["serve", "--default", "ab", "--random"], "not allowed with"),
@@ -117,3 +119,39 @@ def test_port_in_use_is_a_clear_error() -> None:
     assert proc.returncode == 1
     assert f"cannot bind 127.0.0.1 port {port}: Address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_server_key_but_listen_has_a_flag_with_the_files_rule() -> None:
+    """The flags come from the schema: a [server] key added there is a flag too, and a
+    value the file refuses is refused on the command line with the same words."""
+    from aioidentd.policy import ConfigError, parse_config
+    from aioidentd.policy.settings import DaemonSettings, keys_of
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioidentd", "serve", "--help"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    names = [name for name, _, _ in keys_of(DaemonSettings)]
+    assert names[0] == "listen" and "--host" in proc.stdout
+    for name in names[1:]:
+        assert f"--{name.replace('_', '-')}" in proc.stdout, name
+    for key, value, words in (
+        ("max_connections", "0", "must be 1..1000000, got 0"),
+        ("idle_timeout", "-1", "must be a positive number of seconds, got -1"),
+        ("user", '""', "must not be empty"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"[server]\n{key} = {value}\n", "x.toml")
+        assert str(info.value) == f"x.toml:2: '{key}' in [server] {words}"
+        argument = "" if value == '""' else value
+        flag = subprocess.run(
+            [sys.executable, "-m", "aioidentd", "serve", f"--{key.replace('_', '-')}", argument],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert flag.returncode == 2 and f"{key} {words}" in flag.stderr, flag.stderr

@@ -11,10 +11,11 @@ import pytest
 
 from aioidentd.cli import build_parser
 from aioidentd.cli.check_config import run as check_config
-from aioidentd.config import (
+from aioidentd.policy import (
+    AnswerSettings,
     ConfigError,
     PortRange,
-    Settings,
+    describe,
     load_config,
     parse_config,
 )
@@ -37,11 +38,11 @@ def error(text: str) -> ConfigError:
 
 def test_empty_file_gives_the_defaults() -> None:
     config = parse_config("", "empty.toml")
-    assert config.server.listen is None
-    assert config.server.port == 113
-    assert config.server.multiple is False
-    assert config.server.response_timeout == 1.0
-    assert config.server.user == "nobody"
+    assert config.daemon.listen is None
+    assert config.daemon.port == 113
+    assert config.daemon.multiple is False
+    assert config.daemon.response_timeout == 1.0
+    assert config.daemon.user == "nobody"
     assert config.reply.opsys == "UNIX"
     assert config.reply.charset is None
     assert config.reply.mask_errors is False
@@ -95,10 +96,10 @@ def test_full_schema() -> None:
         ),
         "full.toml",
     )
-    assert config.server.listen == ("127.0.0.1", "::1")
-    assert config.server.idle_timeout == 30.0
-    assert config.server.reply_style == "spaced"
-    assert config.server.group == "nogroup"
+    assert config.daemon.listen == ("127.0.0.1", "::1")
+    assert config.daemon.idle_timeout == 30.0
+    assert config.daemon.reply_style == "spaced"
+    assert config.daemon.group == "nogroup"
     assert config.reply.charset == "UTF-8"
     assert config.default.answer == "random"
     assert config.default.allow_user_reply is True
@@ -114,12 +115,12 @@ def test_full_schema() -> None:
     assert rule.users == ("alice", 1002)
     assert rule.groups == ("irc",)
     assert rule.line == 34
-    assert rule.settings == Settings(answer="hidden", source="[[rule]] #1", line=34)
+    assert rule.settings == AnswerSettings(answer="hidden", source="[[rule]] #1", line=34)
 
 
 def test_listen_star_means_every_interface() -> None:
     config = parse_config('[server]\nlisten = "*"\n', "x.toml")
-    assert config.server.listen is None
+    assert config.daemon.listen is None
 
 
 def test_every_answer_kind_is_accepted() -> None:
@@ -133,7 +134,7 @@ def test_every_answer_kind_is_accepted() -> None:
 def test_shipped_example_is_valid() -> None:
     config = load_config(str(EXAMPLE))
     assert config.rules
-    assert "configuration is valid" in config.describe()
+    assert "configuration is valid" in describe(config)
 
 
 def test_describe_shows_root_hidden_and_rules() -> None:
@@ -141,12 +142,12 @@ def test_describe_shows_root_hidden_and_rules() -> None:
         '[[rule]]\nremote_port = "6667"\nanswer = "random"\n\n[user.bob]\nanswer = "uid"\n',
         "x.toml",
     )
-    text = config.describe()
+    text = describe(config)
     assert "root: hidden (built-in" in text
     assert "1. (line 1) if remote port 6667: random" in text
     assert "[user.bob] uid" in text
     assert "[default] username" in text
-    configured = parse_config('[user.root]\nanswer = "username"\n', "x.toml").describe()
+    configured = describe(parse_config('[user.root]\nanswer = "username"\n', "x.toml"))
     assert "root: hidden" not in configured
 
 
@@ -238,14 +239,15 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             [server]
             port = 70000
             """,
-            "aioidentd.toml:2: 'port' must be 0..65535, got 70000",
+            "aioidentd.toml:2: 'port' in [server] must be 0..65535, got 70000",
         ),
         (
             """
             [server]
             response_timeout = 0
             """,
-            "aioidentd.toml:2: 'response_timeout' must be a positive number of seconds, got 0",
+            "aioidentd.toml:2: 'response_timeout' in [server] must be a positive number of "
+            "seconds, got 0",
         ),
         (
             """
@@ -275,7 +277,7 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             [reply]
             charset = "KLINGON"
             """,
-            "aioidentd.toml:2: unknown charset 'KLINGON' (try 'UTF-8')",
+            "aioidentd.toml:2: 'charset' in [reply]: unknown charset 'KLINGON' (try 'UTF-8')",
         ),
         (
             """
@@ -352,7 +354,7 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             local_port = "70000"
             answer = "hidden"
             """,
-            "aioidentd.toml:2: 'local_port' in [[rule]] #1: port 70000 is out of range 1..65535",
+            "aioidentd.toml:2: 'local_port' in [[rule]] #1: port must be 1..65535, got 70000",
         ),
         (
             """
@@ -568,7 +570,7 @@ def test_check_config_on_a_directory(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_locator_skips_multiline_strings_and_counts_arrays() -> None:
-    from aioidentd.config import _Locator
+    from aioidentd.policy._toml_lines import Locator
 
     text = textwrap.dedent(
         """\
@@ -584,7 +586,7 @@ def test_locator_skips_multiline_strings_and_counts_arrays() -> None:
         answer = "b"
         """
     )
-    locator = _Locator(text)
+    locator = Locator(text)
     assert locator.line_of(("note",)) == 1
     assert locator.line_of(("user", "fake")) == 7  # only [user.real] declared "user"
     assert locator.line_of(("rule", 0, "answer")) == 6
@@ -592,3 +594,19 @@ def test_locator_skips_multiline_strings_and_counts_arrays() -> None:
     assert locator.line_of(("rule", 1, "answer")) == 10
     assert locator.line_of(("rule", 1, "missing")) == 9
     assert locator.line_of(("nowhere",)) is None
+
+
+def test_every_key_of_the_schema_is_documented() -> None:
+    """docs/config.md has a row for each key the schema defines (a key added is a row)."""
+    from aioidentd.policy.settings import (
+        AnswerSettings,
+        DaemonSettings,
+        ReplySettings,
+        Rule,
+        keys_of,
+    )
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    for section in (DaemonSettings, ReplySettings, AnswerSettings, Rule):
+        for name, _, _ in keys_of(section):
+            assert f"| `{name}` |" in doc, f"{section.__name__}: {name}"

@@ -534,11 +534,11 @@ class SlowLookup:
 
 
 def test_sigterm_answers_a_query_still_waiting_for_its_lookup() -> None:
-    from aioidentd.config import Config, ServerConfig
     from aioidentd.daemon import Daemon
     from aioidentd.listener import bind_sockets
+    from aioidentd.policy import Config, DaemonSettings
 
-    config = Config(server=ServerConfig(listen=("127.0.0.1",), port=0, response_timeout=10))
+    config = Config(daemon=DaemonSettings(listen=("127.0.0.1",), port=0, response_timeout=10))
     socks = bind_sockets("127.0.0.1", 0)
     port = socks[0].getsockname()[1]
     lookup = SlowLookup()

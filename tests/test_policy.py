@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aioidentd.config import parse_config
-from aioidentd.policy import REPLY_FILE, Decision, Policy, SystemUserDB
+from aioidentd.policy import REPLY_FILE, Decision, Policy, SystemUserDB, parse_config
 from aioidentd.protocol import ErrorReply, UserIdReply, encode_reply
 
 LOCAL = ("192.0.2.10", 40000)
@@ -81,7 +80,7 @@ def user_id(decision: Decision) -> str | None:
 def test_no_socket_is_no_user() -> None:
     decision = decide("", None)
     assert decision.error == "NO-USER"
-    assert decision.answer == "no-socket"
+    assert decision.kind == "no-socket"
     assert decision.reply(6193, 23) == ErrorReply(6193, 23, "NO-USER")
     assert decision.describe() == "no socket NO-USER (no-socket, lookup found no connection)"
 
@@ -89,7 +88,7 @@ def test_no_socket_is_no_user() -> None:
 def test_default_answers_the_user_name() -> None:
     decision = decide("", ALICE)
     assert user_id(decision) == "alice"
-    assert decision.answer == "username"
+    assert decision.kind == "username"
     assert not decision.spoofed
     assert encode_reply(decision.reply(40000, 6667)) == b"40000,6667:USERID:UNIX:alice\r\n"
     assert decision.describe() == "alice (uid 1000) replied as 'alice' (username, built-in default)"
@@ -235,7 +234,7 @@ def test_user_table_beats_group_tables() -> None:
 def test_group_tables_in_file_order_then_default() -> None:
     # bob is in staff and irc; [group.irc] comes first in the file.
     bob = decide(PRECEDENCE, BOB, remote=("198.51.100.7", 80))
-    assert bob.answer == "random"
+    assert bob.kind == "random"
     assert bob.source == "[group.irc]"
     carol = decide(PRECEDENCE, CAROL, remote=("198.51.100.7", 80))
     assert user_id(carol) == "1002"
@@ -364,7 +363,7 @@ def test_reply_file_is_used(owner: int, home: Path) -> None:
     write_reply(home, owner, "  wonder  \r\nsecond line ignored\n")
     decision = file_policy(owner, home).decide(owner, LOCAL, IRC)
     assert user_id(decision) == "wonder"
-    assert decision.answer == "user-reply"
+    assert decision.kind == "user-reply"
     assert decision.spoofed
     assert decision.uid == owner
     assert decision.describe().startswith(f"alice (uid {owner}) replied as 'wonder' (user-reply")
@@ -397,7 +396,7 @@ def refused(
     with caplog.at_level(logging.INFO):
         decision = file_policy(owner, home, text, euid).decide(owner, LOCAL, remote)
     assert user_id(decision) == "alice"  # the policy's normal answer
-    assert decision.answer == "username"
+    assert decision.kind == "username"
     assert decision.note is not None
     assert decision.note in decision.describe()
     (record,) = caplog.records
@@ -519,7 +518,7 @@ def test_other_users_name_is_refused_unless_allowed(
 def test_own_name_is_fine(owner: int, home: Path) -> None:
     write_reply(home, owner, "alice\n")
     decision = file_policy(owner, home).decide(owner, LOCAL, IRC)
-    assert decision.answer == "user-reply"
+    assert decision.kind == "user-reply"
 
 
 def test_privileged_remote_port_refuses_reply_unless_allowed(

@@ -28,11 +28,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aioidentd.activation import inherited_sockets, is_listening, stdin_socket
-from aioidentd.config import Config, ServerConfig, load_config
 from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
 from aioidentd.listener import bind_sockets
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
-from aioidentd.policy import Policy
+from aioidentd.policy import Config, DaemonSettings, Policy, load_config
 from aioidentd.privileges import Identity, drop_privileges, resolve_identity
 from aioidentd.responder import KernelResponder
 from aioidentd.server import IdentServer
@@ -67,7 +66,7 @@ class Daemon:
         cls,
         config_path: str | None,
         overrides: dict[str, Any],
-        base: ServerConfig | None = None,
+        base: DaemonSettings | None = None,
         **options: Any,
     ) -> Daemon:
         """Read the file (or start from ``base``/built-in defaults) and apply overrides.
@@ -76,7 +75,7 @@ class Daemon:
         """
         config = load_config(config_path) if config_path else Config()
         if config_path is None and base is not None:
-            config = dataclasses.replace(config, server=base)
+            config = dataclasses.replace(config, daemon=base)
         config = _with_overrides(config, overrides)
         return cls(config, config_path, overrides, **options)
 
@@ -84,7 +83,7 @@ class Daemon:
 
     def run(self) -> int:
         """Bind, drop privileges, serve until SIGTERM/SIGINT; returns the exit status."""
-        server = self.config.server
+        server = self.config.daemon
         try:
             socks, connected = self._sockets()
         except OSError as exc:
@@ -102,7 +101,7 @@ class Daemon:
 
     def _sockets(self) -> tuple[list[socket.socket], socket.socket | None]:
         """Listening sockets, or the one connection of inetd mode."""
-        server = self.config.server
+        server = self.config.daemon
         if self.inetd:
             return [], stdin_socket()
         inherited = inherited_sockets()
@@ -129,7 +128,7 @@ class Daemon:
     def _identity(self) -> Identity | None:
         if os.geteuid() != 0:
             return None
-        server = self.config.server
+        server = self.config.daemon
         try:
             identity = resolve_identity(server.user, server.group)
         except PrivilegeError as exc:
@@ -145,7 +144,7 @@ class Daemon:
         if identity is None:
             return
         try:
-            drop_privileges(identity, allow_root=self.config.server.allow_root)
+            drop_privileges(identity, allow_root=self.config.daemon.allow_root)
         except (PrivilegeError, OSError) as exc:
             raise DaemonError(f"cannot drop privileges: {exc}") from None
 
@@ -158,7 +157,7 @@ class Daemon:
     # -- serving -----------------------------------------------------------------------------
 
     def _loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
-        if not self.config.server.uvloop:
+        if not self.config.daemon.uvloop:
             return None
         try:
             import uvloop
@@ -174,7 +173,7 @@ class Daemon:
     def _make_server(
         self, socks: list[socket.socket], lookup: SocketLookup | None
     ) -> tuple[IdentServer, KernelResponder | None]:
-        server = self.config.server
+        server = self.config.daemon
         handlers = []
         responder = None
         if lookup is not None:
@@ -248,16 +247,16 @@ class Daemon:
             return
         if responder is not None:
             responder.policy = Policy(fresh)
-            responder.log_queries = fresh.server.log_queries
-        old = self.config.server
+            responder.log_queries = fresh.daemon.log_queries
+        old = self.config.daemon
         live = ("log_queries",)
         changed = [
             f.name
             for f in dataclasses.fields(old)
-            if f.name not in live and getattr(old, f.name) != getattr(fresh.server, f.name)
+            if f.name not in live and getattr(old, f.name) != getattr(fresh.daemon, f.name)
         ]
         # [server] stays as started: sockets and limits are fixed until a restart.
-        self.config = dataclasses.replace(fresh, server=old)
+        self.config = dataclasses.replace(fresh, daemon=old)
         if changed:
             logger.warning(
                 "SIGHUP: [server] %s changed; that takes effect after a restart",
@@ -269,7 +268,7 @@ class Daemon:
 
     def _run_workers(self, socks: list[socket.socket], identity: Identity | None) -> int:
         """N processes, each with its own SO_REUSEPORT sockets; the parent supervises."""
-        count = self.config.server.workers
+        count = self.config.daemon.workers
         per = len(socks) // count
         groups = [socks[i * per : (i + 1) * per] for i in range(count)]
         children: dict[int, int] = {}  # pid -> group index
@@ -364,4 +363,4 @@ def _port_of(socks: list[socket.socket]) -> int:
 def _with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     if not overrides:
         return config
-    return dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
+    return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, **overrides))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aioidentd.protocol import check_port, check_seconds
 
-__all__ = ["SubParsers", "count", "port", "seconds"]
+__all__ = ["SubParsers", "port", "seconds"]
 
 if TYPE_CHECKING:  # argparse's class is generic only to type checkers
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -43,18 +43,3 @@ def seconds(text: str) -> float:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
-
-
-def count(low: int, high: int) -> Callable[[str], int]:
-    """A whole number in ``low``..``high``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
-        return value
-
-    return parse

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from aioidentd.config import ConfigError, load_config
+from aioidentd.errors import ConfigError
+from aioidentd.policy import describe, load_config
 
 if TYPE_CHECKING:
     from aioidentd.cli.arguments import SubParsers
@@ -34,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"aioidentd: {exc}", file=sys.stderr)
         return 1
-    print(config.describe())
+    print(describe(config))
     return 0

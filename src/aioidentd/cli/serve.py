@@ -16,9 +16,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from aioidentd.cli.arguments import count, port, seconds
-from aioidentd.config import ConfigError, ServerConfig
-from aioidentd.daemon import Daemon, DaemonError
+from aioidentd.daemon import Daemon
+from aioidentd.errors import ConfigError, DaemonError
+from aioidentd.policy import DaemonSettings
+from aioidentd.policy.settings import TOML_TYPES, Key, keys_of
 from aioidentd.protocol import safe_user_id
 
 if TYPE_CHECKING:
@@ -64,78 +65,32 @@ def register(subparsers: SubParsers) -> None:
         help=f"address to listen on; repeat for several; '*' for every interface "
         f"(default without --config: {DEFAULT_HOST})",
     )
-    where.add_argument(
-        "--port",
-        type=port(0),
-        help=f"TCP port; 113 is the ident port, 0 a free one (default without --config: "
-        f"{DEFAULT_PORT})",
-    )
-    where.add_argument(
-        "--multiple",
-        action=argparse.BooleanOptionalAction,
-        help="answer many queries per connection",
-    )
-    where.add_argument(
-        "--idle-timeout",
-        type=seconds,
-        metavar="S",
-        help="close a connection idle this long (default 60; RFC 1413 suggests 60-180)",
-    )
-    where.add_argument(
-        "--response-timeout",
-        type=seconds,
-        metavar="S",
-        help="deadline for an answer before the fallback goes out (default 1)",
-    )
-    where.add_argument(
-        "--reply-style",
-        choices=("compact", "spaced"),
-        help="'compact' (6193,23:USERID:UNIX:x, default) or 'spaced' "
-        "(6193 , 23 : USERID : UNIX : x)",
-    )
-    where.add_argument("--max-connections", type=count(1, 10**6), metavar="N")
-    where.add_argument(
-        "--workers",
-        type=count(1, 256),
-        metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (default 1)",
-    )
-    where.add_argument(
-        "--uvloop",
-        action=argparse.BooleanOptionalAction,
-        help="run on uvloop (the 'uvloop' extra): about a third more connections/s",
-    )
+    groups = {where.title: where}
+    for name, _, spec in keys_of(DaemonSettings):
+        if spec.flag is None:
+            continue  # 'listen' is --host, above
+        group = groups.get(spec.group)
+        if group is None:
+            group = groups[spec.group] = parser.add_argument_group(spec.group)
+        _add_flag(group, name, spec)
     where.add_argument(
         "--inetd",
         action="store_true",
         help="serve the one connection on standard input (inetd, systemd Accept=yes)",
     )
-    who = parser.add_argument_group("privileges")
-    who.add_argument("--user", metavar="USER", help="user to run as after binding (nobody)")
-    who.add_argument("--group", metavar="GROUP", help="group to run as (the user's primary group)")
-    who.add_argument(
-        "--allow-root",
-        action=argparse.BooleanOptionalAction,
-        help="keep running as root if --user is root (refused otherwise)",
-    )
-    answer = parser.add_mutually_exclusive_group()
-    answer.add_argument(
+    static = parser.add_mutually_exclusive_group()
+    static.add_argument(
         "--default",
         type=_user_id,
         metavar="USER",
         help="static mode: answer USERID:UNIX:USER to every query (no lookup)",
     )
-    answer.add_argument(
+    static.add_argument(
         "--random",
         action="store_true",
         help="static mode: answer a fresh random user id to every query (no lookup)",
     )
-    logs = parser.add_argument_group("logging")
-    logs.add_argument(
-        "--log-queries",
-        action=argparse.BooleanOptionalAction,
-        help="log every query and its answer at INFO",
-    )
+    logs = groups.get("logging") or parser.add_argument_group("logging")
     logs.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
@@ -145,21 +100,33 @@ def register(subparsers: SubParsers) -> None:
     parser.set_defaults(func=run)
 
 
-#: ``[server]`` settings that have a flag of the same name; given flags override the file.
-_SERVER_FLAGS = (
-    "port",
-    "multiple",
-    "idle_timeout",
-    "response_timeout",
-    "reply_style",
-    "max_connections",
-    "workers",
-    "user",
-    "group",
-    "allow_root",
-    "log_queries",
-    "uvloop",
-)
+def _add_flag(group: argparse._ArgumentGroup, name: str, spec: Key) -> None:
+    """``--name`` for a ``[server]`` key: the schema's help, and its rule for the value, so
+    that a flag refuses exactly what the file refuses."""
+    flag = "--" + name.replace("_", "-")
+    if spec.toml is bool:
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, help=spec.flag)
+        return
+    kind = spec.toml or str
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text, 10) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not {TOML_TYPES.get(kind, kind.__name__)}: {text!r}"
+            ) from None
+        try:
+            return spec.check(name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    group.add_argument(flag, type=parse, metavar=spec.metavar or name.upper(), help=spec.flag)
+
+
+#: ``[server]`` keys that have a flag of the same name; given flags override the file.
+_SERVER_FLAGS = tuple(name for name, _, spec in keys_of(DaemonSettings) if spec.flag)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host and "*" in args.host and len(args.host) > 1:
         print("aioidentd serve: error: '*' (every interface) must be given alone", file=sys.stderr)
         return 2
-    base = ServerConfig(listen=(DEFAULT_HOST,), port=DEFAULT_PORT)
+    base = DaemonSettings(listen=(DEFAULT_HOST,), port=DEFAULT_PORT)
     try:
         daemon = Daemon.load(
             args.config,

@@ -1,10 +1,9 @@
 """Deciding what a host identd answers for a connection, given the uid that owns it.
 
-Pure logic over a :class:`~aioidentd.config.Config`: no sockets, no event loop, so the
-whole policy (precedence, root hiding, spoofing limits, error masking) is testable with a
-fake user database. The only I/O is reading a user's reply file, and that is done with
-the paranoia of a program that reads files other people control: no symlinks, no FIFOs,
-right owner, not writable by others, bounded size, and never as root.
+Pure logic over a :class:`~aioidentd.policy.settings.Config`: no sockets, no event loop,
+so the whole policy (precedence, root hiding, spoofing limits, error masking) is testable
+with a fake user database. The only I/O is a user's reply file, read by
+:mod:`~aioidentd.policy.userfiles` and never as root.
 
 The result is a :class:`Decision`, which carries both the reply and the truth behind it
 (the real user), because an identd that lets users pick their answer must log who they
@@ -13,29 +12,26 @@ really were for abuse handling, as oidentd does.
 
 from __future__ import annotations
 
-import errno
 import grp
 import ipaddress
 import logging
 import os
 import pwd
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Protocol
 
-from aioidentd.config import (
+from aioidentd.errors import ReplyFileRefused
+from aioidentd.policy.settings import (
     BUILTIN_DEFAULT,
     BUILTIN_ROOT,
+    AnswerSettings,
     Config,
     Network,
     Rule,
-    Settings,
-    merge_settings,
 )
-from aioidentd.errors import ReplyFileRefused
+from aioidentd.policy.userfiles import REPLY_FILE, read_reply_file
 from aioidentd.protocol import (
-    MAX_USER_ID,
     Address,
     ErrorReply,
     Reply,
@@ -46,31 +42,29 @@ from aioidentd.protocol import (
 )
 
 __all__ = [
-    "REPLY_FILE",
     "Decision",
     "Policy",
-    "ReplyFileRefused",
     "SystemUserDB",
     "UserDB",
-    "read_reply_file",
+    "merge_settings",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-#: The user's own reply, relative to their home directory. Not under ``~/.config``: that
-#: directory is often created mode 0700, and every directory on the way must be
-#: searchable by the unprivileged daemon; one file in the home is one thing to get right.
-REPLY_FILE: Final = ".aioidentd-reply"
-#: The largest reply file read: a maximal user id plus CR LF.
-MAX_REPLY_FILE: Final = MAX_USER_ID + 2
-_OPEN_FLAGS: Final = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_NOCTTY", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
+def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:
+    """Fill ``first``'s unset fields from ``rest`` in order (answer and reply go together)."""
+    values: dict[str, Any] = {}
+    for settings in (first, *rest):
+        if "answer" not in values and settings.answer is not None:
+            values["answer"] = settings.answer
+            values["reply"] = settings.reply
+            values["source"] = settings.source
+            values["line"] = settings.line
+        for name in ("allow_user_reply", "allow_spoof_other", "allow_spoof_privport"):
+            if name not in values and getattr(settings, name) is not None:
+                values[name] = getattr(settings, name)
+    return AnswerSettings(**values)
 
 
 class UserDB(Protocol):
@@ -125,85 +119,18 @@ class SystemUserDB:
         return names
 
 
-def read_reply_file(home: str, uid: int) -> str | None:
-    """The first line of ``home/.aioidentd-reply``, or None when there is no such file.
-
-    Raises :class:`ReplyFileRefused` with the reason when the file is there but unsafe or
-    unreadable. The checks mirror what reading it *as the user* would guarantee, since
-    the daemon reads it as an unprivileged user instead: the home must be searchable
-    and the file readable by others, owned by ``uid`` (a hard link to someone else's
-    file keeps its owner), writable by nobody else, a regular file (``O_NONBLOCK`` so a
-    FIFO cannot hang the open), never a symbolic link (``O_NOFOLLOW``), and small.
-    """
-    path = os.path.join(home, REPLY_FILE)
-    try:
-        home_mode = os.stat(home).st_mode
-    except OSError as exc:
-        raise ReplyFileRefused(
-            f"cannot look at the home directory {home}: {exc.strerror}"
-        ) from None
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise ReplyFileRefused(f"{path} is a symbolic link") from None
-        raise ReplyFileRefused(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ReplyFileRefused(f"{path} is not a regular file")
-        if info.st_uid != uid:
-            raise ReplyFileRefused(f"{path} is owned by uid {info.st_uid}, not by the user")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise ReplyFileRefused(f"{path} is writable by group or others (chmod 644)")
-        if not info.st_mode & stat.S_IROTH:
-            raise ReplyFileRefused(
-                f"{path} is not readable by others; the daemon reads it without privileges "
-                f"(chmod 644)"
-            )
-        if not home_mode & stat.S_IXOTH:
-            raise ReplyFileRefused(
-                f"the home directory {home} is not searchable by others; the daemon reads "
-                f"the file without privileges (chmod o+x {home})"
-            )
-        if info.st_size > MAX_REPLY_FILE:
-            raise ReplyFileRefused(f"{path} is larger than {MAX_REPLY_FILE} octets")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_REPLY_FILE:
-            chunk = os.read(fd, MAX_REPLY_FILE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > MAX_REPLY_FILE:
-            raise ReplyFileRefused(f"{path} is larger than {MAX_REPLY_FILE} octets")
-    except OSError as exc:
-        raise ReplyFileRefused(f"cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    line = data.split(b"\n", 1)[0].rstrip(b"\r").strip(b" \t")
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ReplyFileRefused(f"{path} is not UTF-8 text") from None
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The answer for one query, and who really owns the connection (for the log).
 
     Exactly one of ``user_id`` (then ``opsys`` and ``charset`` apply) and ``error`` is
-    set. ``answer`` is the kind that produced it: one of the config's answers,
+    set. ``kind`` is what produced it: one of the config's answer kinds,
     ``"user-reply"`` (the user's own file) or ``"no-socket"`` (the lookup found nothing).
     ``unmasked_error`` keeps the real error when ``mask_errors`` replaced it; ``note``
     says why a user's reply file was not used.
     """
 
-    answer: str
+    kind: str
     source: str
     uid: int | None = None
     user_name: str | None = None
@@ -217,7 +144,7 @@ class Decision:
     @property
     def spoofed(self) -> bool:
         """The reply is not the user's real identity: worth logging with the real one."""
-        return self.answer in ("fixed", "random", "user-reply")
+        return self.kind in ("fixed", "random", "user-reply")
 
     def reply(self, server_port: int, client_port: int) -> Reply:
         """The protocol reply for the queried port pair."""
@@ -243,7 +170,7 @@ class Decision:
             what = f"{self.unmasked_error} sent as {self.error}"
         else:
             what = str(self.error)
-        text = f"{who} {what} ({self.answer}, {self.source})"
+        text = f"{who} {what} ({self.kind}, {self.source})"
         if self.note:
             text += f"; reply file not used: {self.note}"
         return text
@@ -292,7 +219,7 @@ class Policy:
         self._reads_files = any(table.allow_user_reply for table in tables)
         #: What settings_for() merges for a user with no table of its own when there are
         #: no rules and no group tables (the built-in policy): the same every time.
-        self._plain: Settings | None = None
+        self._plain: AnswerSettings | None = None
         if not config.rules and not config.groups:
             self._plain = merge_settings(config.default, BUILTIN_DEFAULT)
 
@@ -317,9 +244,11 @@ class Policy:
             chosen, note = self._user_reply(uid, name, settings, remote)
             if chosen is not None:
                 return self._user_id("user-reply", settings.source, uid, name, chosen, note)
-        return self._answer(uid, name, settings, note)
+        return self._from_settings(uid, name, settings, note)
 
-    def settings_for(self, uid: int, name: str | None, local: Address, remote: Address) -> Settings:
+    def settings_for(
+        self, uid: int, name: str | None, local: Address, remote: Address
+    ) -> AnswerSettings:
         """The effective settings: each one from the first layer that sets it."""
         user_tables = [
             self.config.users[key]
@@ -331,7 +260,7 @@ class Policy:
         if self._plain is not None and not user_tables:
             return self._plain
         groups: Sequence[str] = self.user_db.groups_of(uid) if self._needs_groups else ()
-        layers: list[Settings] = []
+        layers: list[AnswerSettings] = []
         for rule in self.config.rules:
             if self._matches(rule, uid, name, groups, local, remote):
                 layers.append(rule.settings)
@@ -363,7 +292,7 @@ class Policy:
         return not rule.groups or any(group in rule.groups for group in groups)
 
     def _user_reply(
-        self, uid: int, name: str | None, settings: Settings, remote: Address
+        self, uid: int, name: str | None, settings: AnswerSettings, remote: Address
     ) -> tuple[bytes | None, str | None]:
         """The user's own reply, or None and why not (already logged)."""
         who = f"{name} (uid {uid})" if name else f"uid {uid}"
@@ -402,20 +331,22 @@ class Policy:
             return None, str(exc)
         return raw, None
 
-    def _answer(self, uid: int, name: str | None, settings: Settings, note: str | None) -> Decision:
-        answer = settings.answer or "hidden"
+    def _from_settings(
+        self, uid: int, name: str | None, settings: AnswerSettings, note: str | None
+    ) -> Decision:
+        kind = settings.answer or "hidden"
         source = settings.source
-        if answer == "hidden":
-            return self._error(answer, source, uid, name, "HIDDEN-USER", note)
-        if answer == "no-user":
-            return self._error(answer, source, uid, name, "NO-USER", note)
+        if kind == "hidden":
+            return self._error(kind, source, uid, name, "HIDDEN-USER", note)
+        if kind == "no-user":
+            return self._error(kind, source, uid, name, "NO-USER", note)
         charset = self.config.reply.charset
         raw: bytes | None = None
-        if answer == "random":
+        if kind == "random":
             text = random_user_id()
-        elif answer == "fixed" and settings.reply is not None:
+        elif kind == "fixed" and settings.reply is not None:
             text = settings.reply
-        elif answer == "username" and name is not None:
+        elif kind == "username" and name is not None:
             text = name
             try:
                 raw = safe_user_id(name, charset)
@@ -426,11 +357,11 @@ class Policy:
             text = str(uid)
         if raw is None:
             raw = safe_user_id(text, charset)
-        return self._user_id(answer, source, uid, name, raw, note)
+        return self._user_id(kind, source, uid, name, raw, note)
 
     def _user_id(
         self,
-        answer: str,
+        kind: str,
         source: str,
         uid: int,
         name: str | None,
@@ -438,7 +369,7 @@ class Policy:
         note: str | None,
     ) -> Decision:
         return Decision(
-            answer=answer,
+            kind=kind,
             source=source,
             uid=uid,
             user_name=name,
@@ -450,7 +381,7 @@ class Policy:
 
     def _error(
         self,
-        answer: str,
+        kind: str,
         source: str,
         uid: int | None,
         name: str | None,
@@ -459,7 +390,7 @@ class Policy:
     ) -> Decision:
         masked = self.config.reply.mask_errors and error != "UNKNOWN-ERROR"
         return Decision(
-            answer=answer,
+            kind=kind,
             source=source,
             uid=uid,
             user_name=name,

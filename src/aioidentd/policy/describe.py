@@ -1,0 +1,62 @@
+"""The effective policy of a configuration in plain words, for ``aioidentd check-config``.
+
+Run before a reload, so it says what the daemon will do, not what the file says: the
+built-in root rule when the file does not override it, each table's settings merged as
+:func:`~aioidentd.policy.policy.merge_settings` will merge them.
+"""
+
+from __future__ import annotations
+
+from aioidentd.policy.policy import merge_settings
+from aioidentd.policy.settings import BUILTIN_DEFAULT, Config
+
+__all__ = ["describe"]
+
+
+def describe(config: Config) -> str:
+    """The effective policy in plain words, for ``aioidentd check-config``."""
+    daemon, reply = config.daemon, config.reply
+    listen = "every interface" if daemon.listen is None else ", ".join(daemon.listen)
+    group = daemon.group or "(the user's primary group)"
+    lines = [
+        f"{config.filename}: configuration is valid",
+        "",
+        "server:",
+        f"  listen on {listen}, port {daemon.port}",
+        f"  {'many queries' if daemon.multiple else 'one query'} per connection, "
+        f"idle timeout {daemon.idle_timeout:g} s, response timeout "
+        f"{daemon.response_timeout:g} s, at most {daemon.max_connections} connections",
+        f"  {daemon.reply_style} replies; run as user {daemon.user}, group "
+        f"{group}{' (root allowed)' if daemon.allow_root else ''}; "
+        f"queries {'logged' if daemon.log_queries else 'not logged'}; "
+        f"{daemon.workers} worker process{'es' if daemon.workers > 1 else ''}"
+        f"{' on uvloop' if daemon.uvloop else ''}",
+        "replies:",
+        f"  opsys {reply.opsys}, "
+        + (f"charset {reply.charset}" if reply.charset else "no charset (US-ASCII)")
+        + (
+            "; every error is sent as UNKNOWN-ERROR"
+            if reply.mask_errors
+            else "; errors are sent as they are"
+        ),
+        "policy (each setting from the first that sets it: the first matching rule,",
+        "        the user's table, the user's group tables in file order, [default]):",
+    ]
+    root_set = any(
+        key in config.users and config.users[key].answer is not None for key in ("root", 0)
+    )
+    if not root_set:
+        lines.append("  root: hidden (built-in; set answer in [user.root] to change)")
+    if config.rules:
+        lines.append("  rules:")
+        for rule in config.rules:
+            where = f" (line {rule.line})" if rule.line else ""
+            lines.append(
+                f"    {rule.number}.{where} if {rule.describe()}: {rule.settings.describe()}"
+            )
+    for label, table in (("user", config.users), ("group", config.groups)):
+        for key, settings in table.items():
+            lines.append(f"  [{label}.{key}] {settings.describe()}")
+    effective = merge_settings(config.default, BUILTIN_DEFAULT)
+    lines.append(f"  [default] {effective.describe()}")
+    return "\n".join(lines)
