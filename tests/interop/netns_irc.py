@@ -55,7 +55,7 @@ NGIRCD_CONF = """\
 [Global]
     Name = irc.interop.test
     Info = aioidentd interop
-    Listen = 127.0.0.1
+    Listen = {listen}
     Ports = {port}
     MotdPhrase = aioidentd interop
     PidFile = {dir}/ngircd.pid
@@ -72,7 +72,7 @@ NGIRCD_CONF = """\
 INSPIRCD_CONF = """\
 <server name="irc.interop.test" description="aioidentd interop" network="Interop">
 <admin name="interop" nick="interop" email="interop@interop.test">
-<bind address="127.0.0.1" port="{port}" type="clients">
+{binds}
 <connect name="main" allow="*" useident="yes" resolvehostnames="no" localmax="1000"
          globalmax="1000" maxconnwarn="off" limit="1000">
 <module name="ident">
@@ -92,14 +92,20 @@ def find(name: str) -> str:
     return path
 
 
-def start_ircd(kind: str, workdir: Path) -> subprocess.Popen[bytes]:
+def start_ircd(
+    kind: str, workdir: Path, listen: tuple[str, ...] = ("127.0.0.1",)
+) -> subprocess.Popen[bytes]:
+    """Start ``kind`` on port IRC_PORT of every address in ``listen``."""
     if kind == "ngircd":
         conf = workdir / "ngircd.conf"
-        conf.write_text(NGIRCD_CONF.format(port=IRC_PORT, dir=workdir))
+        conf.write_text(NGIRCD_CONF.format(port=IRC_PORT, dir=workdir, listen=",".join(listen)))
         argv = [find("ngircd"), "--nodaemon", "--config", str(conf)]
     elif kind == "inspircd":
         conf = workdir / "inspircd.conf"
-        conf.write_text(INSPIRCD_CONF.format(port=IRC_PORT, dir=workdir))
+        binds = "\n".join(
+            f'<bind address="{address}" port="{IRC_PORT}" type="clients">' for address in listen
+        )
+        conf.write_text(INSPIRCD_CONF.format(port=IRC_PORT, dir=workdir, binds=binds))
         argv = [find("inspircd"), "--nofork", "--runasroot", f"--config={conf}"]
     else:
         raise SystemExit(f"unknown IRC server {kind!r}")
@@ -130,7 +136,6 @@ _WELCOME = re.compile(rb"^:\S+ 001 \S+ :.*?(\S+)!(\S+)@(\S+)\s*$")
 
 async def register(spec: str, nick: str, source: str, ports: dict[int, str]) -> dict[str, Any]:
     """Connect from ``source``, register, and return what the server said."""
-    result: dict[str, Any] = {"user": None, "notices": [], "source": source, "error": None}
     started = time.monotonic()
     # Bind first and record the source port before connecting: the IRC server's ident
     # lookup can reach our handler before open_connection() returns here.
@@ -140,8 +145,23 @@ async def register(spec: str, nick: str, source: str, ports: dict[int, str]) -> 
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", IRC_PORT))
     reader, writer = await asyncio.open_connection(sock=sock)
+    result = await welcome(reader, writer, nick, spec, started)
+    result["source"] = source
+    return result
+
+
+async def welcome(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    nick: str,
+    label: str,
+    started: float,
+) -> dict[str, Any]:
+    """Register as ``nick`` (user name ``fallback``) on a connected stream; return
+    ``{"user", "notices", "error", "seconds"}`` (seconds since ``started``) and close."""
+    result: dict[str, Any] = {"user": None, "notices": [], "error": None}
     try:
-        writer.write(f"NICK {nick}\r\nUSER fallback 0 * :interop {spec}\r\n".encode())
+        writer.write(f"NICK {nick}\r\nUSER fallback 0 * :interop {label}\r\n".encode())
         async with asyncio.timeout(REGISTER_TIMEOUT):
             while True:
                 line = await reader.readline()
