@@ -24,11 +24,11 @@ run: venv
 	$(BIN)/aioidentd serve --host 127.0.0.1 --port $(PORT) --multiple
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: venv
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src examples
 
 unit: venv
 	$(BIN)/python -m pytest -q
