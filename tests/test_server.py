@@ -448,19 +448,47 @@ async def test_line_of_1000_octets_is_still_parsed() -> None:
         await client.close()
 
 
-async def test_connection_limit() -> None:
+async def test_connection_limit_evicts_the_connection_silent_longest() -> None:
     async with serving(max_connections=2, multiple=True, default="x") as server:
         first = await Client.connect(server)
         second = await Client.connect(server)
         await first.send(b"1,1\r\n")
         assert await first.line() == b"1,1:USERID:UNIX:x\r\n"
+        # Full: the newcomer is served, and the connection that has sent no query for
+        # the longest (second: never; first queried since) makes room.
         third = await Client.connect(server)
-        assert await third.rest() == b""  # closed at once
-        await third.close()
-        await second.send(b"2,2\r\n")
-        assert await second.line() == b"2,2:USERID:UNIX:x\r\n"
-        await first.close()
-        await second.close()
+        await third.send(b"3,3\r\n")
+        assert await third.line() == b"3,3:USERID:UNIX:x\r\n"
+        assert await second.rest() == b""
+        await first.send(b"2,2\r\n")
+        assert await first.line() == b"2,2:USERID:UNIX:x\r\n"
+        for client in (first, second, third):
+            await client.close()
+
+
+async def test_connection_limit_refuses_when_every_connection_waits_for_an_answer() -> None:
+    gate = asyncio.Event()
+
+    async def handler(request: IdentRequest) -> None:
+        await gate.wait()
+        request.reply("UNIX", "late")
+
+    async with serving(
+        max_connections=2, multiple=True, handlers=[handler], response_timeout=5.0
+    ) as server:
+        first = await Client.connect(server)
+        second = await Client.connect(server)
+        for client in (first, second):
+            await client.send(b"1,1\r\n")
+        while len(server._tasks) < 2:
+            await asyncio.sleep(0.005)
+        third = await Client.connect(server)
+        assert await third.rest() == b""  # refused: nobody may be evicted
+        gate.set()
+        for client in (first, second):
+            assert await client.line() == b"1,1:USERID:UNIX:late\r\n"
+        for client in (first, second, third):
+            await client.close()
 
 
 async def test_pending_limit_applies_backpressure_without_losing_queries() -> None:

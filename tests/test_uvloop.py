@@ -31,7 +31,7 @@ CASES: list[Case] = [
     functools.partial(test_server.test_half_close_still_gets_the_answer, True),
     functools.partial(test_server.test_half_close_still_gets_the_answer, False),
     test_server.test_idle_connection_is_closed_silently,
-    test_server.test_connection_limit,
+    test_server.test_connection_limit_evicts_the_connection_silent_longest,
     test_server.test_pending_limit_applies_backpressure_without_losing_queries,
     test_server.test_close_answers_waiting_queries_and_releases_everything,
 ]

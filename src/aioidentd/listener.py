@@ -21,6 +21,8 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from aioidentd._ratelimit import RateLimitedLog
+
 __all__ = ["Listener", "bind_sockets"]
 
 logger = logging.getLogger(__name__)
@@ -111,6 +113,7 @@ class Listener:
         self._factory = factory
         self._name = name
         self._retry: asyncio.TimerHandle | None = None
+        self._log = RateLimitedLog(logger, call_later=loop.call_later)
         self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
         # The selector loop's own transport constructor: one call, no task. Other loops
@@ -129,7 +132,10 @@ class Listener:
                 return
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRORS:
-                    logger.warning(
+                    self._log.log(
+                        "resources",
+                        logging.WARNING,
+                        "pauses for lack of resources",
                         "%s: cannot accept (%s); pausing accepts for %.1f s",
                         self._name,
                         exc.strerror,
@@ -138,7 +144,14 @@ class Listener:
                     self._loop.remove_reader(sock.fileno())
                     self._retry = self._loop.call_later(RESOURCE_RETRY_DELAY, self._resume)
                     return
-                logger.error("%s: accept failed: %s", self._name, exc)
+                self._log.log(
+                    "failed",
+                    logging.ERROR,
+                    "failed accepts",
+                    "%s: accept failed: %s",
+                    self._name,
+                    exc,
+                )
                 return
             conn.setblocking(False)
             self._connect(conn, addr)
@@ -173,8 +186,14 @@ class Listener:
         if not self._closed:
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
-    def close(self) -> None:
-        """Stop accepting and close the listening socket (open connections stay)."""
+    def close(self, drain: bool = False) -> None:
+        """Stop accepting and close the listening socket (open connections stay).
+
+        With ``drain``, first accept every connection waiting in the accept queue: their
+        clients have connected and may have sent a query already, and closing the
+        listening socket over them would reset them (the kernel sends RST) with the
+        query unanswered.
+        """
         if self._closed:
             return
         self._closed = True
@@ -182,7 +201,17 @@ class Listener:
             self._retry.cancel()
             self._retry = None
         self._loop.remove_reader(self.sock.fileno())
+        if drain:
+            sock = self.sock
+            while True:  # ends at an empty queue; the backlog bounds it
+                try:
+                    conn, addr = sock.accept()
+                except OSError:
+                    break  # empty (EAGAIN), or out of descriptors: nothing more to save
+                conn.setblocking(False)
+                self._connect(conn, addr)
         self.sock.close()
+        self._log.close()
 
     async def wait_closed(self) -> None:
         """Wait for connections accepted before :meth:`close` to be set up.

@@ -21,12 +21,15 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
-import collections
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
+from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.claims import (
     Claim,
     ClaimRegistry,
@@ -73,6 +76,12 @@ def _check_claim_wait(value: object) -> None:
         raise ValueError(f"claim_wait must be finite, got {value!r}")
 
 
+def _show(address: Address) -> str:
+    """``host:port``, with IPv6 hosts in brackets as in URLs (``[::1]:113``)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _address(sockaddr: Any) -> Address:
     """``(host, port)`` of a socket address, dropping IPv6 flow info and scope id."""
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
@@ -110,6 +119,15 @@ class IdentRequest:
         self.local: Address = conn.local
         #: Loop time after which the fallback answer goes out.
         self.deadline = deadline
+
+    @classmethod
+    def _decided(cls, conn: _IdentConnection, line: bytes) -> IdentRequest:
+        """A request whose answer is already decided (the INVALID-PORT line to an invalid
+        or over-long line), queued so that it leaves in its place among the answers."""
+        request = cls(conn, 0, 0, 0.0)
+        request._conn = None
+        request._answer = line
+        return request
 
     @property
     def answered(self) -> bool:
@@ -186,9 +204,13 @@ class _IdentConnection(asyncio.Protocol):
         "_lost",
         "_paused",
         "_pending",
+        "_queried",
+        "_stopping",
+        "_tasks",
         "_timer",
         "_timer_when",
         "_transport",
+        "_write_paused",
         "local",
         "peer",
         "server",
@@ -199,14 +221,21 @@ class _IdentConnection(asyncio.Protocol):
         self._loop = server._loop_or_raise()
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
-        self._pending: collections.deque[IdentRequest] = collections.deque()
+        # A list, not a deque: at most max_pending entries, and an empty list costs a
+        # tenth of an empty deque on every idle connection.
+        self._pending: list[IdentRequest] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._idle_deadline = 0.0
         self._closing = False  # no more queries will be read
         self._eof = False
-        self._paused = False
+        self._paused = False  # reading paused (pending limit or write backpressure)
+        self._write_paused = False  # the transport's write buffer is over its high-water mark
         self._in_process = False
+        self._queried = False  # at least one complete line received
+        self._stopping = False  # the server is closing: answer what was sent, then close
+        #: Handler tasks still running for this connection's queries (None: none yet).
+        self._tasks: dict[asyncio.Future[Any], IdentRequest] | None = None
         #: Resolved when the connection is gone (only for serve_connection()).
         self._lost: asyncio.Future[None] | None = None
         self.peer: Address = ("", 0)
@@ -219,20 +248,23 @@ class _IdentConnection(asyncio.Protocol):
         # TCPTransport is not one, so an isinstance() check would refuse every connection.
         self._transport = cast(asyncio.Transport, transport)
         server = self.server
-        if len(server._connections) >= server.max_connections or server._closing:
-            logger.warning(
-                "%s: connection limit (%d) reached, closing new connection",
-                server,
-                server.max_connections,
-            )
+        server._setting_up -= 1
+        connections = server._connections
+        if server._closing:
+            # Accepted while closing (the accept queue is drained on close): answer what
+            # it has already sent, like every other connection.
+            self._stopping = True
+        elif len(connections) >= server.max_connections and not server._make_room(self):
             transport.close()
             self._transport = None
             return
-        server._connections.add(self)
+        connections[self] = None
         self.peer = _address(transport.get_extra_info("peername"))
         self.local = _address(transport.get_extra_info("sockname"))
         now = self._loop.time()
-        self._idle_deadline = now + server.idle_timeout
+        # Until its first query a connection gets the (shorter) first-query deadline: a
+        # silent connection holds a slot for seconds, not for the whole idle timeout.
+        self._idle_deadline = now + server._first_deadline
         # Armed no later than the linger that follows the last answer, so that _finish()
         # finds the timer due first and keeps it: one timer handle per short connection
         # instead of one for the idle deadline, cancelled and replaced for the linger.
@@ -242,7 +274,6 @@ class _IdentConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return  # draining after the last answer
-        self._idle_deadline = self._loop.time() + self.server.idle_timeout
         self._buffer += data
         self._process()
 
@@ -265,7 +296,7 @@ class _IdentConnection(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if transport is None:
             return
-        self.server._connections.discard(self)
+        self.server._connections.pop(self, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -273,48 +304,94 @@ class _IdentConnection(asyncio.Protocol):
             request._conn = None
         self._pending.clear()
         self._buffer = b""
+        tasks, self._tasks = self._tasks, None
+        if tasks:
+            # Nobody can receive what these handlers would answer any more.
+            for task in tasks:
+                task.cancel()
+
+    def pause_writing(self) -> None:
+        # The peer does not read its answers: stop reading (and dispatching) its queries
+        # until it does, so that memory per connection stays bounded.
+        self._write_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        # Parse what is already buffered first, then read on.
+        if not self._in_process and not self._closing and self._buffer:
+            self._process()
+        else:
+            self._flow()
 
     # -- queries ------------------------------------------------------------------------
 
+    def _flow(self) -> None:
+        """Pause or resume reading: paused while the write buffer is over its high-water
+        mark or max_pending queries wait for their answers; resumed once neither holds."""
+        transport = self._transport
+        if transport is None:
+            return
+        stop = not self._closing and (self._write_paused or self._full())
+        if stop != self._paused:
+            self._paused = stop
+            if stop:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _full(self) -> bool:
+        """max_pending queries wait for their answers: read no more until one leaves."""
+        return len(self._pending) >= self.server.max_pending
+
     def _process(self) -> None:
-        """Parse and dispatch complete lines while the pending-query limit allows."""
+        """Parse and dispatch complete lines while the pending-query limit and the write
+        buffer allow."""
         server = self.server
         buffer = self._buffer
         multiple = server.multiple
+        start = 0  # lines are consumed by index: one copy of the rest per call, not per line
         self._in_process = True
-        while True:
-            if len(self._pending) >= server.max_pending:
-                if not self._paused and self._transport is not None:
-                    self._transport.pause_reading()
-                    self._paused = True
-                break
-            end = buffer.find(b"\n")
-            if end > MAX_LINE or (end < 0 and len(buffer) > MAX_LINE):
+        while not self._write_paused and not self._full():
+            end = buffer.find(b"\n", start)
+            if end - start > MAX_LINE or (end < 0 and len(buffer) - start > MAX_LINE):
                 self._overlong()
                 return
             if end < 0:
                 break
-            line = buffer[:end]
-            buffer = buffer[end + 1 :]
+            line = buffer[start:end]
+            start = end + 1
+            if not self._queried:
+                self._queried = True
+            self._idle_deadline = self._loop.time() + server.idle_timeout
+            server._touch(self)
             if not multiple:
                 # One query per connection: whatever follows is never read.
                 self._closing = True
-                buffer = b""
+                start = len(buffer)
             try:
                 query = parse_query(line)
             except InvalidQuery as exc:
-                logger.debug("%s: invalid query from %s: %s", server, self.peer, exc)
+                server._log.log(
+                    "invalid",
+                    logging.DEBUG,
+                    "invalid queries",
+                    "%s: invalid query from %s: %s",
+                    server,
+                    self.peer,
+                    exc,
+                )
                 self._query_done(encode_reply(exc.reply, server.reply_style))
             else:
                 self._dispatch(query.server_port, query.client_port)
             if self._closing or self._transport is None:
                 break
-        self._buffer = buffer
+        if self._transport is None:
+            self._buffer = b""
+        elif start:
+            self._buffer = buffer[start:] if not self._closing else b""
         self._in_process = False
-        if self._paused and len(self._pending) < server.max_pending and not self._closing:
-            self._paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
+        self._flow()
 
     def _dispatch(self, server_port: int, client_port: int) -> None:
         server = self.server
@@ -340,19 +417,25 @@ class _IdentConnection(asyncio.Protocol):
             try:
                 result = handler(request)
             except Exception:
-                logger.exception("%s: handler %r failed on %r", server, handler, request)
+                server._handler_failed(handler, request)
                 continue
             if result is not None:
-                server._spawn(result, request)
-        if not request.answered and self._transport is not None:
-            self._arm(request.deadline)
+                server._spawn(result, request, handler)
+        if request._answer is None:
+            if self._stopping:
+                # Closing: no query waits; what the handlers did not answer at once gets
+                # the fallback now.
+                self._give_fallback(request)
+            elif self._transport is not None:
+                self._arm(request.deadline)
+
+    def _give_fallback(self, request: IdentRequest) -> None:
+        """The fallback answer, for a query its handlers did not answer in time."""
+        request._set_line(self.server._fallback_line(request.server_port, request.client_port))
 
     def _query_done(self, line: bytes) -> None:
         """Queue an already-decided answer (an INVALID-PORT line) in its place."""
-        request = IdentRequest.__new__(IdentRequest)
-        request._conn = None
-        request._answer = line
-        self._pending.append(request)
+        self._pending.append(IdentRequest._decided(self, line))
         self.answer_ready()
 
     def answer_ready(self) -> None:
@@ -361,17 +444,21 @@ class _IdentConnection(asyncio.Protocol):
         pending = self._pending
         if transport is None:
             return
-        out: list[bytes] = []
-        while pending and pending[0]._answer is not None:
-            request = pending.popleft()
+        ready = 0
+        for request in pending:
+            if request._answer is None:
+                break
             request._conn = None
-            out.append(request._answer)  # type: ignore[arg-type]
-        if not out:
+            ready += 1
+        if not ready:
             return
-        if len(out) == 1:
-            transport.write(out[0])
+        if ready == 1:
+            transport.write(pending.pop(0)._answer)  # type: ignore[arg-type]
         else:
-            transport.writelines(out)
+            transport.writelines([r._answer for r in pending[:ready]])  # type: ignore[misc]
+            del pending[:ready]
+        if self._transport is None:
+            return  # the write failed and the connection is gone
         self._idle_deadline = self._loop.time() + self.server.idle_timeout
         if pending:
             return
@@ -382,11 +469,20 @@ class _IdentConnection(asyncio.Protocol):
 
     def _overlong(self) -> None:
         """A line over MAX_LINE octets: answer INVALID-PORT and close, reading no more."""
-        logger.info("%s: line over %d octets from %s", self.server, MAX_LINE, self.peer)
+        server = self.server
+        server._log.log(
+            "overlong",
+            logging.INFO,
+            "over-long lines",
+            "%s: line over %d octets from %s",
+            server,
+            MAX_LINE,
+            self.peer,
+        )
         self._buffer = b""
         self._in_process = False
         self._closing = True
-        self._query_done(error_line(0, 0, "INVALID-PORT", self.server.reply_style))
+        self._query_done(error_line(0, 0, "INVALID-PORT", server.reply_style))
 
     def _finish(self) -> None:
         """All answers written: half-close, drain the peer, close on its FIN or linger."""
@@ -394,7 +490,7 @@ class _IdentConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if self._eof or not transport.can_write_eof():
+        if self._eof or self._stopping or not transport.can_write_eof():
             transport.close()
             return
         if self._paused:
@@ -432,7 +528,7 @@ class _IdentConnection(asyncio.Protocol):
         # A copy: each answer may pop requests off the head of the queue (answer_ready).
         for request in list(self._pending):
             if request._answer is None and request.deadline <= now:
-                request._set_line(server._fallback_line(request.server_port, request.client_port))
+                self._give_fallback(request)
                 if self._transport is None:
                     return
         if self._transport is None:
@@ -450,15 +546,49 @@ class _IdentConnection(asyncio.Protocol):
             return
         self._arm(self._idle_deadline)
 
+    # -- closing ------------------------------------------------------------------------
+
     def shutdown(self) -> None:
-        """Answer every waiting query with the fallback, then close."""
-        server = self.server
+        """The server is closing: queries waiting for a handler get the fallback now;
+        queries already sent but not yet read will be read and answered (see
+        :meth:`drained`); nothing new is waited for."""
+        self._stopping = True
         for request in list(self._pending):
             if request._answer is None:
-                request._set_line(server._fallback_line(request.server_port, request.client_port))
+                self._give_fallback(request)
+        if self._transport is not None and not self._closing and not self._in_process:
+            self._process()
+
+    def drained(self) -> bool:
+        """True when everything the peer sent before close() has been answered: no query
+        waits, no complete line is buffered and the kernel holds no unread octet (closing
+        over unread data would send an RST that destroys the answers in flight)."""
+        transport = self._transport
+        if transport is None:
+            return True
+        if self._pending or (not self._closing and b"\n" in self._buffer):
+            return False
+        return _unread(transport) == 0
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (see IdentServer._make_room)."""
+        self._closing = True
+        self.server._connections.pop(self, None)
         if self._transport is not None:
-            self._closing = True
             self._transport.close()
+
+
+def _unread(transport: asyncio.BaseTransport) -> int:
+    """Octets the kernel has received on the transport's socket and nobody has read."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0  # closed meanwhile: nothing left to read
+    count: int = struct.unpack("i", raw)[0]
+    return count
 
 
 class IdentServer:
@@ -503,11 +633,13 @@ class IdentServer:
         max_pending: int = 32,
         backlog: int = 1024,
         sock: socket.socket | Sequence[socket.socket] | None = None,
+        first_query_timeout: float = 10.0,
     ) -> None:
         try:
             check_port("port", port, 0)
             check_seconds("idle_timeout", idle_timeout)
             check_seconds("response_timeout", response_timeout)
+            check_seconds("first_query_timeout", first_query_timeout)
         except TypeError as exc:
             raise ValueError(str(exc)) from None  # this constructor has always said ValueError
         _check_claim_wait(claim_wait)
@@ -526,6 +658,7 @@ class IdentServer:
         self.port = port
         self.multiple = bool(multiple)
         self.idle_timeout = float(idle_timeout)
+        self.first_query_timeout = float(first_query_timeout)
         self.response_timeout = float(response_timeout)
         self.default = default
         self.random = bool(random)
@@ -541,8 +674,14 @@ class IdentServer:
             self.register(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Listener] = []
-        self._connections: set[_IdentConnection] = set()
+        #: Open connections, the one that sent no query for the longest first (a dict as
+        #: an ordered set: eviction takes from the front, a query moves its connection to
+        #: the back).
+        self._connections: dict[_IdentConnection, None] = {}
+        #: Accepted connections whose protocol has not seen connection_made() yet.
+        self._setting_up = 0
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._log = RateLimitedLog(logger)
         self._closing = False
         self._closed: asyncio.Event | None = None
         #: (default, reply_style, the default answer's line after its port pair)
@@ -550,7 +689,7 @@ class IdentServer:
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
-        where = ", ".join(f"{a[0]}:{a[1]}" for a in self.addresses) or "not listening"
+        where = ", ".join(_show(a) for a in self.addresses) or "not listening"
         return f"<IdentServer{label} {where}>"
 
     __str__ = __repr__
@@ -716,8 +855,10 @@ class IdentServer:
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._closed = asyncio.Event()
+        self._log = RateLimitedLog(logger, call_later=self._loop.call_later)
 
         def factory() -> _IdentConnection:
+            self._setting_up += 1
             return _IdentConnection(self)
 
         socks: list[socket.socket]
@@ -737,46 +878,64 @@ class IdentServer:
             listener.start()
         logger.info("%s: listening", self)
 
-    async def close(self) -> None:
-        """Stop listening, answer every waiting query with its fallback, close every
-        connection and wait until nothing (socket, task, timer) is left."""
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Stop accepting and close every connection without losing a query already sent,
+        then wait until nothing (socket, task, timer) is left.
+
+        Connections still waiting in the listening socket's accept queue are accepted;
+        every connection's queries already sent (buffered, or still in the kernel) are
+        read and answered: by the handlers if they answer at once, else by the fallback,
+        as is every query already waiting for a handler. Each connection is closed once
+        nothing it sent is left unread (so the kernel sends FIN, not an RST that would
+        destroy the answers). Whatever is not done within ``grace`` seconds (a peer that
+        does not read its answers) is aborted. A server never started has nothing to do.
+        """
         if self._closing:
             if self._closed is not None:
                 await self._closed.wait()
             return
+        loop = self._loop
+        if loop is None:
+            return
         self._closing = True
         for listener in self._listeners:
-            listener.close()
+            listener.close(drain=True)
         for listener in self._listeners:
             await listener.wait_closed()
         self._claims.close()
         for conn in list(self._connections):
             conn.shutdown()
+        deadline = loop.time() + grace
+        while True:
+            for conn in list(self._connections):
+                transport = conn._transport
+                if transport is not None and not transport.is_closing() and conn.drained():
+                    conn._closing = True
+                    transport.close()  # flushes the answers, then FIN
+            if (not self._connections and self._setting_up <= 0) or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.005)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        # Give closing transports a moment to flush the fallback answers; a peer that does
-        # not read must not hold close() forever.
-        loop = self._loop_or_raise()
-        grace = loop.time() + CLOSE_GRACE
-        while self._connections and loop.time() < grace:
-            await asyncio.sleep(0.005)
         for conn in list(self._connections):
             if conn._transport is not None:
                 conn._transport.abort()
         # connection_lost() follows an abort on the next loop iterations; do not spin
         # forever on an event loop that fails to deliver it.
-        grace = loop.time() + CLOSE_GRACE
-        while self._connections and loop.time() < grace:
+        deadline = loop.time() + CLOSE_GRACE
+        while self._connections and loop.time() < deadline:
             await asyncio.sleep(0.001)
         if self._connections:
             logger.warning(
                 "%s: %d connections never reported closing", self, len(self._connections)
             )
             self._connections.clear()
+        self._setting_up = 0
         self._listeners = []
+        self._log.close()
         if self._closed is not None:
             self._closed.set()
         logger.info("%s: closed", self)
@@ -787,9 +946,11 @@ class IdentServer:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._closed = asyncio.Event()
+            self._log = RateLimitedLog(logger, call_later=self._loop.call_later)
         lost = self._loop.create_future()
 
         def factory() -> _IdentConnection:
+            self._setting_up += 1
             conn = _IdentConnection(self)
             conn._lost = lost
             return conn
@@ -849,20 +1010,114 @@ class IdentServer:
             cached = self._default_tail = (default, style, tail)
         return port_pair(server_port, client_port, style) + cached[2]
 
-    def _spawn(self, awaitable: Awaitable[None], request: IdentRequest) -> None:
+    @property
+    def _first_deadline(self) -> float:
+        return min(self.first_query_timeout, self.idle_timeout)
+
+    def _touch(self, conn: _IdentConnection) -> None:
+        """A query arrived: ``conn`` is now the last one to be evicted."""
+        connections = self._connections
+        if connections.pop(conn, 0) is None:
+            connections[conn] = None
+
+    def _make_room(self, new: _IdentConnection) -> bool:
+        """The connection limit is reached and ``new`` arrives: close the connection that
+        has sent no query for the longest, unless every connection has a query waiting
+        for its answer (then ``new`` is refused). A flood of silent connections thus
+        costs the flooder its own oldest slots, never a querier its answer."""
+        # Oldest first; a connection whose query already waits in the kernel (sent, not
+        # yet read: it may have been accepted in the same batch as ``new``) is passed
+        # over while a silent one is left.
+        spare: _IdentConnection | None = None
+        for conn in self._connections:
+            if conn._pending:
+                continue
+            if conn._transport is not None and _unread(conn._transport):
+                spare = spare or conn
+                continue
+            self._evict(conn)
+            return True
+        if spare is not None:
+            self._evict(spare)
+            return True
+        self._log.log(
+            "refused",
+            logging.WARNING,
+            "connections refused",
+            "%s: connection limit (%d) reached and every connection waits for an answer; "
+            "refusing a new connection",
+            self,
+            self.max_connections,
+        )
+        return False
+
+    def _evict(self, conn: _IdentConnection) -> None:
+        self._log.log(
+            "evicted",
+            logging.INFO,
+            "connections closed to make room",
+            "%s: connection limit (%d) reached; closing the connection from %s, "
+            "silent longest, to serve a new one",
+            self,
+            self.max_connections,
+            _show(conn.peer),
+        )
+        conn.evict()
+
+    def _handler_failed(self, handler: object, request: IdentRequest, exc: Any = True) -> None:
+        # The first failure of each handler with its traceback, then a count per interval:
+        # a query that makes a handler raise is something any outsider can send.
+        self._log.log(
+            ("handler", id(handler)),
+            logging.ERROR,
+            f"failures of handler {handler!r}",
+            "%s: handler %r failed on %r",
+            self,
+            handler,
+            request,
+            exc_info=exc,
+        )
+
+    def _spawn(self, awaitable: Awaitable[None], request: IdentRequest, handler: object) -> None:
         try:
             task = asyncio.ensure_future(awaitable)
         except TypeError:
-            logger.error("%s: handler returned a non-awaitable %r", self, awaitable)
+            self._log.log(
+                ("handler", id(handler)),
+                logging.ERROR,
+                f"non-awaitable results of handler {handler!r}",
+                "%s: handler %r returned a non-awaitable %r",
+                self,
+                handler,
+                awaitable,
+            )
             return
         self._tasks.add(task)
+        conn = request._conn
+        if conn is not None:
+            # Cancelled when the connection is gone: nobody can receive what it would
+            # answer (see the handler contract in the IdentServer docs).
+            tasks = conn._tasks
+            if tasks is None:
+                tasks = conn._tasks = {}
+            elif len(tasks) >= self.max_pending:
+                # A handler that hangs after its query got the fallback must not pile up
+                # tasks on a kept-open connection: the oldest such task makes room.
+                for old, owner in tasks.items():
+                    if owner._answer is not None:
+                        old.cancel()
+                        del tasks[old]
+                        break
+            tasks[task] = request
 
         def done(fut: asyncio.Future[Any]) -> None:
             self._tasks.discard(fut)
+            if conn is not None and conn._tasks is not None:
+                conn._tasks.pop(fut, None)
             if fut.cancelled():
                 return
             exc = fut.exception()
             if exc is not None:
-                logger.error("%s: async handler failed on %r", self, request, exc_info=exc)
+                self._handler_failed(handler, request, exc)
 
         task.add_done_callback(done)
