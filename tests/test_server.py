@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from aioidentd import IdentRequest, IdentServer
+from peers import unavailable
 
 # Small timeouts keep the suite fast; the defaults (60 s idle, 10 s response) are tested
 # as values, not waited for.
@@ -674,3 +675,106 @@ def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:
     assert result == (
         "PermissionError: cannot bind 127.0.0.1 port 113: Permission denied / sockets=0"
     )
+
+
+# -- hostile clients and shutdown (see also test_hostile.py) ---------------------------------
+
+
+async def test_a_client_that_never_reads_is_no_longer_read_and_loses_nothing() -> None:
+    long_id = "y" * 400
+    async with serving(multiple=True, default=long_id, idle_timeout=30) as server:
+        client = await Client.connect(server)
+        count = 20000  # 100 kB of queries asking for 8.4 MB of answers
+        client.writer.write(b"1,2\r\n" * count)
+        (conn,) = server._connections
+        # The server stops reading once its write buffer is full, instead of queueing
+        # answers nobody reads: wait until it has stopped, then check it stays bounded.
+        while not conn._paused:
+            await asyncio.sleep(0.01)
+        assert conn._transport is not None
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            assert conn._transport.get_write_buffer_size() < 256 * 1024
+        # Reading resumes as the client reads: every answer arrives, in order.
+        answer = b"1,2:USERID:UNIX:" + long_id.encode() + b"\r\n"
+        for _ in range(count):
+            assert await client.line() == answer
+        await client.close()
+
+
+async def test_a_silent_connection_gets_the_first_query_deadline() -> None:
+    async with serving(first_query_timeout=0.2, idle_timeout=30, multiple=True) as server:
+        silent = await Client.connect(server)
+        trickle = await Client.connect(server)
+        start = time.monotonic()
+        await trickle.send(b"1")  # octets that are not a query do not extend it
+        assert await silent.rest() == b""
+        assert await trickle.rest() == b""
+        assert time.monotonic() - start < 2.0
+        # After a query, the idle timeout applies.
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n")
+        assert await client.line() == b"1,2:ERROR:HIDDEN-USER\r\n"
+        with pytest.raises(asyncio.TimeoutError):
+            await client.line(timeout=0.5)
+        for c in (silent, trickle, client):
+            await c.close()
+
+
+async def test_close_reads_and_answers_queries_sent_but_not_yet_read() -> None:
+    server = IdentServer("127.0.0.1", 0, multiple=True, default="x")
+    await server.start()
+    clients = [await Client.connect(server) for _ in range(5)]
+    while server.connections < 5:
+        await asyncio.sleep(0.005)
+    for n, client in enumerate(clients, 1):
+        client.writer.write(b"%d,1\r\n%d,2\r\n" % (n, n))  # in the kernel, not yet read
+    await server.close()
+    for n, client in enumerate(clients, 1):
+        assert await client.rest() == b"%d,1:USERID:UNIX:x\r\n%d,2:USERID:UNIX:x\r\n" % (n, n)
+        await client.close()
+    assert server.connections == 0
+
+
+async def test_close_answers_what_handlers_do_not_answer_at_once_with_the_fallback() -> None:
+    async def slow(request: IdentRequest) -> None:
+        await asyncio.sleep(30)
+
+    def sync(request: IdentRequest) -> None:
+        if request.server_port == 1:
+            request.reply("UNIX", "now")
+
+    server = IdentServer("127.0.0.1", 0, handlers=[sync, slow], multiple=True, default="fb")
+    await server.start()
+    client = await Client.connect(server)
+    while server.connections < 1:
+        await asyncio.sleep(0.005)
+    client.writer.write(b"1,1\r\n2,2\r\n")
+    started = time.monotonic()
+    await server.close()
+    assert time.monotonic() - started < 1.0  # no waiting for the slow handler
+    assert await client.rest() == b"1,1:USERID:UNIX:now\r\n2,2:USERID:UNIX:fb\r\n"
+    await client.close()
+    assert server._tasks == set()
+
+
+async def test_close_of_a_server_never_started_does_nothing() -> None:
+    server = IdentServer("127.0.0.1", 0)
+    await server.close()
+    assert server.sockets == ()
+
+
+async def test_repr_shows_ipv6_addresses_in_brackets() -> None:
+    if not _has_ipv6_loopback():
+        unavailable("no IPv6 loopback on this machine")
+    async with serving(host="::1") as server:
+        assert f"[::1]:{server.addresses[0][1]}" in repr(server)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

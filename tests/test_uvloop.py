@@ -34,6 +34,11 @@ CASES: list[Case] = [
     test_server.test_connection_limit_evicts_the_connection_silent_longest,
     test_server.test_pending_limit_applies_backpressure_without_losing_queries,
     test_server.test_close_answers_waiting_queries_and_releases_everything,
+    test_server.test_a_client_that_never_reads_is_no_longer_read_and_loses_nothing,
+    test_server.test_a_silent_connection_gets_the_first_query_deadline,
+    test_server.test_close_reads_and_answers_queries_sent_but_not_yet_read,
+    test_server.test_close_answers_what_handlers_do_not_answer_at_once_with_the_fallback,
+    test_server.test_connection_limit_refuses_when_every_connection_waits_for_an_answer,
 ]
 
 
