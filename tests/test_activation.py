@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aioidentd.daemon import take_inherited
+from aioidentd.daemon.sockets import take_inherited
 
 
 @pytest.fixture

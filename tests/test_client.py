@@ -258,7 +258,7 @@ def test_connection_refused() -> None:
         with pytest.raises(IdentConnectError) as info:
             run(aioidentd.query("127.0.0.1", 1, 2, port=port))
     assert str(info.value) == f"ident server 127.0.0.1:{port} refused the connection"
-    assert info.value.server == ("127.0.0.1", port)
+    assert info.value.address == info.value.server == ("127.0.0.1", port)
 
 
 def test_unbindable_source_address() -> None:

@@ -1,16 +1,20 @@
 """aioidentd: RFC 1413 ident server, client and daemon for asyncio.
 
-The layers, lowest first: :mod:`aioidentd.protocol` (sans-IO parsing and formatting),
+This module is the public API, with :mod:`aioidentd.protocol` and :mod:`aioidentd.errors`;
+every other module is internal. The layers, lowest first: :mod:`aioidentd.errors`,
+:mod:`aioidentd.protocol` (sans-IO parsing, formatting and value rules),
 :mod:`aioidentd.server` (the embeddable server, with :mod:`aioidentd.claims` for the
 application's own connections and :mod:`aioidentd.controller` to run it in a thread) and
-:mod:`aioidentd.client` beside it,
-:mod:`aioidentd.lookup` (who owns a connection), and the command line on top.
+:mod:`aioidentd.client` beside it, :mod:`aioidentd.lookup` (who owns a connection),
+:mod:`aioidentd.policy` (the daemon's answers), :mod:`aioidentd.daemon` and the command
+line on top.
 """
 
 from aioidentd.claims import Claim, PendingConnection
 from aioidentd.client import query, query_connection
 from aioidentd.controller import Controller, serving
 from aioidentd.errors import (
+    AioidentdError,
     IdentConnectError,
     IdentConnectionClosed,
     IdentError,
@@ -32,6 +36,7 @@ from aioidentd.protocol import (
 from aioidentd.server import Handler, IdentRequest, IdentServer
 
 __all__ = [
+    "AioidentdError",
     "Claim",
     "Controller",
     "ErrorReply",

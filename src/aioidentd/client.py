@@ -100,7 +100,7 @@ class _IdentClientProtocol(asyncio.Protocol):
                     f"ident server {self._where} answered about ports "
                     f"{reply.server_port}, {reply.client_port} instead of "
                     f"{self._query.server_port}, {self._query.client_port}",
-                    server=self._server,
+                    address=self._server,
                     line=line,
                     query=self._query,
                     reply=reply,
@@ -114,7 +114,7 @@ class _IdentClientProtocol(asyncio.Protocol):
         self._finish(
             IdentProtocolError(
                 f"ident server {self._where} sent {what}: {shown}",
-                server=self._server,
+                address=self._server,
                 line=line[: MAX_LINE + 1],
             )
         )
@@ -135,7 +135,7 @@ class _IdentClientProtocol(asyncio.Protocol):
         error = IdentConnectionClosed(
             f"ident server {self._where} {how} the connection{got} without a complete "
             f"answer{reason}",
-            server=self._server,
+            address=self._server,
         )
         if exc is not None:
             error.__cause__ = exc
@@ -201,21 +201,21 @@ async def query(
                 )
             except ConnectionRefusedError:
                 raise IdentConnectError(
-                    f"ident server {where} refused the connection", server=server
+                    f"ident server {where} refused the connection", address=server
                 ) from None
             except socket.gaierror as exc:
                 raise IdentConnectError(
-                    f"cannot resolve ident server host {host!r}: {exc.strerror}", server=server
+                    f"cannot resolve ident server host {host!r}: {exc.strerror}", address=server
                 ) from exc
             except OSError as exc:
                 if isinstance(exc, TimeoutError):  # the kernel's own connect timeout
                     raise IdentTimeout(
-                        f"connecting to ident server {where} timed out", server=server
+                        f"connecting to ident server {where} timed out", address=server
                     ) from exc
                 detail = exc.strerror or str(exc)
                 source = f" from {_display(*local_addr[:2])}" if local_addr else ""
                 raise IdentConnectError(
-                    f"cannot connect to ident server {where}{source}: {detail}", server=server
+                    f"cannot connect to ident server {where}{source}: {detail}", address=server
                 ) from exc
             connected = True
             try:
@@ -234,7 +234,7 @@ async def query(
         phase = "" if connected else " (connection not established)"
         limit = f"{float(timeout)} s" if timeout is not None else "the connect timeout"
         raise IdentTimeout(
-            f"no answer from ident server {where} within {limit}{phase}", server=server
+            f"no answer from ident server {where} within {limit}{phase}", address=server
         ) from None
 
 

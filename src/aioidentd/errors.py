@@ -76,13 +76,18 @@ class MalformedReply(AioidentdError, ValueError):
 class IdentError(AioidentdError):
     """The ident exchange produced no answer; the message says why, for a person.
 
-    ``server`` is the ident server's ``(host, port)`` when known, so a caller logging many
+    ``address`` is the ident server's ``(host, port)`` when known, so a caller logging many
     lookups can group failures by peer without parsing the message.
     """
 
-    def __init__(self, message: str, *, server: tuple[str, int] | None = None) -> None:
+    def __init__(self, message: str, *, address: tuple[str, int] | None = None) -> None:
         super().__init__(message)
-        self.server = server
+        self.address = address
+
+    @property
+    def server(self) -> tuple[str, int] | None:
+        """The old name of :attr:`address`."""
+        return self.address
 
 
 class IdentConnectError(IdentError):
@@ -114,9 +119,9 @@ class IdentProtocolError(IdentError):
     """
 
     def __init__(
-        self, message: str, *, server: tuple[str, int] | None = None, line: bytes = b""
+        self, message: str, *, address: tuple[str, int] | None = None, line: bytes = b""
     ) -> None:
-        super().__init__(message, server=server)
+        super().__init__(message, address=address)
         self.line = line
 
 
@@ -132,12 +137,12 @@ class IdentPortMismatch(IdentProtocolError):
         self,
         message: str,
         *,
-        server: tuple[str, int] | None = None,
+        address: tuple[str, int] | None = None,
         line: bytes = b"",
         query: Query,
         reply: Reply,
     ) -> None:
-        super().__init__(message, server=server, line=line)
+        super().__init__(message, address=address, line=line)
         self.query = query
         self.reply = reply
 

@@ -15,7 +15,7 @@ from aioidentd.errors import ConfigError
 from aioidentd.policy import describe, load_config
 
 if TYPE_CHECKING:
-    from aioidentd.cli.arguments import SubParsers
+    from aioidentd.cli._arguments import SubParsers
 
 
 def register(subparsers: SubParsers) -> None:

@@ -13,14 +13,14 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from aioidentd.cli.arguments import port, seconds
+from aioidentd.cli._arguments import port, seconds
 from aioidentd.client import IDENT_PORT
 from aioidentd.client import query as ident_query
 from aioidentd.errors import IdentError
 from aioidentd.protocol import Reply, UserIdReply
 
 if TYPE_CHECKING:
-    from aioidentd.cli.arguments import SubParsers
+    from aioidentd.cli._arguments import SubParsers
 
 #: Exit statuses: an id was returned; the server answered ERROR; there was no answer.
 EXIT_USERID, EXIT_ERROR, EXIT_FAILED = 0, 1, 2

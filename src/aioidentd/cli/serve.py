@@ -23,7 +23,7 @@ from aioidentd.policy.settings import TOML_TYPES, Key, keys_of
 from aioidentd.protocol import safe_user_id
 
 if TYPE_CHECKING:
-    from aioidentd.cli.arguments import SubParsers
+    from aioidentd.cli._arguments import SubParsers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1113

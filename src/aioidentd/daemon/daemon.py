@@ -1,6 +1,7 @@
 """The host identd: the process life cycle around an :class:`~aioidentd.server.IdentServer`
-answering through :class:`~aioidentd.responder.KernelResponder` (privileges, systemd,
-inetd, reloads, worker processes).
+answering through :class:`~aioidentd.daemon.responder.KernelResponder` (overrides,
+privileges, signals, reloads); where the sockets come from is :mod:`.sockets`, the worker
+processes are :mod:`.supervisor`.
 
 The order of start-up is the point of this module: everything that needs root (binding
 port 113) or may need files the unprivileged user cannot read (Python's own modules, when
@@ -22,18 +23,16 @@ import logging
 import os
 import signal
 import socket
-import sys
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioidentd.activation import inherited_sockets, is_listening, stdin_socket
+from aioidentd.daemon.privileges import Identity, drop_privileges, resolve_identity
+from aioidentd.daemon.responder import KernelResponder
+from aioidentd.daemon.sockets import acquire_sockets
+from aioidentd.daemon.supervisor import supervise
 from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
-from aioidentd.listener import bind_sockets
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
 from aioidentd.policy import Config, DaemonSettings, Policy, load_config
-from aioidentd.privileges import Identity, drop_privileges, resolve_identity
-from aioidentd.responder import KernelResponder
 from aioidentd.server import IdentServer
 
 __all__ = ["Daemon", "DaemonError"]
@@ -83,57 +82,39 @@ class Daemon:
 
     def run(self) -> int:
         """Bind, drop privileges, serve until SIGTERM/SIGINT; returns the exit status."""
-        server = self.config.daemon
+        settings = self.config.daemon
         try:
-            socks, connected = self._sockets()
+            socks, connected = acquire_sockets(settings, inetd=self.inetd)
         except OSError as exc:
             raise DaemonError(exc.strerror or str(exc)) from None
         except ActivationError as exc:
             raise DaemonError(str(exc)) from None
         identity = self._identity()
         self._loop_factory()  # imports uvloop, if asked for, while the files are readable
-        workers = server.workers if not connected else 1
+        workers = settings.workers if not connected else 1
         if workers > 1:
-            return self._run_workers(socks, identity)
+            per = len(socks) // workers
+            groups = [socks[i * per : (i + 1) * per] for i in range(workers)]
+
+            def work(index: int, group: Sequence[socket.socket]) -> int:
+                lookup = None if self.static else self._lookup()
+                self._drop(identity)
+                return self._run_loop(self.serve(list(group), None, lookup))
+
+            return supervise(groups, work, lambda: self._drop(identity))
         lookup = None if self.static else self._lookup()
         self._drop(identity)
         return self._run_loop(self.serve(socks, connected, lookup))
 
-    def _sockets(self) -> tuple[list[socket.socket], socket.socket | None]:
-        """Listening sockets, or the one connection of inetd mode."""
-        server = self.config.daemon
-        if self.inetd:
-            return [], stdin_socket()
-        inherited = inherited_sockets()
-        if inherited:
-            return take_inherited(inherited)
-        copies = server.workers if server.workers > 1 else 1
-        socks: list[socket.socket] = []
-        try:
-            for _ in range(copies):
-                socks.extend(
-                    bind_sockets(
-                        server.listen,
-                        server.port if not socks else _port_of(socks),
-                        backlog=1024,
-                        reuse_port=copies > 1,
-                    )
-                )
-        except BaseException:
-            for sock in socks:
-                sock.close()
-            raise
-        return socks, None
-
     def _identity(self) -> Identity | None:
         if os.geteuid() != 0:
             return None
-        server = self.config.daemon
+        settings = self.config.daemon
         try:
-            identity = resolve_identity(server.user, server.group)
+            identity = resolve_identity(settings.user, settings.group)
         except PrivilegeError as exc:
             raise DaemonError(str(exc)) from None
-        if identity.uid == 0 and not server.allow_root:
+        if identity.uid == 0 and not settings.allow_root:
             raise DaemonError(
                 "refusing to run as root: set [server] user to an unprivileged user "
                 "(default nobody), or allow_root = true / --allow-root"
@@ -173,21 +154,23 @@ class Daemon:
     def _make_server(
         self, socks: list[socket.socket], lookup: SocketLookup | None
     ) -> tuple[IdentServer, KernelResponder | None]:
-        server = self.config.daemon
+        settings = self.config.daemon
         handlers = []
         responder = None
         if lookup is not None:
-            responder = KernelResponder(lookup, Policy(self.config), log_queries=server.log_queries)
+            responder = KernelResponder(
+                lookup, Policy(self.config), log_queries=settings.log_queries
+            )
             handlers.append(responder)
         ident = IdentServer(
             None,
             0,
             sock=socks,
-            multiple=server.multiple,
-            idle_timeout=server.idle_timeout,
-            response_timeout=server.response_timeout,
-            reply_style=server.reply_style,
-            max_connections=server.max_connections,
+            multiple=settings.multiple,
+            idle_timeout=settings.idle_timeout,
+            response_timeout=settings.response_timeout,
+            reply_style=settings.reply_style,
+            max_connections=settings.max_connections,
             default=self.default,
             random=self.random,
             handlers=handlers,
@@ -263,101 +246,6 @@ class Daemon:
                 ", ".join(changed),
             )
         logger.info("SIGHUP: configuration reloaded from %s", self.config_path)
-
-    # -- worker processes ----------------------------------------------------------------------
-
-    def _run_workers(self, socks: list[socket.socket], identity: Identity | None) -> int:
-        """N processes, each with its own SO_REUSEPORT sockets; the parent supervises."""
-        count = self.config.daemon.workers
-        per = len(socks) // count
-        groups = [socks[i * per : (i + 1) * per] for i in range(count)]
-        children: dict[int, int] = {}  # pid -> group index
-        stopping = False
-
-        def start(index: int) -> None:
-            pid = os.fork()
-            if pid == 0:  # child
-                status = 1
-                try:
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-                    for other, group in enumerate(groups):
-                        if other != index:
-                            for sock in group:
-                                sock.close()
-                    lookup = None if self.static else self._lookup()
-                    self._drop(identity)
-                    status = self._run_loop(self.serve(groups[index], None, lookup))
-                except DaemonError as exc:
-                    print(f"aioidentd: worker {index}: {exc}", file=sys.stderr)
-                except BaseException:
-                    logger.exception("worker %d failed", index)
-                finally:
-                    os._exit(status)
-            children[pid] = index
-
-        def forward(signum: int, frame: object) -> None:
-            nonlocal stopping
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                stopping = True
-            for pid in list(children):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
-
-        for index in range(count):
-            start(index)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, forward)
-        self._drop(identity)  # the supervisor needs no root either
-        logger.info("started %d workers: %s", count, ", ".join(map(str, children)))
-        status = 0
-        last_restart = 0.0
-        while children:
-            try:
-                pid, raw = os.wait()
-            except ChildProcessError:
-                break
-            index = children.pop(pid, -1)
-            code = os.waitstatus_to_exitcode(raw)
-            if stopping or index < 0:
-                status = status or (code if code > 0 else 0)
-                continue
-            logger.warning("worker %d (pid %d) exited with status %d; restarting", index, pid, code)
-            # Do not spin if a worker dies at once every time.
-            wait = 1.0 - (time.monotonic() - last_restart)
-            if wait > 0:
-                time.sleep(wait)
-            last_restart = time.monotonic()
-            if not stopping:
-                start(index)
-        for sock in socks:
-            sock.close()
-        return status
-
-
-def take_inherited(
-    inherited: list[socket.socket],
-) -> tuple[list[socket.socket], socket.socket | None]:
-    """What to serve of the sockets systemd passed: all of them when they are listeners;
-    with ``Accept=yes``, the first connected one alone (one connection per instance, like
-    inetd), every other descriptor closed."""
-    connected = next((sock for sock in inherited if not is_listening(sock)), None)
-    if connected is not None:
-        for sock in inherited:
-            if sock is not connected:
-                sock.close()
-        return [], connected
-    logger.info(
-        "serving %d socket(s) passed by systemd; 'listen' and 'port' are not used",
-        len(inherited),
-    )
-    return inherited, None
-
-
-def _port_of(socks: list[socket.socket]) -> int:
-    port: int = socks[0].getsockname()[1]
-    return port
 
 
 def _with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
