@@ -4,7 +4,7 @@
  * One thread, epoll, non-blocking sockets, CONC queries in flight at any time.
  *
  *   loadgen HOST PORT MODE CONC SECONDS USER
- *   loadgen HOST PORT list CONC SECONDS FILE
+ *   loadgen HOST PORT list|keeplist CONC SECONDS FILE
  *
  * MODE "conn": every query on a new connection: connect, send "P, P\r\n", read one line,
  *              then close with SO_LINGER 0 (an RST: neither end keeps a TIME_WAIT, so
@@ -17,6 +17,8 @@
  *              CR LF, which is added), taken in turn, round-robin
  *              (benchmarks/bench_daemon.py: real connections and the owner each
  *              server must name).
+ * MODE "keeplist": "keep" with the queries and answers of "list" (bench_claims.py:
+ *              queries about claimed connections on kept-open ident connections).
  *
  * In "conn" and "keep" every answer must be exactly "S,C:USERID:UNIX:USER\r\n" for the
  * ports sent; in "list", exactly the line's ANSWER + CR LF. Anything else counts as an
@@ -265,7 +267,8 @@ static double pct(double p) {
 int main(int argc, char **argv) {
     if (argc != 7) {
         fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER\n"
-                        "       %s HOST PORT list CONCURRENCY SECONDS FILE\n", argv[0], argv[0]);
+                        "       %s HOST PORT list|keeplist CONCURRENCY SECONDS FILE\n",
+                argv[0], argv[0]);
         return 2;
     }
     memset(&addr, 0, sizeof addr);
@@ -275,10 +278,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "loadgen: bad IPv4 address %s\n", argv[1]);
         return 2;
     }
-    keep = strcmp(argv[3], "keep") == 0;
-    int list = strcmp(argv[3], "list") == 0;
+    int keeplist = strcmp(argv[3], "keeplist") == 0;
+    keep = strcmp(argv[3], "keep") == 0 || keeplist;
+    int list = strcmp(argv[3], "list") == 0 || keeplist;
     if (!keep && !list && strcmp(argv[3], "conn") != 0) {
-        fprintf(stderr, "loadgen: mode must be conn, keep or list\n");
+        fprintf(stderr, "loadgen: mode must be conn, keep, list or keeplist\n");
         return 2;
     }
     int conc = atoi(argv[4]);
