@@ -499,7 +499,13 @@ class ClaimRegistry:
             style = conn.server.reply_style if conn is not None else "compact"
             request._set_line(claim._line(request.server_port, request.client_port, style))
             return True
-        if self.claim_wait > 0 and (self._pending.get(peer) or self._pending.get(_unscoped(peer))):
+        conn = request._conn
+        if (
+            self.claim_wait > 0
+            and (self._pending.get(peer) or self._pending.get(_unscoped(peer)))
+            and conn is not None
+            and not conn.server._closing  # closing: nothing may wait
+        ):
             self._hold(_Waiter(peer, keys, request, proceed))
             return True
         return False
