@@ -26,15 +26,7 @@ from aioidentd import IdentRequest, IdentServer, UserIdReply
 from aioidentd.claims import normalise_host
 from aioidentd.protocol import Reply
 from peers import unavailable
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
+from support import require_ipv6
 
 
 class Asker:
@@ -252,8 +244,7 @@ async def test_v4_mapped_claims_match_ipv4_queries() -> None:
 
 
 async def test_v4_mapped_queries_on_a_dual_stack_listener() -> None:
-    if not has_ipv6():
-        unavailable("no IPv6 on loopback")
+    require_ipv6()
     listener = socket.socket(socket.AF_INET6)
     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     listener.bind(("::", 0))
@@ -268,8 +259,7 @@ async def test_v4_mapped_queries_on_a_dual_stack_listener() -> None:
 
 
 async def test_ipv6_connection() -> None:
-    if not has_ipv6():
-        unavailable("no IPv6 on loopback")
+    require_ipv6()
     async with setup("::1", "::1") as (ident, asker, port):
         _, writer = await ident.open_connection("::1", port, user_id="alice6")
         assert user(await asker.answer_for(writer)) == "alice6"

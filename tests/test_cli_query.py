@@ -4,18 +4,15 @@ servers running in a thread (the command runs its own event loop)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from aioidentd.cli import main
 from scripted import close_at_once, identd_in_thread, send, silent
-
-SRC = Path(__file__).resolve().parent.parent / "src"
+from support import ENV
 
 
 def cli(*args: str) -> int:
@@ -147,7 +144,6 @@ def test_as_a_process_no_traceback() -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
         done = subprocess.run(
             [
                 sys.executable,
@@ -162,7 +158,7 @@ def test_as_a_process_no_traceback() -> None:
             ],
             capture_output=True,
             text=True,
-            env=env,
+            env=ENV,
             timeout=30,
         )
     assert done.returncode == 2

@@ -38,21 +38,10 @@ from scripted import (
     settle_fds,
     silent,
 )
+from support import needs_ipv6
 
 # The RFC's example pair; small enough that zero-padded echoes stay within 5 digits.
 SERVER_PORT, CLIENT_PORT = 6191, 23
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1)")
 
 
 async def ask(respond: Respond, host: str = "127.0.0.1", **kwargs: Any) -> Any:

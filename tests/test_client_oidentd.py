@@ -18,6 +18,7 @@ import aioidentd
 from aioidentd import ErrorReply, UserIdReply
 from peers import NOBODY, OIDENTD, Peer, oidentd_argv, oidentd_version, require, running
 from scripted import run
+from support import require_root
 
 # oidentd forks a child per query and only answers about connections to the querier's
 # address, so everything happens on 127.0.0.1.
@@ -105,8 +106,7 @@ def connection_as_nobody() -> Iterator[tuple[socket.socket, int]]:
     The child is bash with /dev/tcp rather than Python: the interpreter running the tests
     may live where nobody cannot execute it (e.g. under /root/.pyenv).
     """
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a child as nobody")
+    require_root("to run a child as nobody")
     bash = require("bash", "bash")
     with socket.create_server((HOST, 0)) as listener:
         listener.settimeout(10)

@@ -6,6 +6,7 @@ import pytest
 
 import aioidentd
 from aioidentd import ErrorReply, IdentRequest, IdentServer, UserIdReply
+from support import both_loops
 
 
 async def exchange(answer: object, style: str = "compact") -> aioidentd.Reply:
@@ -49,3 +50,13 @@ async def test_fallbacks_reach_the_client() -> None:
         answer = await aioidentd.query("127.0.0.1", 1, 2, port=server.addresses[0][1])
     assert isinstance(answer, UserIdReply)
     assert answer.opsys == "UNIX" and len(answer.raw) == 8 and answer.raw.isalnum()
+
+
+@both_loops
+async def test_client_reads_our_server_on_either_loop() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: the client's protocol
+    must not care."""
+    server = aioidentd.IdentServer("127.0.0.1", 0, default="alice")
+    async with server:
+        answer = await aioidentd.query("127.0.0.1", 6193, 23, port=server.addresses[0][1])
+    assert str(answer) == "USERID UNIX alice"

@@ -11,7 +11,7 @@ import pytest
 
 import aioidentd
 from aioidentd import Controller, IdentRequest, IdentServer
-from wire import ask
+from support import ask
 
 
 def controller_threads() -> list[threading.Thread]:

@@ -26,10 +26,8 @@ from typing import Any
 import pytest
 
 from peers import require_root
-from wire import ask
+from support import ENV, ask
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-ENV = {**os.environ, "PYTHONPATH": SRC}
 NOBODY = 65534
 
 

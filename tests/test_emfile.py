@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
-from wire import read_line
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from support import ENV, read_line
 
 # The server runs in its own process with a tiny descriptor limit, so that accept() hits
 # EMFILE while this process (the clients) has descriptors to spare.
@@ -42,7 +38,7 @@ def ask_on(sock: socket.socket, line: bytes) -> bytes:
 def test_server_recovers_after_emfile() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER],
-        env={**os.environ, "PYTHONPATH": SRC},
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

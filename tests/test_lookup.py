@@ -29,25 +29,10 @@ from aioidentd.lookup import (
     default_lookup,
     parse_diag_reply,
 )
+from peers import unavailable
+from support import needs_ipv6, needs_root
 
 NOBODY = 65534
-
-
-def _ipv6_loopback_works() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback")
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to run a child process as uid 65534 (nobody)"
-)
 
 
 @pytest.fixture(params=["netlink", "proc"])
@@ -58,7 +43,7 @@ def lookup(request: pytest.FixtureRequest) -> Iterator[SocketLookup]:
     try:
         nl = NetlinkLookup()
     except SocketLookupError as exc:
-        pytest.skip(f"netlink sock_diag unavailable here: {exc}")
+        unavailable(f"netlink sock_diag unavailable here: {exc}")
     with nl:
         yield nl
 

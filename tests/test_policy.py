@@ -14,6 +14,7 @@ import pytest
 
 from aioidentd.policy import REPLY_FILE, Decision, Policy, SystemUserDB, parse_config
 from aioidentd.protocol import ErrorReply, UserIdReply, encode_reply
+from support import require_root
 
 LOCAL = ("192.0.2.10", 40000)
 IRC = ("198.51.100.7", 6667)
@@ -414,8 +415,7 @@ def test_symlink_is_refused(
 
 
 def test_wrong_owner_is_refused(owner: int, home: Path, caplog: pytest.LogCaptureFixture) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the file to another uid")
+    require_root("to give the file to another uid")
     path = write_reply(home, owner, "wonder\n")
     os.chown(path, 65534, -1)
     assert refused(owner, home, caplog).endswith("is owned by uid 65534, not by the user")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from aioidentd import IdentRequest, IdentServer
-from peers import unavailable
+from support import both_loops, ipv6_loopback, require_ipv6, require_root
 
 # Small timeouts keep the suite fast; the defaults (60 s idle, 10 s response) are tested
 # as values, not waited for.
@@ -77,6 +77,7 @@ async def ask(server: IdentServer, query: bytes = b"12345, 123\r\n") -> bytes:
 # -- the seed's own tests (t/01..t/05), ported ------------------------------------------------
 
 
+@both_loops
 async def test_t01_userid_from_a_synchronous_handler() -> None:
     seen: list[IdentRequest] = []
 
@@ -93,6 +94,7 @@ async def test_t01_userid_from_a_synchronous_handler() -> None:
     assert len(seen) == 1
 
 
+@both_loops
 async def test_t02_hidden_user_when_no_handler_answers() -> None:
     called = []
     async with serving(handlers=[called.append]) as server:
@@ -103,6 +105,7 @@ async def test_t02_hidden_user_when_no_handler_answers() -> None:
     assert 0.25 <= elapsed < 2.0  # the response timeout (0.3 s), not the seed's fixed 10 s
 
 
+@both_loops
 async def test_t03_garbage_gets_invalid_port_and_no_handler_call() -> None:
     called = []
     async with serving(handlers=[called.append], multiple=True) as server:
@@ -186,6 +189,7 @@ async def test_charset_and_x_token_answers() -> None:
         assert await ask(server) == b"12345,123:ERROR:X-BUSY\r\n"
 
 
+@both_loops
 async def test_async_handler_answers_later() -> None:
     async def handler(request: IdentRequest) -> None:
         await asyncio.sleep(0.1)
@@ -335,6 +339,7 @@ async def test_unregister_stops_calls() -> None:
 # -- connections ------------------------------------------------------------------------------
 
 
+@both_loops
 async def test_multiple_answers_pipelined_queries_in_order() -> None:
     async def handler(request: IdentRequest) -> None:
         # Later queries answer sooner: the wire order must still be the query order.
@@ -364,6 +369,7 @@ async def test_query_split_over_segments() -> None:
         await client.close()
 
 
+@both_loops
 async def test_single_mode_answers_once_and_closes_gracefully() -> None:
     async with serving(handlers=[lambda r: r.reply("UNIX", "x")]) as server:
         client = await Client.connect(server)
@@ -382,6 +388,7 @@ async def test_single_mode_invalid_query_closes() -> None:
         await client.close()
 
 
+@both_loops
 @pytest.mark.parametrize("multiple", [False, True])
 async def test_half_close_still_gets_the_answer(multiple: bool) -> None:
     async def handler(request: IdentRequest) -> None:
@@ -405,6 +412,7 @@ async def test_last_query_without_newline_is_answered_at_eof() -> None:
         await client.close()
 
 
+@both_loops
 async def test_idle_connection_is_closed_silently() -> None:
     async with serving(idle_timeout=0.2) as server:
         client = await Client.connect(server)
@@ -449,6 +457,7 @@ async def test_line_of_1000_octets_is_still_parsed() -> None:
         await client.close()
 
 
+@both_loops
 async def test_connection_limit_evicts_the_connection_silent_longest() -> None:
     async with serving(max_connections=2, multiple=True, default="x") as server:
         first = await Client.connect(server)
@@ -467,6 +476,7 @@ async def test_connection_limit_evicts_the_connection_silent_longest() -> None:
             await client.close()
 
 
+@both_loops
 async def test_connection_limit_refuses_when_every_connection_waits_for_an_answer() -> None:
     gate = asyncio.Event()
 
@@ -492,6 +502,7 @@ async def test_connection_limit_refuses_when_every_connection_waits_for_an_answe
             await client.close()
 
 
+@both_loops
 async def test_pending_limit_applies_backpressure_without_losing_queries() -> None:
     gate = asyncio.Event()
     most = 0
@@ -535,8 +546,7 @@ async def test_reset_and_empty_connections_leave_the_server_working() -> None:
 
 
 async def test_ipv6_and_several_addresses() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+    require_ipv6()
     async with serving(host=["127.0.0.1", "::1"], default="x") as server:
         families = sorted(s.family for s in server.sockets)
         assert families == sorted([socket.AF_INET, socket.AF_INET6])
@@ -551,7 +561,7 @@ async def test_host_none_listens_on_every_interface() -> None:
     async with serving(host=None) as server:
         hosts = {host for host, _ in server.addresses}
         assert "0.0.0.0" in hosts
-        if socket.has_ipv6:
+        if ipv6_loopback():
             assert "::" in hosts
         # One ephemeral port for every family, so that a caller can print one address.
         assert len({port for _, port in server.addresses}) == 1
@@ -573,6 +583,7 @@ async def test_bad_host_raises_oserror() -> None:
         await server.start()
 
 
+@both_loops
 async def test_close_answers_waiting_queries_and_releases_everything() -> None:
     started = asyncio.Event()
 
@@ -643,8 +654,7 @@ def test_register_needs_a_callable() -> None:
 
 def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:
     """As nobody, port 113 cannot be bound: start() says so and leaves nothing behind."""
-    if os.geteuid() != 0:
-        pytest.skip("runs as root, to become nobody in a child")  # already the case as non-root
+    require_root("to become nobody in a child")
     if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 113:
         pytest.skip("this kernel lets anyone bind port 113")
     read_end, write_end = os.pipe()
@@ -680,6 +690,7 @@ def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:
 # -- hostile clients and shutdown (see also test_hostile.py) ---------------------------------
 
 
+@both_loops
 async def test_a_client_that_never_reads_is_no_longer_read_and_loses_nothing() -> None:
     long_id = "y" * 400
     async with serving(multiple=True, default=long_id, idle_timeout=30) as server:
@@ -702,6 +713,7 @@ async def test_a_client_that_never_reads_is_no_longer_read_and_loses_nothing() -
         await client.close()
 
 
+@both_loops
 async def test_a_silent_connection_gets_the_first_query_deadline() -> None:
     async with serving(first_query_timeout=0.2, idle_timeout=30, multiple=True) as server:
         silent = await Client.connect(server)
@@ -721,6 +733,7 @@ async def test_a_silent_connection_gets_the_first_query_deadline() -> None:
             await c.close()
 
 
+@both_loops
 async def test_close_reads_and_answers_queries_sent_but_not_yet_read() -> None:
     server = IdentServer("127.0.0.1", 0, multiple=True, default="x")
     await server.start()
@@ -736,6 +749,7 @@ async def test_close_reads_and_answers_queries_sent_but_not_yet_read() -> None:
     assert server.connections == 0
 
 
+@both_loops
 async def test_close_answers_what_handlers_do_not_answer_at_once_with_the_fallback() -> None:
     async def slow(request: IdentRequest) -> None:
         await asyncio.sleep(30)
@@ -765,16 +779,6 @@ async def test_close_of_a_server_never_started_does_nothing() -> None:
 
 
 async def test_repr_shows_ipv6_addresses_in_brackets() -> None:
-    if not _has_ipv6_loopback():
-        unavailable("no IPv6 loopback on this machine")
+    require_ipv6()
     async with serving(host="::1") as server:
         assert f"[::1]:{server.addresses[0][1]}" in repr(server)
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from peers import unavailable
+from support import SRC
 
 HERE = Path(__file__).resolve().parent
 PERL_DIR = HERE / "perl"
-SRC = HERE.parents[1] / "src"
 #: Daemons live in sbin, which is not on every user's PATH.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 

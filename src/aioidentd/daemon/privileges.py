@@ -49,11 +49,7 @@ def resolve_identity(user: str, group: str | None = None) -> Identity:
             group_name = str(gid)
     else:
         try:
-            gentry = (
-                grp.getgrgid(int(group))
-                if group.isascii() and group.isdigit()
-                else grp.getgrnam(group)
-            )
+            gentry = grp.getgrgid(int(group)) if _is_number(group) else grp.getgrnam(group)
         except (KeyError, ValueError):
             raise PrivilegeError(f"no such group: {group!r}") from None
         gid, group_name = gentry.gr_gid, gentry.gr_name

@@ -1,0 +1,130 @@
+"""What many test modules need, defined once: how to run ``aioidentd`` in a child process,
+a blocking ident exchange, the host's IPv6 and root, and waiting for a condition.
+
+Anything a test needs from outside the test (root, IPv6, a peer program, uvloop) goes
+through :func:`peers.unavailable`: a failure under CI, a skip elsewhere, never a silent
+pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from peers import require_root, unavailable
+
+__all__ = [
+    "ENV",
+    "SRC",
+    "aioidentd_argv",
+    "ask",
+    "both_loops",
+    "ipv6_loopback",
+    "needs_ipv6",
+    "needs_root",
+    "read_line",
+    "require_ipv6",
+    "require_root",
+    "wait_until",
+    "wait_until_async",
+]
+
+#: The package's source, for child processes: they run the tree under test, not whatever
+#: is installed.
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def aioidentd_argv(*args: str) -> list[str]:
+    """The command line of ``aioidentd ARGS`` from the tree under test (use with ``ENV``)."""
+    return [sys.executable, "-m", "aioidentd", *args]
+
+
+def read_line(sock: socket.socket) -> bytes:
+    """Everything up to and including the first LF, or what came before EOF."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def ask(port: int, line: bytes, host: str = "127.0.0.1", source: str | None = None) -> bytes:
+    """Send one query line on a new connection and return the answer line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        if source is not None:
+            sock.bind((source, 0))
+        sock.connect((host, port))
+        sock.sendall(line)
+        return read_line(sock)
+
+
+@functools.cache
+def ipv6_loopback() -> bool:
+    """Whether this host really has IPv6 on loopback: a listener on ``::1`` that accepts
+    a connection. (``socket.has_ipv6`` only says how Python was built.)"""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as server:
+            server.bind(("::1", 0))
+            server.listen(1)
+            with socket.create_connection(server.getsockname()[:2], timeout=2):
+                accepted, _ = server.accept()
+                accepted.close()
+    except OSError:
+        return False
+    return True
+
+
+def require_ipv6() -> None:
+    """Fail under CI, skip elsewhere, unless IPv6 loopback works."""
+    if not ipv6_loopback():
+        unavailable("no IPv6 on loopback (::1) on this host")
+
+
+#: Marks for tests (or ``pytest.param`` cases) that need IPv6 loopback or root: conftest
+#: checks them before the test runs, through :func:`peers.unavailable`'s rule (a plain
+#: ``skipif`` would skip silently in CI too).
+needs_ipv6 = pytest.mark.needs_ipv6
+needs_root = pytest.mark.needs_root
+#: Runs an async test once on asyncio's loop and once on uvloop's (conftest's
+#: ``loop_kind`` fixture).
+both_loops = pytest.mark.usefixtures("loop_kind")
+
+
+def wait_until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds. The way to wait for
+    something another process or thread does, instead of sleeping and hoping."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within} s: {what or condition}")
+        time.sleep(0.005)
+
+
+async def wait_until_async(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 5.0, what: str = ""
+) -> None:
+    """:func:`wait_until` on the event loop: the loop keeps running while it waits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {within} s: {what or condition}")
+        await asyncio.sleep(0.002)
