@@ -28,7 +28,7 @@ lint: venv
 	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: venv
-	$(BIN)/mypy --strict src examples
+	$(BIN)/mypy --strict src examples tests
 
 unit: venv
 	$(BIN)/python -m pytest -q

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -344,7 +344,7 @@ def logflood(events: int = 300) -> Figures:
 
 
 def _fuzz_lines(count: int, rng: random.Random) -> list[bytes]:
-    makers = [
+    makers: list[Callable[[], bytes]] = [
         lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60))),
         lambda: b"\0" * rng.randrange(1, 50),
         lambda: bytes(rng.randrange(128, 256) for _ in range(rng.randrange(1, 60))),
@@ -480,7 +480,7 @@ def handlers(queries: int = 200) -> Figures:
     return asyncio.run(main())
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "nonreading": nonreading,
     "slowloris": slowloris,
     "logflood": logflood,

@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -28,11 +28,6 @@ Respond = Callable[[Query | None, asyncio.StreamReader, asyncio.StreamWriter], A
 #: The longest any scripted server waits for the client to go away, so that a client bug
 #: shows up as a failure rather than a hung suite.
 LINGER = 10.0
-
-
-def run(coro: Coroutine[Any, Any, T], limit: float = 30.0) -> T:
-    """Run a test coroutine on a fresh loop, bounded so a hang fails instead of stalling."""
-    return asyncio.run(asyncio.wait_for(coro, limit))
 
 
 def open_fds() -> int:

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from peers import require_root, unavailable
 __all__ = [
     "ENV",
     "SRC",
+    "FakeUserDB",
     "aioidentd_argv",
     "ask",
     "both_loops",
@@ -128,3 +129,27 @@ async def wait_until_async(
         if loop.time() > deadline:
             raise AssertionError(f"not true within {within} s: {what or condition}")
         await asyncio.sleep(0.002)
+
+
+class FakeUserDB:
+    """Users by uid: (name, home, groups); no dependency on the machine's passwd."""
+
+    def __init__(self, users: dict[int, tuple[str, str | None, Sequence[str]]]) -> None:
+        self.users = users
+        self.group_calls = 0
+
+    def name_of(self, uid: int) -> str | None:
+        return self.users[uid][0] if uid in self.users else None
+
+    def uid_of(self, name: str) -> int | None:
+        for uid, (user, _home, _groups) in self.users.items():
+            if user == name:
+                return uid
+        return None
+
+    def home_of(self, uid: int) -> str | None:
+        return self.users[uid][1] if uid in self.users else None
+
+    def groups_of(self, uid: int) -> Sequence[str]:
+        self.group_calls += 1
+        return self.users[uid][2] if uid in self.users else ()

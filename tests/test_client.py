@@ -33,7 +33,6 @@ from scripted import (
     close_at_once,
     open_fds,
     reset,
-    run,
     send,
     settle_fds,
     silent,
@@ -120,15 +119,15 @@ USERID_CASES = {
 
 
 @pytest.mark.parametrize("case", USERID_CASES, ids=list(USERID_CASES))
-def test_userid_answers(case: str) -> None:
+async def test_userid_answers(case: str) -> None:
     respond, opsys, charset, raw = USERID_CASES[case]
-    answer = run(ask(respond))
+    answer = await ask(respond)
     assert answer == UserIdReply(SERVER_PORT, CLIENT_PORT, opsys, raw, charset)
     assert answer.user_id == raw.decode(charset or "ascii")
 
 
-def test_undecodable_id_is_kept_as_bytes_and_shown_in_hex() -> None:
-    answer = run(ask(send(b"%d,%d:USERID:UNIX,UTF-8:al\xffice\r\n")))
+async def test_undecodable_id_is_kept_as_bytes_and_shown_in_hex() -> None:
+    answer = await ask(send(b"%d,%d:USERID:UNIX,UTF-8:al\xffice\r\n"))
     assert isinstance(answer, UserIdReply)
     assert answer.raw == b"al\xffice"
     assert answer.user_id == b"al\xffice"
@@ -146,15 +145,15 @@ def test_undecodable_id_is_kept_as_bytes_and_shown_in_hex() -> None:
         (b"%d,%d:ERROR:X-NO-IDENT-HERE\r\n", "X-NO-IDENT-HERE"),
     ],
 )
-def test_error_answers_are_returned_not_raised(sent: bytes, error: str) -> None:
-    answer = run(ask(send(sent)))
+async def test_error_answers_are_returned_not_raised(sent: bytes, error: str) -> None:
+    answer = await ask(send(sent))
     assert answer == ErrorReply(SERVER_PORT, CLIENT_PORT, error)
     assert str(answer) == f"ERROR {error}"
 
 
 @needs_ipv6
-def test_ipv6_server() -> None:
-    answer = run(ask(send(b"%d,%d:USERID:UNIX:alice\r\n"), host="::1"))
+async def test_ipv6_server() -> None:
+    answer = await ask(send(b"%d,%d:USERID:UNIX:alice\r\n"), host="::1")
     assert isinstance(answer, UserIdReply)
     assert answer.user_id == "alice"
 
@@ -162,18 +161,18 @@ def test_ipv6_server() -> None:
 # -- failed exchanges ----------------------------------------------------------------------
 
 
-def test_wrong_port_pair_raises_port_mismatch() -> None:
+async def test_wrong_port_pair_raises_port_mismatch() -> None:
     with pytest.raises(IdentPortMismatch) as info:
-        run(ask(send(b"%d,1:USERID:UNIX:mallory\r\n")))
+        await ask(send(b"%d,1:USERID:UNIX:mallory\r\n"))
     assert isinstance(info.value, IdentProtocolError)
     assert info.value.query == Query(SERVER_PORT, CLIENT_PORT)
     assert info.value.reply == UserIdReply(SERVER_PORT, 1, "UNIX", b"mallory")
     assert "6191, 1 instead of 6191, 23" in str(info.value)
 
 
-def test_swapped_port_pair_raises_port_mismatch() -> None:
+async def test_swapped_port_pair_raises_port_mismatch() -> None:
     with pytest.raises(IdentPortMismatch):
-        run(ask(send(lambda q: b"%d,%d:ERROR:NO-USER\r\n" % (q.client_port, q.server_port))))
+        await ask(send(lambda q: b"%d,%d:ERROR:NO-USER\r\n" % (q.client_port, q.server_port)))
 
 
 @pytest.mark.parametrize(
@@ -188,49 +187,49 @@ def test_swapped_port_pair_raises_port_mismatch() -> None:
     ],
     ids=["http", "no id field", "empty id", "unknown type", "bad error token", "513-octet id"],
 )
-def test_garbage_raises_protocol_error(sent: bytes) -> None:
+async def test_garbage_raises_protocol_error(sent: bytes) -> None:
     with pytest.raises(IdentProtocolError) as info:
-        run(ask(send(sent)))
+        await ask(send(sent))
     assert not isinstance(info.value, IdentPortMismatch)
     assert "malformed answer" in str(info.value)
 
 
-def test_1001_octets_without_end_of_line() -> None:
+async def test_1001_octets_without_end_of_line() -> None:
     # The server keeps the connection open: only the length rule can end the exchange.
     start = time.monotonic()
     with pytest.raises(IdentProtocolError, match="more than 1000 octets without an end of line"):
-        run(ask(chunks(b"x" * 600, b"y" * 401), timeout=5.0))
+        await ask(chunks(b"x" * 600, b"y" * 401), timeout=5.0)
     assert time.monotonic() - start < 2
 
 
-def test_1000_octets_without_end_of_line_is_still_waited_for() -> None:
+async def test_1000_octets_without_end_of_line_is_still_waited_for() -> None:
     with pytest.raises(IdentTimeout):
-        run(ask(chunks(b"x" * 1000), timeout=0.3))
+        await ask(chunks(b"x" * 1000), timeout=0.3)
 
 
-def test_long_line_with_end_of_line_in_one_segment() -> None:
+async def test_long_line_with_end_of_line_in_one_segment() -> None:
     with pytest.raises(IdentProtocolError, match="longer than 1000 octets"):
-        run(ask(send(b"%d,%d:USERID:OTHER:" + b"a" * 1000 + b"\r\n")))
+        await ask(send(b"%d,%d:USERID:OTHER:" + b"a" * 1000 + b"\r\n"))
 
 
-def test_close_without_answer() -> None:
+async def test_close_without_answer() -> None:
     with pytest.raises(IdentConnectionClosed, match=r"closed the connection without"):
-        run(ask(close_at_once))
+        await ask(close_at_once)
 
 
-def test_close_after_partial_answer() -> None:
+async def test_close_after_partial_answer() -> None:
     with pytest.raises(IdentConnectionClosed, match=r"closed the connection after 19 octets"):
-        run(ask(send(b"%d,%d:USERID:UNIX", then_close=True)))
+        await ask(send(b"%d,%d:USERID:UNIX", then_close=True))
 
 
-def test_reset_without_answer() -> None:
+async def test_reset_without_answer() -> None:
     with pytest.raises(IdentConnectionClosed, match=r"reset|closed"):
-        run(ask(reset()))
+        await ask(reset())
 
 
-def test_reset_after_partial_answer() -> None:
+async def test_reset_after_partial_answer() -> None:
     with pytest.raises(IdentConnectionClosed, match="reset the connection after 8 octets"):
-        run(ask(reset(b"6191,23:")))
+        await ask(reset(b"6191,23:"))
 
 
 def free_port_held() -> socket.socket:
@@ -241,30 +240,25 @@ def free_port_held() -> socket.socket:
     return sock
 
 
-def test_connection_refused() -> None:
+async def test_connection_refused() -> None:
     with free_port_held() as closed:
         port = closed.getsockname()[1]
         with pytest.raises(IdentConnectError) as info:
-            run(aioidentd.query("127.0.0.1", 1, 2, port=port))
+            await aioidentd.query("127.0.0.1", 1, 2, port=port)
     assert str(info.value) == f"ident server 127.0.0.1:{port} refused the connection"
     assert info.value.address == info.value.server == ("127.0.0.1", port)
 
 
-def test_unbindable_source_address() -> None:
-    async def main() -> None:
-        async with ScriptedIdentd(silent) as identd:
-            with pytest.raises(IdentConnectError, match=re.escape("from 192.0.2.1:0")):
-                await aioidentd.query(
-                    "127.0.0.1", 1, 2, port=identd.port, local_addr=("192.0.2.1", 0)
-                )
-
-    run(main())
+async def test_unbindable_source_address() -> None:
+    async with ScriptedIdentd(silent) as identd:
+        with pytest.raises(IdentConnectError, match=re.escape("from 192.0.2.1:0")):
+            await aioidentd.query("127.0.0.1", 1, 2, port=identd.port, local_addr=("192.0.2.1", 0))
 
 
-def test_silent_server_times_out_within_the_deadline() -> None:
+async def test_silent_server_times_out_within_the_deadline() -> None:
     start = time.monotonic()
     with pytest.raises(IdentTimeout) as info:
-        run(ask(silent, timeout=0.3))
+        await ask(silent, timeout=0.3)
     elapsed = time.monotonic() - start
     assert 0.3 <= elapsed < 0.3 + 0.5
     assert isinstance(info.value, TimeoutError)
@@ -272,12 +266,12 @@ def test_silent_server_times_out_within_the_deadline() -> None:
     assert str(info.value).endswith("within 0.3 s")
 
 
-def test_one_deadline_covers_a_trickling_server() -> None:
+async def test_one_deadline_covers_a_trickling_server() -> None:
     # Each segment arrives well inside the timeout; the sum does not.
     start = time.monotonic()
     with pytest.raises(IdentTimeout):
-        run(
-            ask(chunks(*(b"6191,23:USERID"[i : i + 1] for i in range(14)), delay=0.05), timeout=0.3)
+        await ask(
+            chunks(*(b"6191,23:USERID"[i : i + 1] for i in range(14)), delay=0.05), timeout=0.3
         )
     assert time.monotonic() - start < 0.3 + 0.5
 
@@ -306,105 +300,92 @@ def test_all_errors_share_the_base_class() -> None:
         (("6191", 23), {}, TypeError),
     ],
 )
-def test_bad_arguments(args: tuple[Any, Any], kwargs: dict[str, Any], exc: type[Exception]) -> None:
+async def test_bad_arguments(
+    args: tuple[Any, Any], kwargs: dict[str, Any], exc: type[Exception]
+) -> None:
     with pytest.raises(exc):
-        run(aioidentd.query("127.0.0.1", *args, **kwargs))
+        await aioidentd.query("127.0.0.1", *args, **kwargs)
 
 
 # -- resources -----------------------------------------------------------------------------
 
 
-def test_200_concurrent_queries_leave_no_fd_behind() -> None:
-    async def main() -> None:
-        baseline = open_fds()
-        async with ScriptedIdentd(chunks(b"%d,%d:USERID:", b"UNIX:alice\r\n")) as identd:
-            answers = await asyncio.gather(
-                *(
-                    aioidentd.query("127.0.0.1", 1000 + i, 2000 + i, port=identd.port)
-                    for i in range(200)
-                )
+async def test_200_concurrent_queries_leave_no_fd_behind() -> None:
+    baseline = open_fds()
+    async with ScriptedIdentd(chunks(b"%d,%d:USERID:", b"UNIX:alice\r\n")) as identd:
+        answers = await asyncio.gather(
+            *(
+                aioidentd.query("127.0.0.1", 1000 + i, 2000 + i, port=identd.port)
+                for i in range(200)
             )
-        assert [(a.server_port, a.client_port) for a in answers] == [
-            (1000 + i, 2000 + i) for i in range(200)
-        ]
-        assert all(isinstance(a, UserIdReply) and a.user_id == "alice" for a in answers)
-        assert await settle_fds(baseline) == baseline
+        )
+    assert [(a.server_port, a.client_port) for a in answers] == [
+        (1000 + i, 2000 + i) for i in range(200)
+    ]
+    assert all(isinstance(a, UserIdReply) and a.user_id == "alice" for a in answers)
+    assert await settle_fds(baseline) == baseline
 
-    run(main())
 
-
-def test_failures_leave_no_fd_behind() -> None:
-    async def main() -> None:
-        baseline = open_fds()
-        for respond in (silent, close_at_once, reset(), send(b"garbage\r\n"), send(b"1,2:x\n")):
-            async with ScriptedIdentd(respond) as identd:
-                results = await asyncio.gather(
-                    *(
-                        aioidentd.query("127.0.0.1", 1, 2, port=identd.port, timeout=0.3)
-                        for _ in range(20)
-                    ),
-                    return_exceptions=True,
-                )
-            assert all(isinstance(r, IdentError) for r in results), results
-        assert await settle_fds(baseline) == baseline
-
-    run(main())
+async def test_failures_leave_no_fd_behind() -> None:
+    baseline = open_fds()
+    for respond in (silent, close_at_once, reset(), send(b"garbage\r\n"), send(b"1,2:x\n")):
+        async with ScriptedIdentd(respond) as identd:
+            results = await asyncio.gather(
+                *(
+                    aioidentd.query("127.0.0.1", 1, 2, port=identd.port, timeout=0.3)
+                    for _ in range(20)
+                ),
+                return_exceptions=True,
+            )
+        assert all(isinstance(r, IdentError) for r in results), results
+    assert await settle_fds(baseline) == baseline
 
 
 @pytest.mark.parametrize("spins", [0, 1, 2, 3, 5, 10])
-def test_cancellation_leaves_no_fd_behind(spins: int) -> None:
+async def test_cancellation_leaves_no_fd_behind(spins: int) -> None:
     """Cancel at various points: while connecting, while waiting for the answer."""
 
-    async def main() -> None:
-        baseline = open_fds()
-        async with ScriptedIdentd(silent) as identd:
-            tasks = [
-                asyncio.create_task(aioidentd.query("127.0.0.1", 1, 2, port=identd.port))
-                for _ in range(50)
-            ]
-            for _ in range(spins):
-                await asyncio.sleep(0)
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-        assert await settle_fds(baseline) == baseline
-
-    run(main())
-
-
-def test_cancellation_while_waiting_for_the_answer() -> None:
-    async def main() -> None:
-        baseline = open_fds()
-        async with ScriptedIdentd(silent) as identd:
-            task = asyncio.create_task(aioidentd.query("127.0.0.1", 1, 2, port=identd.port))
-            while not identd.lines:
-                await asyncio.sleep(0.01)
+    baseline = open_fds()
+    async with ScriptedIdentd(silent) as identd:
+        tasks = [
+            asyncio.create_task(aioidentd.query("127.0.0.1", 1, 2, port=identd.port))
+            for _ in range(50)
+        ]
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        for task in tasks:
             task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        assert await settle_fds(baseline) == baseline
-
-    run(main())
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    assert await settle_fds(baseline) == baseline
 
 
-def test_client_closes_after_the_answer() -> None:
+async def test_cancellation_while_waiting_for_the_answer() -> None:
+    baseline = open_fds()
+    async with ScriptedIdentd(silent) as identd:
+        task = asyncio.create_task(aioidentd.query("127.0.0.1", 1, 2, port=identd.port))
+        while not identd.lines:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await settle_fds(baseline) == baseline
+
+
+async def test_client_closes_after_the_answer() -> None:
     """The server keeps the connection open; the client must not wait for it to close."""
 
-    async def main() -> None:
-        closed_by_client = asyncio.Event()
+    closed_by_client = asyncio.Event()
 
-        async def respond(query: Any, reader: asyncio.StreamReader, writer: Any) -> None:
-            writer.write(b"%d,%d:USERID:UNIX:alice\r\n" % (query.server_port, query.client_port))
-            await writer.drain()
-            if await reader.read() == b"":
-                closed_by_client.set()
+    async def respond(query: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        writer.write(b"%d,%d:USERID:UNIX:alice\r\n" % (query.server_port, query.client_port))
+        await writer.drain()
+        if await reader.read() == b"":
+            closed_by_client.set()
 
-        async with ScriptedIdentd(respond) as identd:
-            await aioidentd.query("127.0.0.1", 1, 2, port=identd.port)
-            await asyncio.wait_for(closed_by_client.wait(), 2)
-
-    run(main())
+    async with ScriptedIdentd(respond) as identd:
+        await aioidentd.query("127.0.0.1", 1, 2, port=identd.port)
+        await asyncio.wait_for(closed_by_client.wait(), 2)
 
 
 # -- query_connection ----------------------------------------------------------------------
@@ -463,107 +444,86 @@ class IrcListener:
 
 
 @pytest.mark.parametrize("kind", ["writer", "transport", "socket"])
-def test_query_connection_binds_source_and_orders_ports(kind: str) -> None:
+async def test_query_connection_binds_source_and_orders_ports(kind: str) -> None:
     """The user connects from 127.0.0.1 to the IRC server on 127.0.0.2; the ident query
     must go to 127.0.0.1 from 127.0.0.2 (not the default source, 127.0.0.1) and name
     (user's port, IRC server's port)."""
 
-    async def main() -> None:
-        baseline = open_fds()
-        async with (
-            ScriptedIdentd(send(b"%d,%d:USERID:UNIX:alice\r\n"), "127.0.0.1") as identd,
-            IrcListener("127.0.0.2", kind) as irc,
-        ):
-            user = socket.create_connection(
-                ("127.0.0.2", irc.port), source_address=("127.0.0.1", 0)
-            )
-            with user:
-                conn = await irc.accepted.get()
-                answer = await aioidentd.query_connection(conn, port=identd.port)
-                user_port = user.getsockname()[1]
-                if isinstance(conn, socket.socket):
-                    conn.close()
-        assert identd.peers[0][0] == "127.0.0.2"
-        assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
-        assert isinstance(answer, UserIdReply)
-        assert answer.user_id == "alice"
-        assert await settle_fds(baseline) == baseline
-
-    run(main())
+    baseline = open_fds()
+    async with (
+        ScriptedIdentd(send(b"%d,%d:USERID:UNIX:alice\r\n"), "127.0.0.1") as identd,
+        IrcListener("127.0.0.2", kind) as irc,
+    ):
+        user = socket.create_connection(("127.0.0.2", irc.port), source_address=("127.0.0.1", 0))
+        with user:
+            conn = await irc.accepted.get()
+            answer = await aioidentd.query_connection(conn, port=identd.port)
+            user_port = user.getsockname()[1]
+            if isinstance(conn, socket.socket):
+                conn.close()
+    assert identd.peers[0][0] == "127.0.0.2"
+    assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
+    assert isinstance(answer, UserIdReply)
+    assert answer.user_id == "alice"
+    assert await settle_fds(baseline) == baseline
 
 
-def test_query_connection_port_order() -> None:
-    async def main() -> None:
-        async with (
-            ScriptedIdentd(send(b"%d,%d:ERROR:NO-USER\r\n")) as identd,
-            IrcListener("127.0.0.2", "writer") as irc,
-        ):
-            user = socket.create_connection(
-                ("127.0.0.2", irc.port), source_address=("127.0.0.1", 0)
-            )
-            with user:
-                conn = await irc.accepted.get()
-                answer = await aioidentd.query_connection(conn, port=identd.port)
-                user_port = user.getsockname()[1]
-        assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
-        assert answer == ErrorReply(user_port, irc.port, "NO-USER")
-
-    run(main())
+async def test_query_connection_port_order() -> None:
+    async with (
+        ScriptedIdentd(send(b"%d,%d:ERROR:NO-USER\r\n")) as identd,
+        IrcListener("127.0.0.2", "writer") as irc,
+    ):
+        user = socket.create_connection(("127.0.0.2", irc.port), source_address=("127.0.0.1", 0))
+        with user:
+            conn = await irc.accepted.get()
+            answer = await aioidentd.query_connection(conn, port=identd.port)
+            user_port = user.getsockname()[1]
+    assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
+    assert answer == ErrorReply(user_port, irc.port, "NO-USER")
 
 
 @needs_ipv6
-def test_query_connection_unmaps_v4_mapped_peers() -> None:
+async def test_query_connection_unmaps_v4_mapped_peers() -> None:
     """A dual-stack listener sees ::ffff:127.0.0.1; the query goes over IPv4 to 127.0.0.1
     from 127.0.0.2."""
 
-    async def main() -> None:
-        async with (
-            ScriptedIdentd(send(b"%d,%d:USERID:UNIX:alice\r\n"), "127.0.0.1") as identd,
-            IrcListener("::", "writer") as irc,
-        ):
-            user = socket.create_connection(
-                ("127.0.0.2", irc.port), source_address=("127.0.0.1", 0)
-            )
-            with user:
-                conn = await irc.accepted.get()
-                assert conn.get_extra_info("peername")[0] == "::ffff:127.0.0.1"
-                answer = await aioidentd.query_connection(conn, port=identd.port)
-                user_port = user.getsockname()[1]
-        assert identd.peers[0][0] == "127.0.0.2"
-        assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
-        assert isinstance(answer, UserIdReply)
-
-    run(main())
+    async with (
+        ScriptedIdentd(send(b"%d,%d:USERID:UNIX:alice\r\n"), "127.0.0.1") as identd,
+        IrcListener("::", "writer") as irc,
+    ):
+        user = socket.create_connection(("127.0.0.2", irc.port), source_address=("127.0.0.1", 0))
+        with user:
+            conn = await irc.accepted.get()
+            assert conn.get_extra_info("peername")[0] == "::ffff:127.0.0.1"
+            answer = await aioidentd.query_connection(conn, port=identd.port)
+            user_port = user.getsockname()[1]
+    assert identd.peers[0][0] == "127.0.0.2"
+    assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
+    assert isinstance(answer, UserIdReply)
 
 
 @needs_ipv6
-def test_query_connection_over_ipv6() -> None:
-    async def main() -> None:
-        async with (
-            ScriptedIdentd(send(b"%d,%d:USERID:UNIX:alice\r\n"), "::1") as identd,
-            IrcListener("::1", "transport") as irc,
-        ):
-            user = socket.create_connection(("::1", irc.port))
-            with user:
-                conn = await irc.accepted.get()
-                answer = await aioidentd.query_connection(conn, port=identd.port)
-                user_port = user.getsockname()[1]
-        assert identd.peers[0][0] == "::1"
-        assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
-        assert isinstance(answer, UserIdReply)
-
-    run(main())
+async def test_query_connection_over_ipv6() -> None:
+    async with (
+        ScriptedIdentd(send(b"%d,%d:USERID:UNIX:alice\r\n"), "::1") as identd,
+        IrcListener("::1", "transport") as irc,
+    ):
+        user = socket.create_connection(("::1", irc.port))
+        with user:
+            conn = await irc.accepted.get()
+            answer = await aioidentd.query_connection(conn, port=identd.port)
+            user_port = user.getsockname()[1]
+    assert identd.peers[0][0] == "::1"
+    assert identd.lines == [b"%d, %d\r\n" % (user_port, irc.port)]
+    assert isinstance(answer, UserIdReply)
 
 
-def test_query_connection_rejects_non_tcp() -> None:
-    async def main() -> None:
-        left, right = socket.socketpair()
-        with left, right, pytest.raises(ValueError, match="not a TCP/IP connection"):
-            await aioidentd.query_connection(left)
-        with pytest.raises(TypeError):
-            await aioidentd.query_connection("127.0.0.1")  # type: ignore[arg-type]
-
-    run(main())
+async def test_query_connection_rejects_non_tcp() -> None:
+    left, right = socket.socketpair()
+    with left, right, pytest.raises(ValueError, match="not a TCP/IP connection"):
+        await aioidentd.query_connection(left)
+    with pytest.raises(TypeError):
+        await aioidentd.query_connection("127.0.0.1")  # type: ignore[arg-type]
 
 
 # -- framing, property-tested without sockets ----------------------------------------------

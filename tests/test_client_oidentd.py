@@ -17,7 +17,6 @@ import pytest
 import aioidentd
 from aioidentd import ErrorReply, UserIdReply
 from peers import NOBODY, OIDENTD, Peer, oidentd_argv, oidentd_version, require, running
-from scripted import run
 from support import require_root
 
 # oidentd forks a child per query and only answers about connections to the querier's
@@ -63,21 +62,21 @@ def test_oidentd_version() -> None:
     assert oidentd_version().startswith("oidentd ")
 
 
-def test_static_reply(static_oidentd: Peer) -> None:
-    answer = run(aioidentd.query(HOST, 6191, 23, port=static_oidentd.port))
+async def test_static_reply(static_oidentd: Peer) -> None:
+    answer = await aioidentd.query(HOST, 6191, 23, port=static_oidentd.port)
     assert answer == UserIdReply(6191, 23, "UNIX", b"alice")
     assert str(answer) == "USERID UNIX alice"
 
 
-def test_unknown_connection_is_no_user(oidentd: Peer) -> None:
+async def test_unknown_connection_is_no_user(oidentd: Peer) -> None:
     with socket.socket() as unused:
         unused.bind((HOST, 0))  # bound, not connected: no connection owns this port
         port = unused.getsockname()[1]
-        answer = run(aioidentd.query(HOST, port, 1, port=oidentd.port))
+        answer = await aioidentd.query(HOST, port, 1, port=oidentd.port)
     assert answer == ErrorReply(port, 1, "NO-USER")
 
 
-def test_own_connection(oidentd: Peer) -> None:
+async def test_own_connection(oidentd: Peer) -> None:
     """A connection owned by this process: its user name, or HIDDEN-USER for root (the
     private config hides root, as Debian's sample config recommends)."""
     with (
@@ -90,7 +89,7 @@ def test_own_connection(oidentd: Peer) -> None:
             # the other end's port is the client port.
             server_port = ours.getsockname()[1]
             client_port = listener.getsockname()[1]
-            answer = run(aioidentd.query(HOST, server_port, client_port, port=oidentd.port))
+            answer = await aioidentd.query(HOST, server_port, client_port, port=oidentd.port)
     if os.geteuid() == 0:
         assert answer == ErrorReply(server_port, client_port, "HIDDEN-USER"), oidentd.log()
     else:
@@ -129,35 +128,29 @@ def connection_as_nobody() -> Iterator[tuple[socket.socket, int]]:
             child.wait(10)
 
 
-def test_connection_of_another_user(
+async def test_connection_of_another_user(
     oidentd: Peer, connection_as_nobody: tuple[socket.socket, int]
 ) -> None:
     accepted, child_port = connection_as_nobody
     our_port = accepted.getsockname()[1]
-    answer = run(aioidentd.query(HOST, child_port, our_port, port=oidentd.port))
+    answer = await aioidentd.query(HOST, child_port, our_port, port=oidentd.port)
     name = pwd.getpwuid(NOBODY).pw_name
     assert answer == UserIdReply(child_port, our_port, "UNIX", name.encode()), oidentd.log()
 
 
-def test_query_connection_like_an_irc_server(
+async def test_query_connection_like_an_irc_server(
     oidentd: Peer, connection_as_nobody: tuple[socket.socket, int]
 ) -> None:
     """The IRC use: the server accepts a user's connection and asks the user's identd."""
     accepted, child_port = connection_as_nobody
-    answer = run(aioidentd.query_connection(accepted, port=oidentd.port))
+    answer = await aioidentd.query_connection(accepted, port=oidentd.port)
     assert isinstance(answer, UserIdReply), oidentd.log()
     assert (answer.server_port, answer.client_port) == (child_port, accepted.getsockname()[1])
     assert answer.user_id == pwd.getpwuid(NOBODY).pw_name
 
 
-def test_many_concurrent_queries(static_oidentd: Peer) -> None:
-    async def main() -> list[UserIdReply | ErrorReply]:
-        return await asyncio.gather(
-            *(
-                aioidentd.query(HOST, 1000 + i, 2000 + i, port=static_oidentd.port)
-                for i in range(50)
-            )
-        )
-
-    answers = run(main())
+async def test_many_concurrent_queries(static_oidentd: Peer) -> None:
+    answers = await asyncio.gather(
+        *(aioidentd.query(HOST, 1000 + i, 2000 + i, port=static_oidentd.port) for i in range(50))
+    )
     assert answers == [UserIdReply(1000 + i, 2000 + i, "UNIX", b"alice") for i in range(50)]

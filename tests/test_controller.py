@@ -88,10 +88,11 @@ def test_claims_and_handlers_from_other_threads(identd: Controller, irc: socket.
         with accepted:
             answers[accepted.getpeername()[1]] = ask_about(accepted, identd.port)
     for sock in socks:
-        name = [c.user_id for c in identd.server.claims if c.local == sock.getsockname()]
-        assert answers[sock.getsockname()[1]].endswith(b":USERID:UNIX:%s\r\n" % name[0].encode())
+        (name,) = [c.user_id for c in identd.server.claims if c.local == sock.getsockname()]
+        assert isinstance(name, str)
+        assert answers[sock.getsockname()[1]].endswith(b":USERID:UNIX:%s\r\n" % name.encode())
         sock.close()
-    assert sorted(c.user_id for c in identd.server.claims) == []
+    assert [c.user_id for c in identd.server.claims] == []
     # Unclaimed: the handler answers, on the controller's thread.
     assert ask(identd.port, b"40000, 6667\r\n") == b"40000,6667:USERID:UNIX:handled\r\n"
     assert seen and all(name.startswith("aioidentd-controller") for name in seen)

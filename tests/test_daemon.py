@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from peers import require_root
-from support import ENV, ask
+from support import ENV, ask, wait_until
 
 NOBODY = 65534
 
@@ -214,7 +214,8 @@ def test_answers_for_v4_mapped_sockets_of_a_dual_stack_listener() -> None:
         port = d.port
         with socket.create_connection(("127.0.0.1", child["port"])) as client:
             cport = client.getsockname()[1]
-            time.sleep(0.1)  # let the child accept
+            # Asked before the child accepts, the kernel has no owner for it yet.
+            wait_until(lambda: _accepted(child["port"], cport), what="the child accepted")
             answer = ask(port, b"%d,%d\r\n" % (child["port"], cport))
             assert answer == b"%d,%d:USERID:UNIX:nobody\r\n" % (child["port"], cport)
 
@@ -236,14 +237,26 @@ def test_time_wait_is_no_user_not_root(listener: socket.socket) -> None:
         accepted.recv(1)
         accepted.close()
         nport = child["port"]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not _in_time_wait(nport, lport):
-            time.sleep(0.05)
-        assert _in_time_wait(nport, lport)
+        wait_until(lambda: _in_time_wait(nport, lport), what="the socket is in TIME_WAIT")
         assert ask(port, b"%d,%d\r\n" % (nport, lport)) == b"%d,%d:ERROR:NO-USER\r\n" % (
             nport,
             lport,
         )
+
+
+def _accepted(local_port: int, remote_port: int) -> bool:
+    """Whether the connection ``local_port`` <-> ``remote_port`` has been accept()ed: until
+    then the kernel's entry has no inode (no file, so no owner)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if (
+                fields[1].endswith(f":{local_port:04X}")
+                and fields[2].endswith(f":{remote_port:04X}")
+                and fields[9] != "0"
+            ):
+                return True
+    return False
 
 
 def _in_time_wait(local_port: int, remote_port: int) -> bool:
@@ -360,7 +373,7 @@ def test_inetd_mode_serves_the_connection_on_stdin(listener: socket.socket) -> N
         proc = subprocess.Popen(
             [sys.executable, "-m", "aioidentd", "serve", "--inetd", "--default", "viainetd"],
             env=ENV,
-            stdin=accepted,
+            stdin=accepted.fileno(),
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -538,7 +551,7 @@ class SlowLookup:
         return NOBODY
 
 
-def test_sigterm_answers_a_query_still_waiting_for_its_lookup() -> None:
+async def test_sigterm_answers_a_query_still_waiting_for_its_lookup() -> None:
     from aioidentd.daemon import Daemon
     from aioidentd.listener import bind_sockets
     from aioidentd.policy import Config, DaemonSettings
@@ -548,17 +561,14 @@ def test_sigterm_answers_a_query_still_waiting_for_its_lookup() -> None:
     port = socks[0].getsockname()[1]
     lookup = SlowLookup()
 
-    async def scenario() -> tuple[bytes, int]:
-        serving = asyncio.ensure_future(Daemon(config).serve(socks, None, lookup))
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"1,2\r\n")
-        assert await asyncio.to_thread(lookup.started.wait, 5)
-        os.kill(os.getpid(), signal.SIGTERM)  # the daemon's handler, not pytest's
-        answer = await asyncio.wait_for(reader.readline(), 5)
-        writer.close()
-        return answer, await asyncio.wait_for(serving, 5)
-
-    answer, status = asyncio.run(scenario())
+    serving = asyncio.ensure_future(Daemon(config).serve(socks, None, lookup))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"1,2\r\n")
+    assert await asyncio.to_thread(lookup.started.wait, 5)
+    os.kill(os.getpid(), signal.SIGTERM)  # the daemon's handler, not pytest's
+    answer = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    status = await asyncio.wait_for(serving, 5)
     assert answer == b"1,2:ERROR:HIDDEN-USER\r\n"  # the fallback, not silence
     assert status == 0
 

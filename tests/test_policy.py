@@ -7,43 +7,18 @@ import os
 import pwd
 import re
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from aioidentd.policy import REPLY_FILE, Decision, Policy, SystemUserDB, parse_config
 from aioidentd.protocol import ErrorReply, UserIdReply, encode_reply
-from support import require_root
+from support import FakeUserDB, require_root
 
 LOCAL = ("192.0.2.10", 40000)
 IRC = ("198.51.100.7", 6667)
 
 ALICE, BOB, CAROL = 1000, 1001, 1002
-
-
-class FakeUserDB:
-    """Users by uid: (name, home, groups); no dependency on the machine's passwd."""
-
-    def __init__(self, users: dict[int, tuple[str, str | None, Sequence[str]]]) -> None:
-        self.users = users
-        self.group_calls = 0
-
-    def name_of(self, uid: int) -> str | None:
-        return self.users[uid][0] if uid in self.users else None
-
-    def uid_of(self, name: str) -> int | None:
-        for uid, (user, _home, _groups) in self.users.items():
-            if user == name:
-                return uid
-        return None
-
-    def home_of(self, uid: int) -> str | None:
-        return self.users[uid][1] if uid in self.users else None
-
-    def groups_of(self, uid: int) -> Sequence[str]:
-        self.group_calls += 1
-        return self.users[uid][2] if uid in self.users else ()
 
 
 DB = FakeUserDB(

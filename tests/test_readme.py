@@ -67,9 +67,9 @@ def test_every_python_example_type_checks(tmp_path: Path) -> None:
     report = proc.stdout
     for name, where in files.items():
         doc, first = where.split(":")
-        report = re.sub(
-            rf"\S*{name}:(\d+)",
-            lambda m, doc=doc, first=int(first): f"{doc}:{first + int(m.group(1)) - 1}",
-            report,
-        )
+
+        def in_doc(match: re.Match[str], doc: str = doc, first: int = int(first)) -> str:
+            return f"{doc}:{first + int(match.group(1)) - 1}"
+
+        report = re.sub(rf"\S*{name}:(\d+)", in_doc, report)
     assert proc.returncode == 0, report + proc.stderr

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from aioidentd import IdentRequest, IdentServer
-from support import both_loops, ipv6_loopback, require_ipv6, require_root
+from support import both_loops, ipv6_loopback, require_ipv6, require_root, wait_until_async
 
 # Small timeouts keep the suite fast; the defaults (60 s idle, 10 s response) are tested
 # as values, not waited for.
@@ -96,7 +96,7 @@ async def test_t01_userid_from_a_synchronous_handler() -> None:
 
 @both_loops
 async def test_t02_hidden_user_when_no_handler_answers() -> None:
-    called = []
+    called: list[IdentRequest] = []
     async with serving(handlers=[called.append]) as server:
         start = time.monotonic()
         assert await ask(server) == b"12345,123:ERROR:HIDDEN-USER\r\n"
@@ -107,7 +107,7 @@ async def test_t02_hidden_user_when_no_handler_answers() -> None:
 
 @both_loops
 async def test_t03_garbage_gets_invalid_port_and_no_handler_call() -> None:
-    called = []
+    called: list[IdentRequest] = []
     async with serving(handlers=[called.append], multiple=True) as server:
         assert await ask(server, b"Garbage\r\n") == b"0,0:ERROR:INVALID-PORT\r\n"
     assert called == []
@@ -264,7 +264,7 @@ async def test_answer_after_the_fallback_is_refused() -> None:
         client = await Client.connect(server)
         await client.send(b"1,2\r\n")
         assert await client.line() == b"1,2:ERROR:HIDDEN-USER\r\n"
-        await asyncio.sleep(0.6)
+        await wait_until_async(lambda: bool(late), what="the late reply was tried")
         await client.send(b"9,9\r\n")
         assert await client.line() == b"9,9:ERROR:HIDDEN-USER\r\n"
         await client.close()
@@ -420,8 +420,7 @@ async def test_idle_connection_is_closed_silently() -> None:
         assert await client.rest() == b""
         assert 0.15 <= time.monotonic() - start < 1.5
         await client.close()
-        await asyncio.sleep(0.05)
-        assert server.connections == 0
+        await wait_until_async(lambda: server.connections == 0, what="the connection is gone")
 
 
 async def test_idle_timer_is_reset_by_activity_in_multiple_mode() -> None:
@@ -520,7 +519,8 @@ async def test_pending_limit_applies_backpressure_without_losing_queries() -> No
     ) as server:
         client = await Client.connect(server)
         await client.send(b"".join(b"%d,1\r\n" % n for n in range(1, 11)))
-        await asyncio.sleep(0.2)
+        # Dispatching beyond the limit would happen in the same callback as reaching it.
+        await wait_until_async(lambda: len(pending) >= 3, what="three queries dispatched")
         assert most == 3
         gate.set()
         lines = [await client.line() for _ in range(10)]
@@ -538,8 +538,7 @@ async def test_reset_and_empty_connections_leave_the_server_working() -> None:
             _, writer = await asyncio.open_connection(host, port)
             writer.close()  # FIN without a query
         assert await ask(server) == b"12345,123:USERID:UNIX:x\r\n"
-        await asyncio.sleep(0.05)
-        assert server.connections == 0
+        await wait_until_async(lambda: server.connections == 0, what="every connection gone")
 
 
 # -- listening --------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""KernelResponder, the daemon's handler, without root: a real IdentServer on loopback, a
+StaticLookup standing in for the kernel's socket table, the real policy over a fake user
+database. What a querier sees on the wire, and what the log says."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+import aioidentd
+from aioidentd import ErrorReply, IdentServer, UserIdReply
+from aioidentd.daemon import KernelResponder
+from aioidentd.errors import SocketLookupError
+from aioidentd.lookup import StaticLookup
+from aioidentd.policy import Policy, parse_config
+from aioidentd.protocol import Address, Reply
+from support import FakeUserDB
+
+ALICE, BOB = 1000, 1001
+DB = FakeUserDB(
+    {0: ("root", "/root", ["root"]), ALICE: ("alice", None, ["alice"]), BOB: ("bob", None, [])}
+)
+#: The querier's side of every query: the ident client binds this source address.
+QUERIER = "127.0.0.1"
+
+
+@asynccontextmanager
+async def identd(
+    lookup: object, config: str = "", *, log_queries: bool = False
+) -> AsyncIterator[tuple[IdentServer, KernelResponder]]:
+    policy = Policy(parse_config(textwrap.dedent(config), "test.toml"), user_db=DB)
+    responder = KernelResponder(lookup, policy, log_queries=log_queries)  # type: ignore[arg-type]
+    async with IdentServer("127.0.0.1", 0, handlers=[responder], response_timeout=5) as server:
+        yield server, responder
+
+
+async def ask(server: IdentServer, server_port: int, client_port: int) -> Reply:
+    return await aioidentd.query(
+        QUERIER, server_port, client_port, port=server.addresses[0][1], timeout=5
+    )
+
+
+def connection(server_port: int, client_port: int) -> tuple[Address, Address]:
+    """The 4-tuple the RFC's rule names for a query: our end is the address the query
+    arrived on with the server port, the other is the querier's with the client port."""
+    return ("127.0.0.1", server_port), (QUERIER, client_port)
+
+
+async def test_the_owner_of_the_connection_is_answered_by_the_policy() -> None:
+    lookup = StaticLookup({connection(6667, 40001): ALICE, connection(6667, 40002): 0})
+    async with identd(lookup) as (server, _):
+        assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"alice")
+        # root is hidden by the built-in policy
+        assert await ask(server, 6667, 40002) == ErrorReply(6667, 40002, "HIDDEN-USER")
+
+
+async def test_a_connection_nobody_owns_is_no_user() -> None:
+    async with identd(StaticLookup({connection(6667, 40001): ALICE})) as (server, _):
+        assert await ask(server, 6667, 40009) == ErrorReply(6667, 40009, "NO-USER")
+        # The same ports from another querier name another connection.
+        assert await ask(server, 40001, 6667) == ErrorReply(40001, 6667, "NO-USER")
+
+
+async def test_v4_mapped_spellings_are_one_connection() -> None:
+    lookup = StaticLookup({(("::ffff:127.0.0.1", 6667), ("::ffff:127.0.0.1", 40001)): BOB})
+    async with identd(lookup) as (server, _):
+        assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"bob")
+
+
+class FailingLookup:
+    blocking = False
+
+    def owner(self, local: Address, remote: Address) -> int | None:
+        raise SocketLookupError("sock_diag went away")
+
+
+async def test_a_failed_lookup_is_unknown_error_never_a_guess(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="aioidentd.daemon.responder"):
+        async with identd(FailingLookup()) as (server, _):
+            assert await ask(server, 6667, 40001) == ErrorReply(6667, 40001, "UNKNOWN-ERROR")
+    assert "sock_diag went away" in caplog.text
+
+
+class BlockingLookup(StaticLookup):
+    """A lookup that says it may block (like a /proc scan): it must run off the loop."""
+
+    blocking = True
+
+    def __init__(self, table: dict[tuple[Address, Address], int]) -> None:
+        super().__init__(table)
+        self.threads: list[threading.Thread] = []
+
+    def owner(self, local: Address, remote: Address) -> int | None:
+        self.threads.append(threading.current_thread())
+        return super().owner(local, remote)
+
+
+async def test_a_blocking_lookup_runs_off_the_event_loop() -> None:
+    lookup = BlockingLookup({connection(6667, 40001): ALICE})
+    async with identd(lookup) as (server, _):
+        assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"alice")
+    assert lookup.threads and threading.main_thread() not in lookup.threads
+
+
+async def test_queries_are_logged_when_asked_and_spoofed_answers_always(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = """
+        [user.bob]
+        answer = "fixed"
+        reply = "robert"
+    """
+    lookup = StaticLookup({connection(6667, 40001): ALICE, connection(6667, 40002): BOB})
+    with caplog.at_level(logging.INFO, logger="aioidentd.daemon.responder"):
+        async with identd(lookup, config) as (server, _):
+            await ask(server, 6667, 40001)  # plain: not logged
+            assert await ask(server, 6667, 40002) == UserIdReply(6667, 40002, "UNIX", b"robert")
+    (line,) = [record.getMessage() for record in caplog.records]  # only the spoofed one
+    assert line.startswith(f"{QUERIER}:")
+    assert line.endswith(
+        f"asked 6667,40002: bob (uid {BOB}) replied as 'robert' (fixed, [user.bob])"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aioidentd.daemon.responder"):
+        async with identd(lookup, config, log_queries=True) as (server, _):
+            await ask(server, 6667, 40001)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.endswith(
+        f"asked 6667,40001: alice (uid {ALICE}) replied as 'alice' (username, built-in default)"
+    )
+
+
+async def test_a_reloaded_policy_applies_to_the_next_query() -> None:
+    """SIGHUP swaps the responder's policy; the next query follows the new one."""
+    lookup = StaticLookup({connection(6667, 40001): ALICE})
+    async with identd(lookup) as (server, responder):
+        assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"alice")
+        responder.policy = Policy(parse_config('[default]\nanswer = "uid"\n'), user_db=DB)
+        assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"1000")
