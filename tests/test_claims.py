@@ -162,6 +162,7 @@ async def test_claimed_writer_gets_its_id_and_the_handlers_are_not_asked() -> No
         other.close()
 
 
+@pytest.mark.usefixtures("loop_kind")  # also on uvloop: its transports differ
 async def test_two_connections_to_one_server_under_two_identities() -> None:
     async with setup() as (ident, asker, port):
         writers = []
@@ -172,6 +173,7 @@ async def test_two_connections_to_one_server_under_two_identities() -> None:
             writer.close()
 
 
+@pytest.mark.usefixtures("loop_kind")  # also on uvloop: its transports differ
 async def test_claim_by_transport_socket_and_explicit_ends() -> None:
     async with setup() as (ident, asker, port):
         _, w1 = await asyncio.open_connection("127.0.0.1", port)
@@ -294,6 +296,7 @@ async def test_newer_claim_replaces_older_and_old_release_keeps_it() -> None:
         assert user(await ask(ident, 40001, 6667, "127.0.0.3")) == "bob"
 
 
+@pytest.mark.usefixtures("loop_kind")  # also on uvloop: its transports differ
 async def test_a_closed_connection_never_answers() -> None:
     async with setup(default="nobody") as (ident, asker, port):
         _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -317,6 +320,7 @@ async def test_a_closed_connection_never_answers() -> None:
         assert ident.claims == ()
 
 
+@pytest.mark.usefixtures("loop_kind")  # also on uvloop: its transports differ
 async def test_claims_do_not_accumulate() -> None:
     """A long-running process that opens and closes connections without ever releasing
     its claims keeps a registry the size of its live connections, not of its history."""
@@ -388,6 +392,7 @@ async def test_open_connection_is_claimed_before_the_first_packet() -> None:
             writer.close()
 
 
+@pytest.mark.usefixtures("loop_kind")  # also on uvloop: its transports differ
 async def test_the_race_with_a_peer_that_asks_before_connect_returns() -> None:
     """A peer that asks from its accept callback, while our connect is still pending in
     the same event loop: with connect_socket the claim exists before the SYN."""
@@ -475,6 +480,7 @@ async def test_open_connection_failure_leaves_no_claim_or_socket() -> None:
 # -- the bounded wait ------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("loop_kind")  # also on uvloop: its transports differ
 async def test_claim_after_connect_with_the_bounded_wait() -> None:
     async with setup(default="nobody", claim_wait=5.0, response_timeout=8.0) as (
         ident,

@@ -714,10 +714,11 @@ def bind_claimed(
     opsys: str,
     charset: str | None,
     error: str | None,
-    local_addr: tuple[str, int] | None,
+    local_addr: Any | None,
 ) -> tuple[socket.socket, Claim]:
-    """A TCP socket bound (to ``local_addr`` or any address, a fresh port) and claimed for
-    the connection it is about to make to ``sockaddr``; not connected yet."""
+    """A TCP socket bound (to the resolved socket address ``local_addr``, or any address
+    and a fresh port) and claimed for the connection it is about to make to
+    ``sockaddr``; not connected yet."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -774,10 +775,13 @@ async def connect_claimed(
     """
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    locals_: dict[int, Any] = {}
     if local_addr is not None:
-        # Only the addresses of the local address's family can be reached from it.
-        local_family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
-        infos = [info for info in infos if info[0] == local_family]
+        # Resolved like the remote address (a 2-tuple cannot carry an IPv6 scope), and
+        # only remote addresses of a family the local address has can be reached from it.
+        for info in await loop.getaddrinfo(*local_addr, family=family, type=socket.SOCK_STREAM):
+            locals_.setdefault(info[0], info[4])
+        infos = [info for info in infos if info[0] in locals_]
     errors: list[OSError] = []
     for af, _type, _proto, _name, sockaddr in infos:
         sock, claim = bind_claimed(
@@ -788,7 +792,7 @@ async def connect_claimed(
             opsys=opsys,
             charset=charset,
             error=error,
-            local_addr=local_addr,
+            local_addr=locals_.get(af),
         )
         try:
             await loop.sock_connect(sock, sockaddr)
@@ -825,9 +829,11 @@ def create_connection_sync(
     (used by the thread controller; runs in the caller's thread)."""
     host, port = address
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    locals_: dict[int, Any] = {}
     if source_address is not None:
-        local_family = socket.AF_INET6 if ":" in source_address[0] else socket.AF_INET
-        infos = [info for info in infos if info[0] == local_family]
+        for info in socket.getaddrinfo(*source_address, type=socket.SOCK_STREAM):
+            locals_.setdefault(info[0], info[4])
+        infos = [info for info in infos if info[0] in locals_]
     errors: list[OSError] = []
     for af, _type, _proto, _name, sockaddr in infos:
         sock, claim = bind_claimed(
@@ -838,7 +844,7 @@ def create_connection_sync(
             opsys=opsys,
             charset=charset,
             error=error,
-            local_addr=source_address,
+            local_addr=locals_.get(af),
         )
         try:
             sock.setblocking(True)

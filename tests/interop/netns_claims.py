@@ -20,11 +20,17 @@ In a fresh network namespace (``unshare -n``, as test_irc_servers.py runs it):
      (the bounded wait);
    * ``unclaimed``: a plain connection nobody claims: the fallback ``anon``.
 
+5. link-local IPv6 (no IRC server listens there; a small asker does what they do): on a
+   veth interface ``ll0`` with ``fe80::a`` and ``fe80::b``, an ``open_connection`` from
+   ``fe80::b%ll0`` to a listener on ``fe80::a%ll0`` that asks at once, and explicit claims
+   written with the interface name and without a scope.
+
 The IRC server asks the moment it accepts, so every round is a race between its query
 and our claim; open_connection must win it every time.
 
 Prints JSON: ``{"server", "rounds": [{case: {"user", "expected", "seconds", "error",
-"held"}}], "log"}``; ``user`` is the user part of the ``001`` welcome mask.
+"held"}}], "linklocal": {case: answer}, "live_claims", "log"}``; ``user`` is the user
+part of the ``001`` welcome mask.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 from identcases import loopback_up
 from netns_irc import IRC_PORT, start_ircd, wait_listening, welcome
 
+import aioidentd
 from aioidentd.server import IdentServer
 
 FALLBACK = "anon"
@@ -135,6 +142,52 @@ async def one_round(ident: IdentServer, number: int, ipv6: bool) -> dict[str, An
     return out
 
 
+async def linklocal(ident: IdentServer) -> dict[str, str]:
+    """Claims on link-local connections: the interface is part of the address."""
+    for argv in (
+        ["ip", "link", "add", "ll0", "type", "veth", "peer", "name", "ll1"],
+        ["ip", "link", "set", "ll0", "up"],
+        ["ip", "link", "set", "ll1", "up"],
+        ["ip", "-6", "addr", "add", "fe80::a/64", "dev", "ll0", "nodad"],
+        ["ip", "-6", "addr", "add", "fe80::b/64", "dev", "ll0", "nodad"],
+    ):
+        subprocess.run(argv, check=True, capture_output=True)
+    answers: dict[str, str] = {}
+    asked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            asked.set_result(str(await aioidentd.query_connection(writer, port=113, timeout=5)))
+        except Exception as exc:
+            asked.set_result(repr(exc))
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(accepted, "fe80::a%ll0", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        _, writer = await ident.open_connection(
+            "fe80::a%ll0", port, user_id="linklocal", local_addr=("fe80::b%ll0", 0)
+        )
+        answers["open_connection"] = await asyncio.wait_for(asked, 10)
+        writer.close()
+    finally:
+        listener.close()
+
+    async def ask(ours: int, theirs: int) -> str:
+        reply = await aioidentd.query(
+            "fe80::b%ll0", ours, theirs, port=113, local_addr=("fe80::a%ll0", 0), timeout=5
+        )
+        return str(reply)
+
+    with ident.claim((("fe80::b%ll0", 40001), ("fe80::a%ll0", 6667)), "named"):
+        answers["explicit_named_scope"] = await ask(40001, 6667)
+    with ident.claim((("fe80::b", 40002), ("fe80::a", 6667)), "unscoped"):
+        answers["explicit_no_scope"] = await ask(40002, 6667)
+    answers["unclaimed"] = await ask(40003, 6667)
+    return answers
+
+
 async def main(kind: str, rounds: int) -> dict[str, Any]:
     ipv6 = has_ipv6()
     listen = ("127.0.0.1", "::1") if ipv6 else ("127.0.0.1",)
@@ -148,6 +201,8 @@ async def main(kind: str, rounds: int) -> dict[str, Any]:
                 await wait_listening(proc)
                 for number in range(rounds):
                     output["rounds"].append(await one_round(ident, number, ipv6))
+                if ipv6:
+                    output["linklocal"] = await linklocal(ident)
                 # Every connection is closed by now: no claim may still answer.
                 output["live_claims"] = len(ident.claims)
         except Exception as exc:

@@ -8,7 +8,8 @@ one never claimed. Both servers ask the moment they accept, so each round is a r
 between their query and our claim; a claim that lost it would show as ``anon`` (or
 ``~fallback``) in the ``001`` welcome mask instead of the claimed id.
 
-Seen: ngircd 26.1 and InspIRCd 3.15.0 both do their ident lookup over IPv6 too.
+Seen: ngircd 26.1 and InspIRCd 3.15.0 both do their ident lookup over IPv6 too. The driver
+also checks claims on a link-local connection (no IRC server involved: the asker is ours).
 """
 
 from __future__ import annotations
@@ -85,3 +86,17 @@ def test_unclaimed_connection_gets_the_fallback(claim_results: tuple[str, dict[s
 def test_no_claim_outlives_its_connection(claim_results: tuple[str, dict[str, Any]]) -> None:
     _server, data = claim_results
     assert data["live_claims"] == 0
+
+
+def test_link_local_claims_carry_the_interface(claim_results: tuple[str, dict[str, Any]]) -> None:
+    """fe80::b%ll0 -> fe80::a%ll0: matched with the interface's scope, whether the claim
+    came from the socket, names the interface, or has no scope at all."""
+    _server, data = claim_results
+    if not data["ipv6"]:
+        unavailable("no IPv6 in the network namespace (kernel without IPv6?)")
+    assert data["linklocal"] == {
+        "open_connection": "USERID UNIX linklocal",
+        "explicit_named_scope": "USERID UNIX named",
+        "explicit_no_scope": "USERID UNIX unscoped",
+        "unclaimed": "USERID UNIX anon",
+    }
