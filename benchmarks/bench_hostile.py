@@ -29,12 +29,9 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -43,9 +40,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from aioidentd import IdentRequest, IdentServer  # noqa: E402
 from aioidentd.protocol import parse_reply  # noqa: E402
+from support import ServeProcess, serve_process  # noqa: E402
 
 Figures = dict[str, Any]
 
@@ -53,77 +52,13 @@ Figures = dict[str, Any]
 # -- the daemon under test ---------------------------------------------------------------------
 
 
-class Served:
-    """``aioidentd serve`` in a subprocess, with what it logged."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.lines: list[str] = []
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aioidentd",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *args,
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = int(self.wait_for(r"serving ident on \S+:(\d+)").group(1))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.01)
-        raise RuntimeError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
-
-    def rss(self) -> int:
-        """Resident set size in octets."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def count(self, pattern: str) -> int:
-        return sum(1 for line in list(self.lines) if re.search(pattern, line))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        finally:
-            self._reader.join(2)
-
-
 @contextmanager
-def served(*args: str) -> Iterator[Served]:
-    daemon = Served(list(args))
-    try:
+def served(*args: str) -> Iterator[ServeProcess]:
+    """``aioidentd serve`` on a free loopback port (tests/support.py's ServeProcess), once
+    it serves: measurements start from a daemon that has finished starting."""
+    with serve_process("--host", "127.0.0.1", "--port", "0", *args) as daemon:
+        daemon.wait_for(r"serving ident on ")
         yield daemon
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-        daemon.proc.wait()
 
 
 async def _query(port: int, line: bytes, timeout: float = 5.0) -> bytes:

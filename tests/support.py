@@ -11,11 +11,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +31,7 @@ __all__ = [
     "ENV",
     "SRC",
     "FakeUserDB",
+    "ServeProcess",
     "aioidentd_argv",
     "ask",
     "both_loops",
@@ -34,6 +41,8 @@ __all__ = [
     "read_line",
     "require_ipv6",
     "require_root",
+    "run_aioidentd",
+    "serve_process",
     "wait_until",
     "wait_until_async",
 ]
@@ -47,6 +56,85 @@ ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH
 def aioidentd_argv(*args: str) -> list[str]:
     """The command line of ``aioidentd ARGS`` from the tree under test (use with ``ENV``)."""
     return [sys.executable, "-m", "aioidentd", *args]
+
+
+class ServeProcess:
+    """``aioidentd serve ARGS`` in a child process, and what it logs, read as it comes (a
+    thread drains stderr, so the child never blocks on a full pipe)."""
+
+    def __init__(self, args: Sequence[str], **popen: Any) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            aioidentd_argv("serve", *args), env=ENV, stderr=subprocess.PIPE, text=True, **popen
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """The first log line matching ``pattern``, waiting for it to be written."""
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            found.extend(m for m in map(re.compile(pattern).search, list(self.lines)) if m)
+            return bool(found) or (self.proc.poll() is not None and not self._reader.is_alive())
+
+        wait_until(seen, within=timeout, what=f"a log line matching {pattern!r}")
+        if not found:
+            raise AssertionError(f"exited without a log line matching {pattern!r}:\n{self.log}")
+        return found[0]
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def port(self) -> int:
+        """The port it serves on, from its start-up line."""
+        return int(self.wait_for(r"serving ident on \S+:(\d+)").group(1))
+
+    def count(self, pattern: str) -> int:
+        """How many log lines so far match ``pattern``."""
+        return sum(1 for line in list(self.lines) if re.search(pattern, line))
+
+    def rss(self) -> int:
+        """Resident set size in octets."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal it (SIGTERM: answer what is waiting, then exit) and return its status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._reader.join(2)
+
+
+@contextmanager
+def serve_process(*args: str, **popen: Any) -> Iterator[ServeProcess]:
+    """:class:`ServeProcess` that is killed on the way out if it is still running."""
+    running = ServeProcess(args, **popen)
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+        running.proc.wait()
+
+
+def run_aioidentd(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``aioidentd ARGS`` run to its end (30 s at most), output captured as text."""
+    return subprocess.run(
+        aioidentd_argv(*args), env=ENV, capture_output=True, text=True, timeout=30, **options
+    )
 
 
 def read_line(sock: socket.socket) -> bytes:

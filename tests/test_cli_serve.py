@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from support import ENV, ask
+from support import ENV, ask, run_aioidentd
 
 
 @contextmanager
@@ -85,13 +85,7 @@ def test_random_and_multiple() -> None:
     ],
 )
 def test_bad_arguments_give_one_line_error_and_status_2(args: list[str], message: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "aioidentd", *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_aioidentd(*args)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -104,13 +98,7 @@ def test_port_in_use_is_a_clear_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "aioidentd", "serve", "--port", str(port)],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        proc = run_aioidentd("serve", "--port", str(port))
     assert proc.returncode == 1
     assert f"cannot bind 127.0.0.1 port {port}: Address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -122,13 +110,7 @@ def test_every_server_key_but_listen_has_a_flag_with_the_files_rule() -> None:
     from aioidentd.policy import ConfigError, parse_config
     from aioidentd.policy.settings import DaemonSettings, keys_of
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "aioidentd", "serve", "--help"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_aioidentd("serve", "--help")
     names = [name for name, _, _ in keys_of(DaemonSettings)]
     assert names[0] == "listen" and "--host" in proc.stdout
     for name in names[1:]:
@@ -142,11 +124,5 @@ def test_every_server_key_but_listen_has_a_flag_with_the_files_rule() -> None:
             parse_config(f"[server]\n{key} = {value}\n", "x.toml")
         assert str(info.value) == f"x.toml:2: '{key}' in [server] {words}"
         argument = "" if value == '""' else value
-        flag = subprocess.run(
-            [sys.executable, "-m", "aioidentd", "serve", f"--{key.replace('_', '-')}", argument],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        flag = run_aioidentd("serve", f"--{key.replace('_', '-')}", argument)
         assert flag.returncode == 2 and f"{key} {words}" in flag.stderr, flag.stderr

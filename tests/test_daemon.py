@@ -26,73 +26,14 @@ from typing import Any
 import pytest
 
 from peers import require_root
-from support import ENV, ask, wait_until
+from support import ENV, ask, run_aioidentd, wait_until
+from support import serve_process as daemon
 
 NOBODY = 65534
 
 
 def need_root() -> None:
     require_root("the daemon drops privileges and other users own connections")
-
-
-class Daemon:
-    """A running ``aioidentd serve`` process and what it logged."""
-
-    def __init__(self, args: list[str], **popen: Any) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aioidentd", "serve", *args],
-            env=ENV,
-            stderr=subprocess.PIPE,
-            text=True,
-            **popen,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    @property
-    def port(self) -> int:
-        return int(self.wait_for(r"serving ident on \S+:(\d+)").group(1))
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._reader.join(2)
-
-
-@contextmanager
-def daemon(*args: str, **popen: Any) -> Iterator[Daemon]:
-    running = Daemon(list(args), **popen)
-    try:
-        yield running
-    finally:
-        if running.proc.poll() is None:
-            running.proc.kill()
-        running.proc.wait()
 
 
 @contextmanager
@@ -305,13 +246,7 @@ def test_drops_privileges_after_binding() -> None:
 
 def test_refuses_to_run_as_root_unless_allowed() -> None:
     need_root()
-    proc = subprocess.run(
-        [sys.executable, "-m", "aioidentd", "serve", "--port", "0", "--user", "root"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_aioidentd("serve", "--port", "0", "--user", "root")
     assert proc.returncode == 1
     assert "refusing to run as root" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -322,13 +257,7 @@ def test_refuses_to_run_as_root_unless_allowed() -> None:
 
 def test_unknown_user_is_a_clear_error() -> None:
     need_root()
-    proc = subprocess.run(
-        [sys.executable, "-m", "aioidentd", "serve", "--port", "0", "--user", "no-such-user-x"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_aioidentd("serve", "--port", "0", "--user", "no-such-user-x")
     assert proc.returncode == 1
     assert "no such user: 'no-such-user-x'" in proc.stderr
 
@@ -391,14 +320,7 @@ def test_inetd_mode_serves_the_connection_on_stdin(listener: socket.socket) -> N
 
 
 def test_inetd_mode_refuses_a_terminal_or_file() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "aioidentd", "serve", "--inetd"],
-        env=ENV,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_aioidentd("serve", "--inetd", stdin=subprocess.DEVNULL)
     assert proc.returncode == 1
     assert "inetd mode needs a TCP connection as standard input" in proc.stderr
 
@@ -459,13 +381,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_old_policy(
 def test_bad_config_at_start_is_one_line_and_status_1(config_dir: Path) -> None:
     config = config_dir / "bad.toml"
     config.write_text('[server]\nport = 113\nlisen = "*"\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "aioidentd", "serve", "--config", str(config)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_aioidentd("serve", "--config", str(config))
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
         f"aioidentd: {config}:3: unknown key 'lisen' in [server] (did you mean 'listen'?)"

@@ -54,10 +54,10 @@ class _IdentClientProtocol(asyncio.Protocol):
     and closes the transport, so no path can leave a socket open or a waiter hanging.
     """
 
-    def __init__(self, query: Query, server: tuple[str, int]) -> None:
+    def __init__(self, query: Query, address: tuple[str, int]) -> None:
         self._query = query
-        self._server = server
-        self._where = _display(*server)
+        self._address = address
+        self._where = _display(*address)
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -100,7 +100,7 @@ class _IdentClientProtocol(asyncio.Protocol):
                     f"ident server {self._where} answered about ports "
                     f"{reply.server_port}, {reply.client_port} instead of "
                     f"{self._query.server_port}, {self._query.client_port}",
-                    address=self._server,
+                    address=self._address,
                     line=line,
                     query=self._query,
                     reply=reply,
@@ -114,7 +114,7 @@ class _IdentClientProtocol(asyncio.Protocol):
         self._finish(
             IdentProtocolError(
                 f"ident server {self._where} sent {what}: {shown}",
-                address=self._server,
+                address=self._address,
                 line=line[: MAX_LINE + 1],
             )
         )
@@ -135,7 +135,7 @@ class _IdentClientProtocol(asyncio.Protocol):
         error = IdentConnectionClosed(
             f"ident server {self._where} {how} the connection{got} without a complete "
             f"answer{reason}",
-            address=self._server,
+            address=self._address,
         )
         if exc is not None:
             error.__cause__ = exc
@@ -185,7 +185,7 @@ async def query(
     check_port("port", port)
     if timeout is not None:
         check_seconds("timeout", timeout)
-    server = (host, port)
+    address = (host, port)
     where = _display(host, port)
     loop = asyncio.get_running_loop()
     protocol: _IdentClientProtocol | None = None
@@ -194,28 +194,28 @@ async def query(
         async with asyncio.timeout(timeout):
             try:
                 _, protocol = await loop.create_connection(
-                    lambda: _IdentClientProtocol(the_query, server),
+                    lambda: _IdentClientProtocol(the_query, address),
                     host,
                     port,
                     local_addr=local_addr,
                 )
             except ConnectionRefusedError:
                 raise IdentConnectError(
-                    f"ident server {where} refused the connection", address=server
+                    f"ident server {where} refused the connection", address=address
                 ) from None
             except socket.gaierror as exc:
                 raise IdentConnectError(
-                    f"cannot resolve ident server host {host!r}: {exc.strerror}", address=server
+                    f"cannot resolve ident server host {host!r}: {exc.strerror}", address=address
                 ) from exc
             except OSError as exc:
                 if isinstance(exc, TimeoutError):  # the kernel's own connect timeout
                     raise IdentTimeout(
-                        f"connecting to ident server {where} timed out", address=server
+                        f"connecting to ident server {where} timed out", address=address
                     ) from exc
                 detail = exc.strerror or str(exc)
                 source = f" from {_display(*local_addr[:2])}" if local_addr else ""
                 raise IdentConnectError(
-                    f"cannot connect to ident server {where}{source}: {detail}", address=server
+                    f"cannot connect to ident server {where}{source}: {detail}", address=address
                 ) from exc
             connected = True
             try:
@@ -234,7 +234,7 @@ async def query(
         phase = "" if connected else " (connection not established)"
         limit = f"{float(timeout)} s" if timeout is not None else "the connect timeout"
         raise IdentTimeout(
-            f"no answer from ident server {where} within {limit}{phase}", address=server
+            f"no answer from ident server {where} within {limit}{phase}", address=address
         ) from None
 
 

@@ -8,12 +8,14 @@ A missing program, Perl module or network namespace goes through ``peers.unavail
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from peers import unavailable
 from support import SRC
@@ -100,6 +102,22 @@ def require_netns() -> list[str]:
     if prefix is None:
         unavailable(reason)
     return list(prefix)
+
+
+def run_driver(script: str, *args: str, timeout: float) -> dict[str, Any]:
+    """Run a driver script of this folder in a fresh network namespace and return the
+    JSON object it prints; fail with its stderr (or its own error and log) otherwise."""
+    proc = subprocess.run(
+        [*require_netns(), PYTHON, str(HERE / script), *args],
+        capture_output=True,
+        timeout=timeout,
+        env=python_env(),
+    )
+    stderr = proc.stderr.decode(errors="replace")[-3000:]
+    assert proc.returncode == 0, stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    assert "error" not in data, f"{data['error']}\n{data['log']}\n{stderr}"
+    return data
 
 
 def python_env() -> dict[str, str]:

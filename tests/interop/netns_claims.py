@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from identcases import loopback_up
-from netns_irc import IRC_PORT, start_ircd, wait_listening, welcome
+from netns_irc import IRC_PORT, start_ircd, stop_ircd, wait_listening, welcome
 
 import aioidentd
 from aioidentd.server import IdentServer
@@ -208,16 +207,7 @@ async def main(kind: str, rounds: int) -> dict[str, Any]:
         except Exception as exc:
             output["error"] = repr(exc)
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            out = workdir / "ircd.out"
-            if out.exists():
-                output["log"] = out.read_text(errors="replace")[-4000:]
+            stop_ircd(proc, workdir, output)
     return output
 
 

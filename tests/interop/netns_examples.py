@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from identcases import loopback_up
-from netns_irc import IRC_PORT, start_ircd, wait_listening, welcome
+from netns_irc import IRC_PORT, start_ircd, stop_ircd, wait_listening, welcome
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RUN_TIMEOUT = 60.0
@@ -107,15 +107,7 @@ async def main() -> dict[str, Any]:
         except Exception as exc:
             output["error"] = repr(exc)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            out = workdir / "ircd.out"
-            if out.exists():
-                output["log"] = out.read_text(errors="replace")[-4000:]
+            stop_ircd(proc, workdir, output)
     return output
 
 

@@ -115,6 +115,21 @@ def start_ircd(
     )
 
 
+def stop_ircd(proc: subprocess.Popen[bytes] | None, workdir: Path, output: dict[str, Any]) -> None:
+    """Stop the IRC server (SIGTERM; SIGKILL after 3 s) and keep the end of its log in
+    ``output["log"]`` for the test's failure message."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = workdir / "ircd.out"
+    if out.exists():
+        output["log"] = out.read_text(errors="replace")[-4000:]
+
+
 async def wait_listening(proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -236,16 +251,7 @@ async def main(kind: str, specs: list[str]) -> dict[str, Any]:
         except Exception as exc:
             output["error"] = repr(exc)
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            out = workdir / "ircd.out"
-            if out.exists():
-                output["log"] = out.read_text(errors="replace")[-4000:]
+            stop_ircd(proc, workdir, output)
     return output
 
 

@@ -5,13 +5,11 @@ identity the program claimed for it in the server's ``001`` welcome mask (``nick
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 from typing import Any
 
 import pytest
-from interop_peers import HERE, PYTHON, python_env, require_netns, require_program
+from interop_peers import require_program, run_driver
 
 DRIVER_TIMEOUT = 150
 
@@ -19,17 +17,7 @@ DRIVER_TIMEOUT = 150
 @pytest.fixture(scope="module")
 def results() -> dict[str, Any]:
     require_program("ngircd")
-    prefix = require_netns()
-    proc = subprocess.run(
-        [*prefix, PYTHON, str(HERE / "netns_examples.py")],
-        capture_output=True,
-        timeout=DRIVER_TIMEOUT,
-        env=python_env(),
-    )
-    stderr = proc.stderr.decode(errors="replace")[-3000:]
-    assert proc.returncode == 0, stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    assert "error" not in data, f"{data['error']}\n{data['log']}\n{stderr}"
+    data = run_driver("netns_examples.py", timeout=DRIVER_TIMEOUT)
     return data
 
 

@@ -14,12 +14,10 @@ also checks claims on a link-local connection (no IRC server involved: the asker
 
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Any
 
 import pytest
-from interop_peers import HERE, PYTHON, python_env, require_netns, require_program
+from interop_peers import require_program, run_driver
 
 from peers import unavailable
 
@@ -34,17 +32,7 @@ DRIVER_TIMEOUT = 120
 def claim_results(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     server: str = request.param
     require_program(server)
-    prefix = require_netns()
-    proc = subprocess.run(
-        [*prefix, PYTHON, str(HERE / "netns_claims.py"), server, str(ROUNDS)],
-        capture_output=True,
-        timeout=DRIVER_TIMEOUT,
-        env=python_env(),
-    )
-    stderr = proc.stderr.decode(errors="replace")[-3000:]
-    assert proc.returncode == 0, stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    assert "error" not in data, f"{data['error']}\n{data['log']}\n{stderr}"
+    data = run_driver("netns_claims.py", server, str(ROUNDS), timeout=DRIVER_TIMEOUT)
     return server, data
 
 

@@ -26,13 +26,11 @@ What the peers showed (and these tests pin):
 
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Any
 
 import pytest
 from identcases import DELAY
-from interop_peers import HERE, PYTHON, python_env, require_netns, require_program
+from interop_peers import require_program, run_driver
 
 #: case[:style] -> the user part of the 001 mask, per IRC server.
 EXPECTED: dict[str, dict[str, str]] = {
@@ -56,17 +54,7 @@ DRIVER_TIMEOUT = 40
 def irc_results(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     server: str = request.param
     require_program(server)
-    prefix = require_netns()
-    proc = subprocess.run(
-        [*prefix, PYTHON, str(HERE / "netns_irc.py"), server, *EXPECTED],
-        capture_output=True,
-        timeout=DRIVER_TIMEOUT,
-        env=python_env(),
-    )
-    stderr = proc.stderr.decode(errors="replace")[-3000:]
-    assert proc.returncode == 0, stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    assert "error" not in data, f"{data['error']}\n{data['log']}\n{stderr}"
+    data = run_driver("netns_irc.py", server, *EXPECTED, timeout=DRIVER_TIMEOUT)
     return server, data
 
 
