@@ -16,6 +16,7 @@ the real ones) or against an embedded :class:`~aioidentd.IdentServer` (for handl
   debugger would stop it), then SIGTERM: answers received of those sent.
 * ``handlers``: async handlers that never return: tasks still alive once their queries
   got the fallback and their connections are gone, and at most while one stays open.
+* ``idle``: memory (PSS) per idle connection held open.
 
 ``tests/test_hostile.py`` runs the quick version of each with generous pass thresholds;
 ``python benchmarks/bench_hostile.py`` prints the figures (``--json`` for a machine).
@@ -50,6 +51,14 @@ Figures = dict[str, Any]
 
 
 # -- the daemon under test ---------------------------------------------------------------------
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size in octets (shared pages counted by share)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 @contextmanager
@@ -415,6 +424,23 @@ def handlers(queries: int = 200) -> Figures:
     return asyncio.run(main())
 
 
+def idle(connections: int = 2000) -> Figures:
+    """Memory per idle connection (the cost of a silent connection the limit lets in)."""
+    with served("--multiple", "--default", "x", "--max-connections", str(connections + 10)) as d:
+        asyncio.run(_query(d.port, b"1,1\r\n"))  # warm: first connection's one-off costs
+        before = _pss(d.proc.pid)
+        socks = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(connections)]
+        asyncio.run(_query(d.port, b"1,1\r\n"))  # every one accepted and set up
+        after = _pss(d.proc.pid)
+        for sock in socks:
+            sock.close()
+        d.stop()
+    return {
+        "connections": connections,
+        "pss_per_connection_kib": round((after - before) / connections / 1024, 2),
+    }
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "nonreading": nonreading,
     "slowloris": slowloris,
@@ -422,6 +448,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "fuzz": fuzz,
     "sigterm": sigterm,
     "handlers": handlers,
+    "idle": idle,
 }
 
 

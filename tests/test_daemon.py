@@ -504,3 +504,14 @@ def test_runs_on_uvloop_with_real_lookups(listener: socket.socket) -> None:
         )
         assert d.stop() == 0
         assert "(kernel lookups, uvloop)" in d.log
+
+
+def test_first_query_timeout_closes_a_silent_connection_early() -> None:
+    with daemon("--port", "0", "--default", "x", "--first-query-timeout", "0.3") as d:
+        port = d.port
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert sock.recv(100) == b""  # closed without a word
+        assert time.monotonic() - started < 5  # not the 60 s idle timeout
+        assert ask(port, b"1,2\r\n") == b"1,2:USERID:UNIX:x\r\n"
+        assert d.stop() == 0

@@ -781,3 +781,19 @@ async def test_repr_shows_ipv6_addresses_in_brackets() -> None:
     require_ipv6()
     async with serving(host="::1") as server:
         assert f"[::1]:{server.addresses[0][1]}" in repr(server)
+
+
+@both_loops
+async def test_a_client_that_never_reads_cannot_hold_its_connection_after_the_timeout() -> None:
+    async with serving(multiple=True, default="z" * 400, idle_timeout=0.3) as server:
+        client = await Client.connect(server)
+        client.writer.write(b"1,2\r\n" * 20000)  # answers fill every buffer; none is read
+        while server.connections < 1:
+            await asyncio.sleep(0.005)
+        # Idle (no query read: reading is paused), closed, given LINGER to read the
+        # answers it was sent, then aborted: the descriptor and the buffer are released.
+        started = time.monotonic()
+        while server.connections:
+            assert time.monotonic() - started < 6
+            await asyncio.sleep(0.02)
+        client.writer.transport.abort()

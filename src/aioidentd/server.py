@@ -384,7 +384,7 @@ class _IdentConnection(asyncio.Protocol):
                 self._query_done(encode_reply(exc.reply, server.reply_style))
             else:
                 self._dispatch(query.server_port, query.client_port)
-            if self._closing or self._transport is None:
+            if self._closing or self._transport is None or self._transport.is_closing():
                 break
         if self._transport is None:
             self._buffer = b""
@@ -442,8 +442,8 @@ class _IdentConnection(asyncio.Protocol):
         """Write every answer at the head of the queue that is decided, in order."""
         transport = self._transport
         pending = self._pending
-        if transport is None:
-            return
+        if transport is None or transport.is_closing():
+            return  # closed, or the peer reset it: connection_lost() follows
         ready = 0
         for request in pending:
             if request._answer is None:
@@ -491,7 +491,7 @@ class _IdentConnection(asyncio.Protocol):
         if transport is None:
             return
         if self._eof or self._stopping or not transport.can_write_eof():
-            transport.close()
+            self._close()
             return
         if self._paused:
             self._paused = False
@@ -503,7 +503,7 @@ class _IdentConnection(asyncio.Protocol):
             # (ENOTCONN): nothing is left to drain. Never let this reach the handler
             # that called reply()/error().
             logger.debug("%s: half-close failed for %s: %s", self.server, self.peer, exc)
-            transport.close()
+            self._close()
             return
         self._idle_deadline = self._loop.time() + min(LINGER, self.server.idle_timeout)
         self._arm(self._idle_deadline)
@@ -521,9 +521,17 @@ class _IdentConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._transport is None:
+        transport = self._transport
+        if transport is None:
             return
         now = self._loop.time()
+        if transport.is_closing():
+            # Closed with answers still queued (see _close): the peer had its linger.
+            if now >= self._idle_deadline:
+                transport.abort()
+            else:
+                self._arm(self._idle_deadline)
+            return
         server = self.server
         # A copy: each answer may pop requests off the head of the queue (answer_ready).
         for request in list(self._pending):
@@ -542,9 +550,23 @@ class _IdentConnection(asyncio.Protocol):
                 logger.debug("%s: linger over for %s", server, self.peer)
             else:
                 logger.debug("%s: idle timeout for %s", server, self.peer)
-            self._transport.close()
+            self._close()
             return
         self._arm(self._idle_deadline)
+
+    def _close(self) -> None:
+        """Close after the answers already written; a peer that does not read them gets
+        LINGER seconds, then the connection is aborted: a closing transport waits for its
+        buffer to drain, and one nobody reads would otherwise hold its descriptor and its
+        memory for ever."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._closing = True
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._idle_deadline = self._loop.time() + LINGER
+            self._arm(self._idle_deadline)
 
     # -- closing ------------------------------------------------------------------------
 
@@ -572,10 +594,8 @@ class _IdentConnection(asyncio.Protocol):
 
     def evict(self) -> None:
         """Closed to make room for a new connection (see IdentServer._make_room)."""
-        self._closing = True
         self.server._connections.pop(self, None)
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
 
 
 def _unread(transport: asyncio.BaseTransport) -> int:
@@ -910,8 +930,7 @@ class IdentServer:
             for conn in list(self._connections):
                 transport = conn._transport
                 if transport is not None and not transport.is_closing() and conn.drained():
-                    conn._closing = True
-                    transport.close()  # flushes the answers, then FIN
+                    conn._close()  # flushes the answers, then FIN
             if (not self._connections and self._setting_up <= 0) or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.005)

@@ -168,6 +168,7 @@ class Daemon:
             sock=socks,
             multiple=settings.multiple,
             idle_timeout=settings.idle_timeout,
+            first_query_timeout=settings.first_query_timeout,
             response_timeout=settings.response_timeout,
             reply_style=settings.reply_style,
             max_connections=settings.max_connections,

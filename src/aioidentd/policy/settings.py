@@ -410,6 +410,13 @@ class DaemonSettings:
         flag="close a connection idle this long (default 60; RFC 1413 suggests 60-180)",
         metavar="S",
     )
+    first_query_timeout: float = key(
+        10.0,
+        float,
+        _seconds,
+        flag="close a connection that sent no query this long after connecting (default 10)",
+        metavar="S",
+    )
     response_timeout: float = key(
         1.0,
         float,
