@@ -204,7 +204,6 @@ class _IdentConnection(asyncio.Protocol):
         "_lost",
         "_paused",
         "_pending",
-        "_queried",
         "_stopping",
         "_tasks",
         "_timer",
@@ -232,7 +231,6 @@ class _IdentConnection(asyncio.Protocol):
         self._paused = False  # reading paused (pending limit or write backpressure)
         self._write_paused = False  # the transport's write buffer is over its high-water mark
         self._in_process = False
-        self._queried = False  # at least one complete line received
         self._stopping = False  # the server is closing: answer what was sent, then close
         #: Handler tasks still running for this connection's queries (None: none yet).
         self._tasks: dict[asyncio.Future[Any], IdentRequest] | None = None
@@ -361,8 +359,6 @@ class _IdentConnection(asyncio.Protocol):
                 break
             line = buffer[start:end]
             start = end + 1
-            if not self._queried:
-                self._queried = True
             self._idle_deadline = self._loop.time() + server.idle_timeout
             server._touch(self)
             if not multiple:
