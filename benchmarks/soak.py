@@ -72,10 +72,23 @@ async def serve(every: float) -> None:
         max_connections=300,
         default="fallback",
     )
+    tracing = bool(os.environ.get("SOAK_TRACEMALLOC"))
+    if tracing:  # where the memory goes, when a slope shows: growth against the first sample
+        import tracemalloc
+
+        tracemalloc.start(5)
+    baseline = None
     async with server:
         print(json.dumps({"port": server.addresses[0][1]}), flush=True)
         while True:
             await asyncio.sleep(every)
+            if tracing:
+                snapshot = tracemalloc.take_snapshot()
+                if baseline is None:
+                    baseline = snapshot
+                else:
+                    for stat in snapshot.compare_to(baseline, "traceback")[:3]:
+                        print(stat, *stat.traceback.format()[-6:], sep="\n", file=sys.stderr)
             rss = 0
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
