@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from aioidentd.protocol import InvalidQuery, Query, parse_query
+from support import wait_until_async
 
 T = TypeVar("T")
 
@@ -119,15 +120,30 @@ def reset(before: bytes = b"") -> Respond:
     async def respond(
         query: Query | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        sock = writer.get_extra_info("socket")
         if before:
             writer.write(before)
             await writer.drain()
-            await asyncio.sleep(0.05)
-        sock = writer.get_extra_info("socket")
+            # A reset discards what the peer has not read yet: wait until it has.
+            await wait_until_async(lambda: _unread_by_peer(sock) == 0, what="peer read it")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
 
     return respond
+
+
+def _unread_by_peer(sock: socket.socket) -> int | None:
+    """Octets waiting in the receive queue of our peer's socket (on this host, from
+    /proc/net/tcp{,6}); None when the peer's socket is not found."""
+    peer, ours = sock.getpeername(), sock.getsockname()
+    wanted = (f":{peer[1]:04X}", f":{ours[1]:04X}")
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[1].endswith(wanted[0]) and fields[2].endswith(wanted[1]):
+                    return int(fields[4].split(":")[1], 16)
+    return None
 
 
 class ScriptedIdentd:
