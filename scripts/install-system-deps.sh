@@ -12,6 +12,7 @@ PACKAGES=(
   inspircd
   iproute2                            # ip netns / unshare for port 113 in a namespace
   util-linux
+  nftables                            # the README's port 113 redirect, proven in a namespace
   gcc                                 # builds the benchmark load generator (benchmarks/loadgen.c)
 )
 

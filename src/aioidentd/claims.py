@@ -494,6 +494,11 @@ class ClaimRegistry:
         """
         peer, keys = self._keys(request)
         claim = self._find(keys)
+        if claim is None and self._entries:
+            redirected = _redirected_keys(request, keys)
+            if redirected:
+                keys += redirected
+                claim = self._find(redirected)
         if claim is not None:
             conn = request._conn
             style = conn.server.reply_style if conn is not None else "compact"
@@ -601,6 +606,50 @@ class ClaimRegistry:
                     waiter.timer.cancel()
                     waiter.timer = None
         self._waiters.clear()
+
+
+#: getsockopt() names for the pre-NAT destination of a redirected connection (Linux
+#: netfilter: SO_ORIGINAL_DST at SOL_IP, IP6T_SO_ORIGINAL_DST at SOL_IPV6).
+_SO_ORIGINAL_DST: Final = 80
+_SOL_IP: Final = 0
+_SOL_IPV6: Final = 41
+
+
+def _original_destination(transport: Any) -> str | None:
+    """The address a redirected ident connection was sent to, or None (not redirected,
+    not Linux, no such socket option)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(_SOL_IP, _SO_ORIGINAL_DST, 16)
+            return socket.inet_ntop(socket.AF_INET, raw[4:8])
+        raw = sock.getsockopt(_SOL_IPV6, _SO_ORIGINAL_DST, 28)
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        scope = int.from_bytes(raw[24:28], "little")
+        return normalise_host(host, scope)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _redirected_keys(request: IdentRequest, keys: tuple[_Key, ...]) -> tuple[_Key, ...]:
+    """Keys with the query's pre-NAT local address, when a firewall redirect (port 113 to
+    the application's port, as the README shows) rewrote it to the interface's primary
+    address, or to the loopback address for a query from this host. Only looked up on a
+    miss, so a claimed hit never pays for the system call."""
+    conn = request._conn
+    transport = conn._transport if conn is not None else None
+    if transport is None:
+        return ()
+    original = _original_destination(transport)
+    if original is None:
+        return ()
+    return tuple(
+        (original, key[1], key[2], key[3])
+        for key in keys
+        if key[0] is not None and key[0] != original
+    )
 
 
 def _weak(owner: object) -> Callable[[], object | None]:

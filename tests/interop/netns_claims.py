@@ -23,7 +23,11 @@ In a fresh network namespace (``unshare -n``, as test_irc_servers.py runs it):
 5. link-local IPv6 (no IRC server listens there; a small asker does what they do): on a
    veth interface ``ll0`` with ``fe80::a`` and ``fe80::b``, an ``open_connection`` from
    ``fe80::b%ll0`` to a listener on ``fe80::a%ll0`` that asks at once, and explicit claims
-   written with the interface name and without a scope.
+   written with the interface name and without a scope;
+6. the README's port 113 recipe: an nftables rule redirects port 113 to 1113 (in the
+   ``output`` hook, the IRC server being on this host), where a second IdentServer holds
+   the claims of two more ``open_connection`` connections (IPv4 and IPv6) and sees every
+   query arrive at the loopback address instead of the address it was sent to.
 
 The IRC server asks the moment it accepts, so every round is a race between its query
 and our claim; open_connection must win it every time.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,6 +192,40 @@ async def linklocal(ident: IdentServer) -> dict[str, str]:
     return answers
 
 
+REDIRECT_RULES = """
+table inet aioidentd_redirect {
+    chain output {
+        type nat hook output priority -100;
+        tcp dport 113 redirect to :1113
+    }
+}
+"""
+
+
+async def redirected(ipv6: bool) -> dict[str, Any]:
+    """Claims behind ``tcp dport 113 redirect to :1113``: the rewritten local address."""
+    nft = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+    if nft is None:
+        return {"error": "nft (nftables) not installed"}
+    subprocess.run([nft, "-f", "-"], input=REDIRECT_RULES.encode(), check=True)
+    out: dict[str, Any] = {}
+    try:
+        async with IdentServer(None, 1113, default=FALLBACK) as ident:
+            jobs = {
+                "v4": claimed(ident, "127.0.0.1", "127.0.9.1", "redir4", "e0"),
+                "unclaimed": unclaimed("127.0.9.2", "e1"),
+            }
+            if ipv6:
+                add_ipv6("fd00::99:1")
+                jobs["v6"] = claimed(ident, "::1", "fd00::99:1", "redir6", "e2")
+            results = await asyncio.gather(*jobs.values(), return_exceptions=True)
+            for case, res in zip(jobs, results, strict=True):
+                out[case] = res if isinstance(res, dict) else {"user": None, "error": repr(res)}
+    finally:
+        subprocess.run([nft, "delete", "table", "inet", "aioidentd_redirect"], check=True)
+    return out
+
+
 async def main(kind: str, rounds: int) -> dict[str, Any]:
     ipv6 = has_ipv6()
     listen = ("127.0.0.1", "::1") if ipv6 else ("127.0.0.1",)
@@ -202,6 +241,7 @@ async def main(kind: str, rounds: int) -> dict[str, Any]:
                     output["rounds"].append(await one_round(ident, number, ipv6))
                 if ipv6:
                     output["linklocal"] = await linklocal(ident)
+                output["redirect"] = await redirected(ipv6)
                 # Every connection is closed by now: no claim may still answer.
                 output["live_claims"] = len(ident.claims)
         except Exception as exc:

@@ -88,3 +88,20 @@ def test_link_local_claims_carry_the_interface(claim_results: tuple[str, dict[st
         "explicit_no_scope": "USERID UNIX unscoped",
         "unclaimed": "USERID UNIX anon",
     }
+
+
+def test_claims_behind_the_readme_port_113_redirect(
+    claim_results: tuple[str, dict[str, Any]],
+) -> None:
+    """nftables ``tcp dport 113 redirect to :1113``: the query reaches our server on 1113
+    at the loopback address, and the claim still matches (by the address the query was
+    sent to, read back with SO_ORIGINAL_DST)."""
+    server, data = claim_results
+    redirect = data["redirect"]
+    if "error" in redirect:
+        unavailable(redirect["error"])
+    users = {case: (result["user"], result["error"]) for case, result in redirect.items()}
+    expected = {"v4": ("redir4", None), "unclaimed": ("anon", None)}
+    if data["ipv6"]:
+        expected["v6"] = ("redir6", None)
+    assert users == expected, (server, redirect)
