@@ -4,7 +4,8 @@ This module is the public API, with :mod:`aioidentd.protocol` and :mod:`aioident
 every other module is internal. The layers, lowest first: :mod:`aioidentd.errors`,
 :mod:`aioidentd.protocol` (sans-IO parsing, formatting and value rules),
 :mod:`aioidentd.server` (the embeddable server, with :mod:`aioidentd.claims` for the
-application's own connections and :mod:`aioidentd.controller` to run it in a thread) and
+application's own connections, :mod:`aioidentd.controller` to run it in a thread and
+:mod:`aioidentd.stats` for its counters) and
 :mod:`aioidentd.client` beside it, :mod:`aioidentd.lookup` (who owns a connection),
 :mod:`aioidentd.policy` (the daemon's answers), :mod:`aioidentd.daemon` and the command
 line on top.
@@ -34,6 +35,7 @@ from aioidentd.protocol import (
     parse_reply,
 )
 from aioidentd.server import Handler, IdentRequest, IdentServer
+from aioidentd.stats import ServerStats
 
 __all__ = [
     "AioidentdError",
@@ -54,6 +56,7 @@ __all__ = [
     "PendingConnection",
     "Query",
     "Reply",
+    "ServerStats",
     "UserIdReply",
     "encode_reply",
     "parse_query",

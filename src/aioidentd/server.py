@@ -55,6 +55,7 @@ from aioidentd.protocol import (
     port_pair,
     random_user_id,
 )
+from aioidentd.stats import ServerStats
 
 __all__ = ["Handler", "IdentRequest", "IdentServer"]
 
@@ -97,13 +98,23 @@ class IdentRequest:
     return ``False`` and write nothing.
     """
 
-    __slots__ = ("_answer", "_conn", "client_port", "deadline", "local", "peer", "server_port")
+    __slots__ = (
+        "_answer",
+        "_conn",
+        "arrived",
+        "client_port",
+        "deadline",
+        "local",
+        "peer",
+        "server_port",
+    )
 
     def __init__(
         self,
         conn: _IdentConnection,
         server_port: int,
         client_port: int,
+        arrived: float,
         deadline: float,
     ) -> None:
         self._conn: _IdentConnection | None = conn
@@ -117,6 +128,8 @@ class IdentRequest:
         #: ``(host, port)`` of our end of the ident connection; its host is the local
         #: address of the connection being asked about.
         self.local: Address = conn.local
+        #: Loop time at which the query was read (0.0 for an INVALID-PORT line).
+        self.arrived = arrived
         #: Loop time after which the fallback answer goes out.
         self.deadline = deadline
 
@@ -124,7 +137,7 @@ class IdentRequest:
     def _decided(cls, conn: _IdentConnection, line: bytes) -> IdentRequest:
         """A request whose answer is already decided (the INVALID-PORT line to an invalid
         or over-long line), queued so that it leaves in its place among the answers."""
-        request = cls(conn, 0, 0, 0.0)
+        request = cls(conn, 0, 0, 0.0, 0.0)
         request._conn = None
         request._answer = line
         return request
@@ -167,9 +180,15 @@ class IdentRequest:
         return self._set(reply)
 
     def _set(self, reply: UserIdReply | ErrorReply) -> bool:
-        if self._answer is not None or self._conn is None:
+        conn = self._conn
+        if self._answer is not None or conn is None:
             return self._set_line(b"")  # refused, or too late: nothing to write
-        return self._set_line(encode_reply(reply, self._conn.server.reply_style))
+        stats = conn.server.stats
+        if isinstance(reply, UserIdReply):
+            stats.answers_userid += 1
+        else:
+            stats.answers_error += 1
+        return self._set_line(encode_reply(reply, conn.server.reply_style))
 
     def _set_line(self, line: bytes) -> bool:
         """:meth:`_set` with the answer already encoded in the server's reply style."""
@@ -253,10 +272,12 @@ class _IdentConnection(asyncio.Protocol):
             # it has already sent, like every other connection.
             self._stopping = True
         elif len(connections) >= server.max_connections and not server._make_room(self):
+            server.stats.connections_refused += 1
             transport.close()
             self._transport = None
             return
         connections[self] = None
+        server.stats.connections_accepted += 1
         self.peer = _address(transport.get_extra_info("peername"))
         self.local = _address(transport.get_extra_info("sockname"))
         now = self._loop.time()
@@ -377,6 +398,7 @@ class _IdentConnection(asyncio.Protocol):
                     self.peer,
                     exc,
                 )
+                server.stats.invalid_lines += 1
                 self._query_done(encode_reply(exc.reply, server.reply_style))
             else:
                 self._dispatch(query.server_port, query.client_port)
@@ -391,12 +413,14 @@ class _IdentConnection(asyncio.Protocol):
 
     def _dispatch(self, server_port: int, client_port: int) -> None:
         server = self.server
-        request = IdentRequest(
-            self, server_port, client_port, self._loop.time() + server.response_timeout
-        )
+        now = self._loop.time()
+        request = IdentRequest(self, server_port, client_port, now, now + server.response_timeout)
         self._pending.append(request)
+        server.stats.queries += 1
         claims = server._claims
         if claims and claims.intercept(request, self._handle):
+            if request._answer is not None:
+                server.stats.claimed += 1
             return  # answered by a claim, or held by the bounded wait
         self._handle(request)
 
@@ -407,6 +431,7 @@ class _IdentConnection(asyncio.Protocol):
         handlers = server._handlers
         if not handlers:
             # Nobody can answer: do not make the client wait for the deadline.
+            server.stats.fallbacks += 1
             request._set_line(server._fallback_line(server_port, client_port))
             return
         for handler in handlers:
@@ -427,7 +452,9 @@ class _IdentConnection(asyncio.Protocol):
 
     def _give_fallback(self, request: IdentRequest) -> None:
         """The fallback answer, for a query its handlers did not answer in time."""
-        request._set_line(self.server._fallback_line(request.server_port, request.client_port))
+        server = self.server
+        server.stats.fallbacks += 1
+        request._set_line(server._fallback_line(request.server_port, request.client_port))
 
     def _query_done(self, line: bytes) -> None:
         """Queue an already-decided answer (an INVALID-PORT line) in its place."""
@@ -440,11 +467,16 @@ class _IdentConnection(asyncio.Protocol):
         pending = self._pending
         if transport is None or transport.is_closing():
             return  # closed, or the peer reset it: connection_lost() follows
+        server = self.server
+        observe = server.stats._observe
+        now = self._loop.time()
         ready = 0
         for request in pending:
             if request._answer is None:
                 break
             request._conn = None
+            if request.arrived:  # 0.0: an INVALID-PORT line, never waited for
+                observe(now - request.arrived)
             ready += 1
         if not ready:
             return
@@ -455,7 +487,7 @@ class _IdentConnection(asyncio.Protocol):
             del pending[:ready]
         if self._transport is None:
             return  # the write failed and the connection is gone
-        self._idle_deadline = self._loop.time() + self.server.idle_timeout
+        self._idle_deadline = now + server.idle_timeout
         if pending:
             return
         if self._closing or self._eof:
@@ -478,6 +510,7 @@ class _IdentConnection(asyncio.Protocol):
         self._buffer = b""
         self._in_process = False
         self._closing = True
+        server.stats.invalid_lines += 1
         self._query_done(error_line(0, 0, "INVALID-PORT", server.reply_style))
 
     def _finish(self) -> None:
@@ -698,6 +731,8 @@ class IdentServer:
         self._setting_up = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._log = RateLimitedLog(logger)
+        #: What the server did since it was created (see :class:`~aioidentd.stats.ServerStats`).
+        self.stats = ServerStats(lambda: len(self._connections))
         self._closing = False
         self._closed: asyncio.Event | None = None
         #: (default, reply_style, the default answer's line after its port pair)
@@ -1067,6 +1102,7 @@ class IdentServer:
         return False
 
     def _evict(self, conn: _IdentConnection) -> None:
+        self.stats.connections_evicted += 1
         self._log.log(
             "evicted",
             logging.INFO,
@@ -1080,6 +1116,7 @@ class IdentServer:
         conn.evict()
 
     def _handler_failed(self, handler: object, request: IdentRequest, exc: Any = True) -> None:
+        self.stats.handler_failures += 1
         # The first failure of each handler with its traceback, then a count per interval:
         # a query that makes a handler raise is something any outsider can send.
         self._log.log(
