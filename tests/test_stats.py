@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aioidentd import IdentRequest, IdentServer, ServerStats
 from aioidentd.stats import LATENCY_BOUNDS
@@ -84,7 +85,7 @@ async def test_evictions_and_refusals_are_counted() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"1,1\r\n")
             busy.append(writer)
-            await wait_until_async(lambda sent=sent: server.stats.queries == sent)
+            await wait_until_async(_queries_reach(server, sent))
         assert server.stats.connections_evicted == 2
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # refused
@@ -94,3 +95,7 @@ async def test_evictions_and_refusals_are_counted() -> None:
             w.close()
         for w in (*busy, writer):
             w.close()
+
+
+def _queries_reach(server: IdentServer, count: int) -> Callable[[], bool]:
+    return lambda: server.stats.queries >= count
