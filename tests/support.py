@@ -35,6 +35,7 @@ __all__ = [
     "aioidentd_argv",
     "ask",
     "both_loops",
+    "enter_own_network_namespace",
     "ipv6_loopback",
     "needs_ipv6",
     "needs_root",
@@ -190,6 +191,25 @@ needs_root = pytest.mark.needs_root
 #: Runs an async test once on asyncio's loop and once on uvloop's (conftest's
 #: ``loop_kind`` fixture).
 both_loops = pytest.mark.usefixtures("loop_kind")
+
+
+def enter_own_network_namespace() -> None:
+    """Move this process (a forked child, as root) into a new network namespace with its
+    loopback up: the kernel's per-namespace settings (which ports need privilege) are the
+    defaults there, whatever the host's are, and no traffic leaves it."""
+    import ctypes
+    import fcntl
+    import struct
+
+    clone_newnet = 0x40000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(clone_newnet) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
 def wait_until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:

@@ -11,13 +11,19 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aioidentd import IdentRequest, IdentServer
-from support import both_loops, ipv6_loopback, require_ipv6, require_root, wait_until_async
+from support import (
+    both_loops,
+    enter_own_network_namespace,
+    ipv6_loopback,
+    require_ipv6,
+    require_root,
+    wait_until_async,
+)
 
 # Small timeouts keep the suite fast; the defaults (60 s idle, 10 s response) are tested
 # as values, not waited for.
@@ -653,9 +659,7 @@ def test_register_needs_a_callable() -> None:
 
 def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:
     """As nobody, port 113 cannot be bound: start() says so and leaves nothing behind."""
-    require_root("to become nobody in a child")
-    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 113:
-        pytest.skip("this kernel lets anyone bind port 113")
+    require_root("to become nobody in a child, in a network namespace of its own")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -664,6 +668,9 @@ def test_no_permission_for_a_privileged_port_is_a_clear_oserror() -> None:
             # getaddrinfo() loads the idna codec lazily; nobody may not be able to read the
             # interpreter's files, so load it first.
             "localhost".encode("idna")
+            # The host may let anyone bind low ports (ip_unprivileged_port_start); a new
+            # network namespace has the kernel's default, 1024.
+            enter_own_network_namespace()
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
