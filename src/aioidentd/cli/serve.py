@@ -72,7 +72,9 @@ def register(subparsers: SubParsers) -> None:
         group = groups.get(spec.group)
         if group is None:
             group = groups[spec.group] = parser.add_argument_group(spec.group)
-        _add_flag(group, name, spec)
+        # Without --config, serve's own defaults apply where the file's would (see run()).
+        note = f" (default without --config: {DEFAULT_PORT})" if name == "port" else ""
+        _add_flag(group, name, spec, note)
     where.add_argument(
         "--inetd",
         action="store_true",
@@ -100,7 +102,7 @@ def register(subparsers: SubParsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _add_flag(group: argparse._ArgumentGroup, name: str, spec: Key) -> None:
+def _add_flag(group: argparse._ArgumentGroup, name: str, spec: Key, note: str = "") -> None:
     """``--name`` for a ``[server]`` key: the schema's help, and its rule for the value, so
     that a flag refuses exactly what the file refuses."""
     flag = "--" + name.replace("_", "-")
@@ -122,7 +124,8 @@ def _add_flag(group: argparse._ArgumentGroup, name: str, spec: Key) -> None:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = name  # argparse names the type in its messages
-    group.add_argument(flag, type=parse, metavar=spec.metavar or name.upper(), help=spec.flag)
+    metavar = spec.metavar or name.upper()
+    group.add_argument(flag, type=parse, metavar=metavar, help=f"{spec.flag}{note}")
 
 
 #: ``[server]`` keys that have a flag of the same name; given flags override the file.

@@ -430,6 +430,7 @@ class DaemonSettings:
         _choice(get_args(ReplyStyle)),
         flag="'compact' (6193,23:USERID:UNIX:x, default) or 'spaced' "
         "(6193 , 23 : USERID : UNIX : x)",
+        metavar="{compact,spaced}",
     )
     max_connections: int = key(
         1024, int, _whole(1, 10**6), flag="open connections at most (default 1024)", metavar="N"
