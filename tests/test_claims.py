@@ -621,3 +621,27 @@ def test_response_timeout_default_fits_irc_servers() -> None:
     # Ergo, the most impatient IRC server, gives up after 1.5 s.
     assert IdentServer().response_timeout < 1.5
     assert IdentServer().claim_wait < IdentServer().response_timeout
+
+
+async def test_open_connection_from_a_chosen_local_address() -> None:
+    """local_addr picks the source; the claim is keyed by that address, and the query
+    (sent to it, as an IRC server does) finds it."""
+    async with setup(["127.0.0.1", "127.0.0.2"]) as (ident, asker, port):
+        _, writer = await ident.open_connection(
+            "127.0.0.1", port, user_id="sourced", local_addr=("127.0.0.2", 0)
+        )
+        assert writer.get_extra_info("sockname")[0] == "127.0.0.2"
+        assert user(await asker.answer_for(writer)) == "sourced"
+        (claim,) = ident.claims
+        assert claim.local == ("127.0.0.2", writer.get_extra_info("sockname")[1])
+        writer.close()
+
+
+async def test_connect_failure_on_every_address_says_so() -> None:
+    async with IdentServer("127.0.0.1", 0) as ident:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            closed_port = free.getsockname()[1]
+        with pytest.raises(OSError):
+            await ident.connect_socket("localhost", closed_port, user_id="alice")
+        assert len(ident._claims) == 0

@@ -39,7 +39,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 from aioidentd.protocol import (
     Address,
@@ -754,16 +754,17 @@ class PendingConnection:
 # -- connecting with the claim in place ---------------------------------------------------
 
 
+class Answer(NamedTuple):
+    """What a claim answers (the keyword arguments of :meth:`IdentServer.claim`)."""
+
+    user_id: str | bytes | None
+    opsys: str = "UNIX"
+    charset: str | None = None
+    error: str | None = None
+
+
 def bind_claimed(
-    server: IdentServer,
-    sockaddr: Any,
-    family: int,
-    *,
-    user_id: str | bytes | None,
-    opsys: str,
-    charset: str | None,
-    error: str | None,
-    local_addr: Any | None,
+    server: IdentServer, sockaddr: Any, family: int, answer: Answer, local_addr: Any | None
 ) -> tuple[socket.socket, Claim]:
     """A TCP socket bound (to the resolved socket address ``local_addr``, or any address
     and a fresh port) and claimed for the connection it is about to make to
@@ -777,10 +778,10 @@ def bind_claimed(
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         claim = server.claim(
             sock,
-            user_id,
-            opsys=opsys,
-            charset=charset,
-            error=error,
+            answer.user_id,
+            opsys=answer.opsys,
+            charset=answer.charset,
+            error=answer.error,
             remote=(str(sockaddr[0]) + _scope_suffix(sockaddr), int(sockaddr[1])),
         )
     except BaseException:
@@ -797,23 +798,46 @@ def _scope_suffix(sockaddr: Any) -> str:
 
 def settle_claim(server: IdentServer, claim: Claim, sock: socket.socket) -> None:
     """After connecting: narrow the claim to the local address the kernel picked."""
-    registry = server._claims
     try:
         local_host = _sockaddr_host(sock.getsockname())
     except OSError:
         return
-    registry.rekey(claim, local_host)
+    server._claims.rekey(claim, local_host)
+
+
+def _candidates(
+    remote_infos: Sequence[Any], local_infos: Sequence[Any] | None
+) -> list[tuple[int, Any, Any | None]]:
+    """``(family, remote sockaddr, local sockaddr or None)`` to try in turn. The local
+    address is resolved like the remote one (a 2-tuple cannot carry an IPv6 scope), and
+    only remote addresses of a family the local address has can be reached from it."""
+    if local_infos is None:
+        return [(info[0], info[4], None) for info in remote_infos]
+    local_of: dict[int, Any] = {}
+    for info in local_infos:
+        local_of.setdefault(info[0], info[4])
+    return [(info[0], info[4], local_of[info[0]]) for info in remote_infos if info[0] in local_of]
+
+
+def _discard(sock: socket.socket, claim: Claim) -> None:
+    claim.release()
+    sock.close()
+
+
+def _no_connection(host: str, port: int, errors: list[OSError]) -> OSError:
+    if not errors:
+        return OSError(f"{host!r} resolved to no address to connect to")
+    if len(errors) == 1:
+        return errors[0]
+    return OSError(f"cannot connect to {host} port {port}: " + "; ".join(map(str, errors)))
 
 
 async def connect_claimed(
     server: IdentServer,
     host: str,
     port: int,
+    answer: Answer,
     *,
-    user_id: str | bytes | None,
-    opsys: str = "UNIX",
-    charset: str | None = None,
-    error: str | None = None,
     family: int = 0,
     local_addr: tuple[str, int] | None = None,
 ) -> tuple[socket.socket, Claim]:
@@ -824,53 +848,31 @@ async def connect_claimed(
     """
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
-    locals_: dict[int, Any] = {}
+    local_infos = None
     if local_addr is not None:
-        # Resolved like the remote address (a 2-tuple cannot carry an IPv6 scope), and
-        # only remote addresses of a family the local address has can be reached from it.
-        for info in await loop.getaddrinfo(*local_addr, family=family, type=socket.SOCK_STREAM):
-            locals_.setdefault(info[0], info[4])
-        infos = [info for info in infos if info[0] in locals_]
+        local_infos = await loop.getaddrinfo(*local_addr, family=family, type=socket.SOCK_STREAM)
     errors: list[OSError] = []
-    for af, _type, _proto, _name, sockaddr in infos:
-        sock, claim = bind_claimed(
-            server,
-            sockaddr,
-            af,
-            user_id=user_id,
-            opsys=opsys,
-            charset=charset,
-            error=error,
-            local_addr=locals_.get(af),
-        )
+    for af, sockaddr, local in _candidates(infos, local_infos):
+        sock, claim = bind_claimed(server, sockaddr, af, answer, local)
         try:
             await loop.sock_connect(sock, sockaddr)
         except OSError as exc:
-            claim.release()
-            sock.close()
+            _discard(sock, claim)
             errors.append(exc)
             continue
         except BaseException:
-            claim.release()
-            sock.close()
+            _discard(sock, claim)
             raise
         settle_claim(server, claim, sock)
         return sock, claim
-    if not errors:
-        raise OSError(f"{host!r} resolved to no address to connect to")
-    if len(errors) == 1:
-        raise errors[0]
-    raise OSError(f"cannot connect to {host} port {port}: " + "; ".join(str(exc) for exc in errors))
+    raise _no_connection(host, port, errors)
 
 
 def create_connection_sync(
     server: IdentServer,
     address: tuple[str, int],
+    answer: Answer,
     *,
-    user_id: str | bytes | None,
-    opsys: str = "UNIX",
-    charset: str | None = None,
-    error: str | None = None,
     timeout: float | None = None,
     source_address: tuple[str, int] | None = None,
 ) -> socket.socket:
@@ -878,40 +880,23 @@ def create_connection_sync(
     (used by the thread controller; runs in the caller's thread)."""
     host, port = address
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    locals_: dict[int, Any] = {}
+    local_infos = None
     if source_address is not None:
-        for info in socket.getaddrinfo(*source_address, type=socket.SOCK_STREAM):
-            locals_.setdefault(info[0], info[4])
-        infos = [info for info in infos if info[0] in locals_]
+        local_infos = socket.getaddrinfo(*source_address, type=socket.SOCK_STREAM)
     errors: list[OSError] = []
-    for af, _type, _proto, _name, sockaddr in infos:
-        sock, claim = bind_claimed(
-            server,
-            sockaddr,
-            af,
-            user_id=user_id,
-            opsys=opsys,
-            charset=charset,
-            error=error,
-            local_addr=locals_.get(af),
-        )
+    for af, sockaddr, local in _candidates(infos, local_infos):
+        sock, claim = bind_claimed(server, sockaddr, af, answer, local)
         try:
             sock.setblocking(True)
             sock.settimeout(timeout)
             sock.connect(sockaddr)
         except OSError as exc:
-            claim.release()
-            sock.close()
+            _discard(sock, claim)
             errors.append(exc)
             continue
         except BaseException:
-            claim.release()
-            sock.close()
+            _discard(sock, claim)
             raise
         settle_claim(server, claim, sock)
         return sock
-    if not errors:
-        raise OSError(f"{host!r} resolved to no address to connect to")
-    if len(errors) == 1:
-        raise errors[0]
-    raise OSError(f"cannot connect to {host} port {port}: " + "; ".join(str(exc) for exc in errors))
+    raise _no_connection(host, port, errors)

@@ -20,7 +20,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final, TypeVar
 
-from aioidentd.claims import Claim, ClaimTarget, PendingConnection, create_connection_sync
+from aioidentd.claims import (
+    Answer,
+    Claim,
+    ClaimTarget,
+    PendingConnection,
+    create_connection_sync,
+)
 from aioidentd.protocol import Address
 from aioidentd.server import Handler, IdentServer
 
@@ -239,15 +245,9 @@ class Controller:
         ``ssl_context.wrap_socket(sock, server_hostname=...)``). The claim ends when the
         socket is closed.
         """
+        answer = Answer(user_id, opsys, charset, error)
         return create_connection_sync(
-            self.server,
-            address,
-            user_id=user_id,
-            opsys=opsys,
-            charset=charset,
-            error=error,
-            timeout=timeout,
-            source_address=source_address,
+            self.server, address, answer, timeout=timeout, source_address=source_address
         )
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ from typing import Any, Final, cast
 
 from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.claims import (
+    Answer,
     Claim,
     ClaimRegistry,
     ClaimTarget,
@@ -837,16 +838,9 @@ class IdentServer:
         ident query cannot arrive before the claim. The claim ends when the socket is
         closed (by the library's transport, typically).
         """
+        answer = Answer(user_id, opsys, charset, error)
         sock, _claim = await connect_claimed(
-            self,
-            host,
-            port,
-            user_id=user_id,
-            opsys=opsys,
-            charset=charset,
-            error=error,
-            family=family,
-            local_addr=local_addr,
+            self, host, port, answer, family=family, local_addr=local_addr
         )
         return sock
 
@@ -872,16 +866,9 @@ class IdentServer:
         :func:`asyncio.open_connection`'s (``server_hostname`` defaults to ``host`` with
         TLS). The claim ends when the writer is closed.
         """
+        answer = Answer(user_id, opsys, charset, error)
         sock, claim = await connect_claimed(
-            self,
-            host,
-            port,
-            user_id=user_id,
-            opsys=opsys,
-            charset=charset,
-            error=error,
-            family=family,
-            local_addr=local_addr,
+            self, host, port, answer, family=family, local_addr=local_addr
         )
         if ssl:
             kwargs.setdefault("server_hostname", host)
