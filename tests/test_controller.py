@@ -12,6 +12,7 @@ import pytest
 
 import aioidentd
 from aioidentd import Controller, IdentRequest, IdentServer
+from peers import unavailable
 from support import ask
 
 
@@ -177,3 +178,19 @@ def test_run_a_coroutine_on_the_loop(identd: Controller, irc: socket.socket) -> 
             irc_port,
         )
     identd.call(writers[0].close)
+
+
+def test_controller_on_uvloop(irc: socket.socket) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        unavailable("uvloop is not installed (pip install -e '.[test]')")
+    server = IdentServer("127.0.0.1", 0, multiple=True)
+    with Controller(server, loop_factory=uvloop.new_event_loop) as identd:
+        assert type(identd.loop).__module__.startswith("uvloop")
+        irc_port = irc.getsockname()[1]
+        with identd.create_connection(("127.0.0.1", irc_port), user_id="uvuser"):
+            accepted, _ = irc.accept()
+            with accepted:
+                assert ask_about(accepted, identd.port).endswith(b":USERID:UNIX:uvuser\r\n")
+    assert controller_threads() == []
