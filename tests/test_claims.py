@@ -645,3 +645,17 @@ async def test_connect_failure_on_every_address_says_so() -> None:
         with pytest.raises(OSError):
             await ident.connect_socket("localhost", closed_port, user_id="alice")
         assert len(ident._claims) == 0
+
+
+async def test_a_connection_without_ip_addresses_goes_to_the_handlers() -> None:
+    """serve_connection() may be handed any stream socket; with claims present, a query on
+    one without IP addresses is simply not a claimed connection."""
+    ident = IdentServer("127.0.0.1", 0, default="nobody")
+    ident.claim((("127.0.0.1", 40001), ("127.0.0.3", 6667)), "alice")
+    ours, theirs = socket.socketpair()
+    served = asyncio.create_task(ident.serve_connection(ours))
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    writer.write(b"40001, 6667\r\n")
+    assert await asyncio.wait_for(reader.readline(), 5) == b"40001,6667:USERID:UNIX:nobody\r\n"
+    writer.close()
+    await asyncio.wait_for(served, 5)

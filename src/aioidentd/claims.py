@@ -492,7 +492,10 @@ class ClaimRegistry:
         Returns False when neither applies: the caller goes on to the handlers. When the
         request is held, ``proceed(request)`` is called later if no claim answers it.
         """
-        peer, keys = self._keys(request)
+        try:
+            peer, keys = self._keys(request)
+        except ValueError:
+            return False  # not an IP connection (a UNIX socket handed to serve_connection)
         claim = self._find(keys)
         if claim is None and self._entries:
             redirected = _redirected_keys(request, keys)
