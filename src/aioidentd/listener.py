@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from aioidentd._ratelimit import RateLimitedLog
 
-__all__ = ["Listener", "bind_sockets"]
+__all__ = ["AtOnce", "Listener", "bind_sockets"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ ACCEPT_BATCH: Final = 64
 #: How long accepting pauses after the process or system ran out of descriptors/memory.
 RESOURCE_RETRY_DELAY: Final = 0.2
 _RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+#: ``at_once(conn, addr)``: try to serve an accepted connection inside the accept callback.
+#: Returns None when it is done (answered and closed), else the protocol for its transport
+#: (which keeps whatever was already read from the socket).
+AtOnce = Callable[[socket.socket, Any], "asyncio.Protocol | None"]
 
 
 def bind_sockets(
@@ -106,8 +111,10 @@ class Listener:
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
         name: str = "",
+        at_once: AtOnce | None = None,
     ) -> None:
         sock.setblocking(False)
+        self._at_once = at_once
         self.sock = sock
         self._loop = loop
         self._factory = factory
@@ -153,16 +160,31 @@ class Listener:
                     exc,
                 )
                 return
-            conn.setblocking(False)
-            self._connect(conn, addr)
+            at_once = self._at_once
+            if at_once is None:
+                conn.setblocking(False)
+                self._connect(conn, addr)
+                continue
+            try:
+                protocol = at_once(conn, addr)
+            except Exception:
+                logger.exception("%s: cannot serve a connection", self._name)
+                conn.close()
+                continue
+            if protocol is not None:
+                conn.setblocking(False)
+                self._connect(conn, addr, protocol)
 
-    def _connect(self, conn: socket.socket, addr: object) -> None:
-        try:
-            protocol = self._factory()
-        except Exception:
-            logger.exception("%s: protocol factory failed", self._name)
-            conn.close()
-            return
+    def _connect(
+        self, conn: socket.socket, addr: object, protocol: asyncio.Protocol | None = None
+    ) -> None:
+        if protocol is None:
+            try:
+                protocol = self._factory()
+            except Exception:
+                logger.exception("%s: protocol factory failed", self._name)
+                conn.close()
+                return
         if self._make_transport is not None:
             try:
                 self._make_transport(conn, protocol, extra={"peername": addr})

@@ -21,6 +21,7 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import socket
@@ -276,6 +277,7 @@ class _IdentConnection(asyncio.Protocol):
             server.stats.connections_refused += 1
             transport.close()
             self._transport = None
+            self._drop_tasks()
             return
         connections[self] = None
         server.stats.connections_accepted += 1
@@ -290,6 +292,16 @@ class _IdentConnection(asyncio.Protocol):
         # instead of one for the idle deadline, cancelled and replaced for the linger.
         # Firing early costs one callback that re-arms for the idle deadline.
         self._arm(min(self._idle_deadline, now + LINGER))
+        if self._pending:
+            # Served at once until its handlers needed time (IdentServer._at_once): the
+            # query waits here for its answer, which may have come meanwhile.
+            self._idle_deadline = now + server.idle_timeout
+            self._arm(min(r.deadline for r in self._pending))
+            self.answer_ready()
+        elif self._buffer:
+            self._process()  # read by IdentServer._at_once, not a single whole line
+        if self._stopping:
+            self.shutdown()  # accepted while the server closes: nothing waits
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -324,9 +336,12 @@ class _IdentConnection(asyncio.Protocol):
             request._conn = None
         self._pending.clear()
         self._buffer = b""
+        self._drop_tasks()
+
+    def _drop_tasks(self) -> None:
+        """The connection is gone: nobody can receive what its handlers would answer."""
         tasks, self._tasks = self._tasks, None
         if tasks:
-            # Nobody can receive what these handlers would answer any more.
             for task in tasks:
                 task.cancel()
 
@@ -628,6 +643,16 @@ class _IdentConnection(asyncio.Protocol):
         self._close()
 
 
+def _defer_accept(sock: socket.socket) -> None:
+    """Linux's TCP_DEFER_ACCEPT: accept() completes once the client has sent data, so the
+    query is usually there when the connection is accepted. A connection that sends
+    nothing is accepted after about a second (one SYN-ACK retransmission) and then gets
+    the first-query deadline like any other; meanwhile it costs the server nothing."""
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+
+
 def _unread(transport: asyncio.BaseTransport) -> int:
     """Octets the kernel has received on the transport's socket and nobody has read."""
     sock = transport.get_extra_info("socket")
@@ -684,6 +709,7 @@ class IdentServer:
         backlog: int = 1024,
         sock: socket.socket | Sequence[socket.socket] | None = None,
         first_query_timeout: float = 10.0,
+        defer_accept: bool = False,
     ) -> None:
         try:
             check_port("port", port, 0)
@@ -709,6 +735,7 @@ class IdentServer:
         self.multiple = bool(multiple)
         self.idle_timeout = float(idle_timeout)
         self.first_query_timeout = float(first_query_timeout)
+        self.defer_accept = bool(defer_accept)
         self.response_timeout = float(response_timeout)
         self.default = default
         self.random = bool(random)
@@ -911,7 +938,11 @@ class IdentServer:
         else:
             socks = list(self._sock)
         name = str(self.name or "aioidentd")
-        self._listeners = [Listener(self._loop, sock, factory, name) for sock in socks]
+        if self.defer_accept:
+            for sock in socks:
+                _defer_accept(sock)
+        at_once = None if self.multiple else self._at_once
+        self._listeners = [Listener(self._loop, sock, factory, name, at_once) for sock in socks]
         for listener in self._listeners:
             listener.start()
         logger.info("%s: listening", self)
@@ -1046,6 +1077,65 @@ class IdentServer:
             tail = encode_reply_tail(UserIdReply.from_text(0, 0, "UNIX", default), style)
             cached = self._default_tail = (default, style, tail)
         return port_pair(server_port, client_port, style) + cached[2]
+
+    def _at_once(self, sock: socket.socket, addr: Any) -> _IdentConnection | None:
+        """Serve a fresh one-query connection inside the accept callback, when it can be.
+
+        The usual ident client connects and sends its query at once; with
+        ``defer_accept`` the kernel even waits for that query before completing accept().
+        If the query is already there (one whole line, nothing after it) and is answered
+        at once (a claim, a synchronous handler, or the fallback when there is no
+        handler), the answer is sent and the socket closed here: no transport, no
+        selector registration, no timer, no further callback. Nothing is left unread, so
+        the close sends FIN, not RST. Anything else (no data yet, a partial or longer
+        input, an answer that takes time) goes on as a normal connection, with what was
+        read and the query already waiting for its answer handed over (see
+        connection_made).
+        """
+        self._setting_up += 1  # until connection_made(), or until done here
+        conn = _IdentConnection(self)
+        if self._closing:
+            return conn
+        try:
+            data = sock.recv(MAX_LINE + 2, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return conn
+        except OSError:
+            data = b""  # reset before its first octet: nothing to answer
+        if not data:
+            self._setting_up -= 1
+            sock.close()  # connected and closed (or reset) without a query
+            return None
+        if data.find(b"\n") != len(data) - 1:
+            conn._buffer = data  # not exactly one line: the connection's own rules apply
+            return conn
+        conn.peer = _address(addr)
+        try:
+            conn.local = _address(sock.getsockname())
+        except OSError:
+            self._setting_up -= 1
+            sock.close()
+            return None
+        conn._buffer = data
+        conn._process()
+        pending = conn._pending
+        request = pending[0]
+        answer = request._answer
+        if answer is None:
+            return conn  # its connection_made() adopts the query waiting for its answer
+        self._setting_up -= 1
+        pending.clear()
+        conn._drop_tasks()  # a handler still running after the answer: its connection is gone
+        stats = self.stats
+        stats.connections_accepted += 1
+        if request.arrived:
+            stats._observe(self._loop_or_raise().time() - request.arrived)
+        with contextlib.suppress(OSError):
+            # One short line into an empty send buffer; if the peer reset the connection
+            # meanwhile, it cannot read the answer anyway.
+            sock.send(answer, socket.MSG_DONTWAIT)
+        sock.close()
+        return None
 
     @property
     def _first_deadline(self) -> float:

@@ -169,6 +169,7 @@ class Daemon:
             multiple=settings.multiple,
             idle_timeout=settings.idle_timeout,
             first_query_timeout=settings.first_query_timeout,
+            defer_accept=settings.defer_accept,
             response_timeout=settings.response_timeout,
             reply_style=settings.reply_style,
             max_connections=settings.max_connections,

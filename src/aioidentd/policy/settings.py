@@ -432,6 +432,12 @@ class DaemonSettings:
         "(6193 , 23 : USERID : UNIX : x)",
         metavar="{compact,spaced}",
     )
+    defer_accept: bool = key(
+        True,
+        bool,
+        flag="let the kernel complete accept() only once the query has arrived "
+        "(TCP_DEFER_ACCEPT; default on)",
+    )
     max_connections: int = key(
         1024, int, _whole(1, 10**6), flag="open connections at most (default 1024)", metavar="N"
     )
