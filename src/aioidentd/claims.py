@@ -465,10 +465,9 @@ class ClaimRegistry:
             # Link-local: the scope (interface) is part of the address, and only the
             # connection's own socket address has it.
             conn = request._conn
-            transport = conn._transport if conn is not None else None
-            if transport is not None:
-                sockname = transport.get_extra_info("sockname")
-                peername = transport.get_extra_info("peername")
+            if conn is not None:
+                sockname = conn.extra("sockname")
+                peername = conn.extra("peername")
                 if sockname is not None and peername is not None:
                     local, peer = _sockaddr_host(sockname), _sockaddr_host(peername)
             keys: list[_Key] = [(local, server_port, peer, client_port)]
@@ -618,10 +617,9 @@ _SOL_IP: Final = 0
 _SOL_IPV6: Final = 41
 
 
-def _original_destination(transport: Any) -> str | None:
+def _original_destination(sock: Any) -> str | None:
     """The address a redirected ident connection was sent to, or None (not redirected,
     not Linux, no such socket option)."""
-    sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     try:
@@ -642,10 +640,9 @@ def _redirected_keys(request: IdentRequest, keys: tuple[_Key, ...]) -> tuple[_Ke
     address, or to the loopback address for a query from this host. Only looked up on a
     miss, so a claimed hit never pays for the system call."""
     conn = request._conn
-    transport = conn._transport if conn is not None else None
-    if transport is None:
+    if conn is None:
         return ()
-    original = _original_destination(transport)
+    original = _original_destination(conn.extra("socket"))
     if original is None:
         return ()
     return tuple(

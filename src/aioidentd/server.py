@@ -16,6 +16,14 @@ Design notes (the why):
 * Closing never risks an RST over an answer in flight: after the last answer we
   half-close (FIN) and keep reading, discarding, until the peer closes or a short
   linger expires.
+* The common case is served at once (``IdentServer._at_once``): a fresh one-query
+  connection whose whole query is already readable when it is accepted (``defer_accept``
+  makes the kernel wait for it) and is answered synchronously gets its answer and its
+  close inside the accept callback: no transport, no selector registration, no timer. It
+  halves the server's CPU per connection; anything else becomes a normal connection.
+* Hostile clients cost bounded memory and never lock out a querier: a peer that does not
+  read its answers stops being read (write backpressure), a full house closes the
+  connection silent longest, and log lines an outsider can trigger are rate-limited.
 """
 
 from __future__ import annotations
@@ -225,6 +233,7 @@ class _IdentConnection(asyncio.Protocol):
         "_lost",
         "_paused",
         "_pending",
+        "_sock",
         "_stopping",
         "_tasks",
         "_timer",
@@ -255,10 +264,32 @@ class _IdentConnection(asyncio.Protocol):
         self._stopping = False  # the server is closing: answer what was sent, then close
         #: Handler tasks still running for this connection's queries (None: none yet).
         self._tasks: dict[asyncio.Future[Any], IdentRequest] | None = None
+        #: The socket while served at once, before it has a transport (IdentServer._at_once).
+        self._sock: socket.socket | None = None
         #: Resolved when the connection is gone (only for serve_connection()).
         self._lost: asyncio.Future[None] | None = None
         self.peer: Address = ("", 0)
         self.local: Address = ("", 0)
+
+    def extra(self, name: str) -> Any:
+        """``transport.get_extra_info(name)`` ("socket", "sockname", "peername"), also
+        while the connection is served at once and has no transport yet."""
+        transport = self._transport
+        if transport is not None:
+            return transport.get_extra_info(name)
+        sock = self._sock
+        if sock is None:
+            return None
+        if name == "socket":
+            return sock
+        try:
+            if name == "sockname":
+                return sock.getsockname()
+            if name == "peername":
+                return sock.getpeername()
+        except OSError:
+            return None
+        return None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -1117,7 +1148,9 @@ class IdentServer:
             sock.close()
             return None
         conn._buffer = data
+        conn._sock = sock
         conn._process()
+        conn._sock = None
         pending = conn._pending
         request = pending[0]
         answer = request._answer
