@@ -45,6 +45,7 @@ __all__ = [
     "encode_reply_tail",
     "encode_user_id",
     "error_line",
+    "parse_ports",
     "parse_query",
     "parse_reply",
     "port_pair",
@@ -241,6 +242,12 @@ def parse_query(line: bytes) -> Query:
     Raises :class:`InvalidQuery` for anything that is not two decimal ports 1..65535
     separated by a comma; its ``reply`` echoes the pair when both numbers parsed.
     """
+    return Query(*parse_ports(line))
+
+
+def parse_ports(line: bytes) -> tuple[int, int]:
+    """:func:`parse_query` without the :class:`Query` object: the server's per-query path,
+    which needs only the two numbers (same rules, same errors)."""
     if line.endswith(b"\n"):
         line = line[:-1]
     match = _QUERY_RE.fullmatch(line)
@@ -255,7 +262,7 @@ def parse_query(line: bytes) -> Query:
         if server_port > 99999 or client_port > 99999:
             server_port = client_port = 0
         raise InvalidQuery(f"port out of range 1..65535: {line[:60]!r}", server_port, client_port)
-    return Query(server_port, client_port)
+    return server_port, client_port
 
 
 @dataclass(frozen=True, slots=True)

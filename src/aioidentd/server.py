@@ -61,7 +61,7 @@ from aioidentd.protocol import (
     encode_reply_tail,
     encode_user_id,
     error_line,
-    parse_query,
+    parse_ports,
     port_pair,
     random_user_id,
 )
@@ -412,58 +412,110 @@ class _IdentConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Parse and dispatch complete lines while the pending-query limit and the write
-        buffer allow."""
+        buffer allow, in batches: the answers decided while a batch is parsed (up to
+        max_pending) leave in one write, so pipelined queries cost one send, not one each.
+        With no handler and no claim (a static answer) a query needs no request object:
+        its line is queued straight for the batch's write."""
         server = self.server
-        buffer = self._buffer
         multiple = server.multiple
-        start = 0  # lines are consumed by index: one copy of the rest per call, not per line
+        limit = server.max_pending
+        pending = self._pending
+        stats = server.stats
+        style = server.reply_style
+        # Straight to the batch when nothing can answer but the fallback and there is a
+        # transport to write to (IdentServer._at_once reads its answer off the queue).
+        static = not server._handlers and not server._claims and self._transport is not None
         self._in_process = True
-        while not self._write_paused and not self._full():
-            end = buffer.find(b"\n", start)
-            if end - start > MAX_LINE or (end < 0 and len(buffer) - start > MAX_LINE):
-                self._overlong()
-                return
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            self._idle_deadline = self._loop.time() + server.idle_timeout
-            server._touch(self)
-            if not multiple:
-                # One query per connection: whatever follows is never read.
-                self._closing = True
-                start = len(buffer)
-            try:
-                query = parse_query(line)
-            except InvalidQuery as exc:
-                server._log.log(
-                    "invalid",
-                    logging.DEBUG,
-                    "invalid queries",
-                    "%s: invalid query from %s: %s",
-                    server,
-                    self.peer,
-                    exc,
-                )
-                server.stats.invalid_lines += 1
-                self._query_done(encode_reply(exc.reply, server.reply_style))
-            else:
-                self._dispatch(query.server_port, query.client_port)
-            if self._closing or self._transport is None or self._transport.is_closing():
-                break
-        if self._transport is None:
-            self._buffer = b""
-        elif start:
-            self._buffer = buffer[start:] if not self._closing else b""
-        self._in_process = False
+        try:
+            while True:
+                buffer = self._buffer
+                start = 0
+                out: list[bytes] = []
+                overlong = more = False
+                now = self._loop.time()
+                while not self._write_paused:
+                    if len(pending) >= limit or len(out) >= limit:
+                        more = True
+                        break
+                    end = buffer.find(b"\n", start)
+                    if end - start > MAX_LINE or (end < 0 and len(buffer) - start > MAX_LINE):
+                        overlong = True
+                        break
+                    if end < 0:
+                        break
+                    line = buffer[start:end]
+                    start = end + 1
+                    self._idle_deadline = now + server.idle_timeout
+                    server._touch(self)
+                    if not multiple:
+                        # One query per connection: whatever follows is never read.
+                        self._closing = True
+                    try:
+                        server_port, client_port = parse_ports(line)
+                    except InvalidQuery as exc:
+                        server._log.log(
+                            "invalid",
+                            logging.DEBUG,
+                            "invalid queries",
+                            "%s: invalid query from %s: %s",
+                            server,
+                            self.peer,
+                            exc,
+                        )
+                        stats.invalid_lines += 1
+                        answer = encode_reply(exc.reply, style)
+                        if static and not pending:
+                            out.append(answer)
+                        else:
+                            pending.append(IdentRequest._decided(self, answer))
+                    else:
+                        stats.queries += 1
+                        if static and not pending:
+                            stats.fallbacks += 1
+                            stats._observe_instant()
+                            out.append(server._fallback_line(server_port, client_port))
+                        else:
+                            self._dispatch(server_port, client_port, now)
+                    transport = self._transport
+                    if self._closing or transport is None or transport.is_closing():
+                        break
+                if self._transport is None:
+                    self._buffer = b""
+                    return
+                if overlong:
+                    server._log.log(
+                        "overlong",
+                        logging.INFO,
+                        "over-long lines",
+                        "%s: line over %d octets from %s",
+                        server,
+                        MAX_LINE,
+                        self.peer,
+                    )
+                    self._closing = True
+                    stats.invalid_lines += 1
+                    answer = error_line(0, 0, "INVALID-PORT", style)
+                    if static and not pending:
+                        out.append(answer)
+                    else:
+                        pending.append(IdentRequest._decided(self, answer))
+                if self._closing:
+                    self._buffer = b""  # never read: a single query, or an over-long line
+                elif start:
+                    self._buffer = buffer[start:]
+                self._flush(out)
+                if not more or self._closing or self._write_paused or len(pending) >= limit:
+                    break
+                if self._transport is None:
+                    return
+        finally:
+            self._in_process = False
         self._flow()
 
-    def _dispatch(self, server_port: int, client_port: int) -> None:
+    def _dispatch(self, server_port: int, client_port: int, now: float) -> None:
         server = self.server
-        now = self._loop.time()
         request = IdentRequest(self, server_port, client_port, now, now + server.response_timeout)
         self._pending.append(request)
-        server.stats.queries += 1
         claims = server._claims
         if claims and claims.intercept(request, self._handle):
             if request._answer is not None:
@@ -503,62 +555,49 @@ class _IdentConnection(asyncio.Protocol):
         server.stats.fallbacks += 1
         request._set_line(server._fallback_line(request.server_port, request.client_port))
 
-    def _query_done(self, line: bytes) -> None:
-        """Queue an already-decided answer (an INVALID-PORT line) in its place."""
-        self._pending.append(IdentRequest._decided(self, line))
-        self.answer_ready()
-
     def answer_ready(self) -> None:
-        """Write every answer at the head of the queue that is decided, in order."""
+        """An answer was decided: write it, and every answer decided after it in order,
+        unless a batch being parsed will (see _process)."""
+        if not self._in_process:
+            self._flush()
+
+    def _flush(self, out: list[bytes] | None = None) -> None:
+        """Write ``out`` (answers decided without a request object), then every answer
+        at the head of the queue that is decided, in order, in one write."""
         transport = self._transport
-        pending = self._pending
         if transport is None or transport.is_closing():
             return  # closed, or the peer reset it: connection_lost() follows
-        server = self.server
-        observe = server.stats._observe
-        now = self._loop.time()
-        ready = 0
-        for request in pending:
-            if request._answer is None:
-                break
-            request._conn = None
-            if request.arrived:  # 0.0: an INVALID-PORT line, never waited for
-                observe(now - request.arrived)
-            ready += 1
-        if not ready:
-            return
-        if ready == 1:
-            transport.write(pending.pop(0)._answer)  # type: ignore[arg-type]
-        else:
-            transport.writelines([r._answer for r in pending[:ready]])  # type: ignore[misc]
+        pending = self._pending
+        lines = out if out is not None else []
+        if pending and pending[0]._answer is not None:
+            observe = self.server.stats._observe
+            now = self._loop.time()
+            ready = 0
+            for request in pending:
+                answer = request._answer
+                if answer is None:
+                    break
+                request._conn = None
+                if request.arrived:  # 0.0: an INVALID-PORT line, never waited for
+                    observe(now - request.arrived)
+                lines.append(answer)
+                ready += 1
             del pending[:ready]
+        if not lines:
+            return
+        if len(lines) == 1:
+            transport.write(lines[0])
+        else:
+            transport.writelines(lines)
         if self._transport is None:
             return  # the write failed and the connection is gone
-        self._idle_deadline = now + server.idle_timeout
+        self._idle_deadline = self._loop.time() + self.server.idle_timeout
         if pending:
             return
         if self._closing or self._eof:
             self._finish()
         elif self._paused and not self._in_process:
             self._process()
-
-    def _overlong(self) -> None:
-        """A line over MAX_LINE octets: answer INVALID-PORT and close, reading no more."""
-        server = self.server
-        server._log.log(
-            "overlong",
-            logging.INFO,
-            "over-long lines",
-            "%s: line over %d octets from %s",
-            server,
-            MAX_LINE,
-            self.peer,
-        )
-        self._buffer = b""
-        self._in_process = False
-        self._closing = True
-        server.stats.invalid_lines += 1
-        self._query_done(error_line(0, 0, "INVALID-PORT", server.reply_style))
 
     def _finish(self) -> None:
         """All answers written: half-close, drain the peer, close on its FIN or linger."""

@@ -95,6 +95,11 @@ class ServerStats:
         self.latency_sum += seconds
         self.latency_count += 1
 
+    def _observe_instant(self) -> None:
+        """An answer decided and sent as its query was read (latency 0, first bucket)."""
+        self.latency_buckets[0] += 1
+        self.latency_count += 1
+
     def snapshot(self) -> dict[str, int | float | list[int]]:
         """Every counter by name, as plain values (a copy)."""
         values: dict[str, int | float | list[int]] = {
