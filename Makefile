@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# The benchmarks' venv: the test extra plus the bench one (Twisted, a peer measured in make bench)
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
 deps:
 	bash scripts/install-system-deps.sh
 
@@ -36,8 +41,10 @@ unit: venv
 ## The whole suite: system peers, lint, types, tests
 test: deps lint typecheck unit
 
-## Our server (static answer) against oidentd -R, in one run (BENCH_ARGS=--quick for a short one)
-bench: venv deps
+## Our server (static answer, asyncio and uvloop) against Twisted's, oidentd -R and a C epoll
+## server (the limit), issue 11's five cases in one run, with ratios. BENCH_ARGS: --quick (under
+## a minute), --cases 1,4, --rounds N, --seconds S, --idle 100000 (raises the file limit)
+bench: $(VENV)/.bench-installed deps
 	$(BIN)/python benchmarks/bench_server.py $(BENCH_ARGS)
 
 ## The daemon with real kernel lookups against oidentd's, hits and misses, few and 10,000 extra

@@ -40,8 +40,16 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lookup import raise_fd_limit
-from bench_server import HOST, Result, Run, Server, compile_loadgen, free_port, run_loadgen
+from bench_server import (
+    HOST,
+    Result,
+    Run,
+    Server,
+    compile_loadgen,
+    free_port,
+    raise_fd_limit,
+    run_loadgen,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIED = 1000

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lookup import open_sockets, raise_fd_limit
+from bench_lookup import open_sockets
 from bench_server import (
     HOST,
     Result,
@@ -66,6 +66,7 @@ from bench_server import (
     Server,
     compile_loadgen,
     free_port,
+    raise_fd_limit,
     run_loadgen,
 )
 

@@ -45,20 +45,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from aioidentd import IdentRequest, IdentServer  # noqa: E402
 from aioidentd.protocol import parse_reply  # noqa: E402
+from bench_server import pss  # noqa: E402
 from support import ServeProcess, serve_process  # noqa: E402
 
 Figures = dict[str, Any]
 
 
 # -- the daemon under test ---------------------------------------------------------------------
-
-
-def _pss(pid: int) -> int:
-    """Proportional set size in octets (shared pages counted by share)."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 @contextmanager
@@ -430,10 +423,10 @@ def idle(connections: int = 2000) -> Figures:
     """Memory per idle connection (the cost of a silent connection the limit lets in)."""
     with served("--multiple", "--default", "x", "--max-connections", str(connections + 10)) as d:
         asyncio.run(_query(d.port, b"1,1\r\n"))  # warm: first connection's one-off costs
-        before = _pss(d.proc.pid)
+        before = pss(d.proc.pid)[0]
         socks = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(connections)]
         asyncio.run(_query(d.port, b"1,1\r\n"))  # every one accepted and set up
-        after = _pss(d.proc.pid)
+        after = pss(d.proc.pid)[0]
         for sock in socks:
             sock.close()
         d.stop()

@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_server import raise_fd_limit
+
 try:
     from aioidentd.lookup import Address, NetlinkLookup, ProcNetLookup
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from aioidentd.lookup import Address, NetlinkLookup, ProcNetLookup
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        sys.exit(f"need about {needed} file descriptors, hard limit is {hard}")
 
 
 def open_sockets(n: int) -> list[socket.socket]:

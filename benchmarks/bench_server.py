@@ -1,47 +1,63 @@
 #!/usr/bin/env python3
-"""Benchmark ``aioidentd serve`` against Debian's oidentd in one run, and print ratios.
+"""Benchmark ``aioidentd serve`` against every peer, in one run, and print ratios (issue 11).
 
-    python benchmarks/bench_server.py            # full run, about a minute
-    python benchmarks/bench_server.py --quick    # about 15 seconds
+    python benchmarks/bench_server.py                 # 2 interleaved rounds of 3 s a case
+    python benchmarks/bench_server.py --quick         # 1 round of 1 s a case, ~40 s
+    python benchmarks/bench_server.py --cases 1,4     # only those cases
+    python benchmarks/bench_server.py --idle 100000   # case 5 with 100,000 idle connections
 
-What runs (all on 127.0.0.1, each server on its own free ephemeral port):
+The servers (the columns), all on 127.0.0.1, each on its own free port and in its own
+process group, all answering ``USERID:UNIX:alice`` to every query without a lookup:
 
-* ours: ``python -m aioidentd serve --port P --default alice`` (one process), and a second
-  instance with ``--multiple`` for the kept-open test. The code is this checkout's ``src``.
-* oidentd: ``oidentd -i -S -q -a 127.0.0.1 -p P -R alice`` (foreground, static reply, no
-  connection lookup, so both servers do the same work: parse, answer, close).
-* the load: ``benchmarks/loadgen.c``, compiled with ``cc -O2`` into a temporary directory
-  at start, one thread on epoll (not Python, not in a server's process), closed loop with
-  ``--concurrency`` queries in flight. Its own CPU time is reported next to the server's
-  so that it can be seen not to be the bottleneck.
+* ``ours``: ``python -m aioidentd serve --default alice`` from this checkout's ``src``, on
+  the default asyncio loop; one instance without ``--multiple`` (cases 1, 2) and one with
+  it (3, 4).
+* ``ours+uvloop``: the same with ``--uvloop`` (skipped, and said, when uvloop is missing).
+* ``Twisted``: ``twisted.protocols.ident.IdentServer`` on the epoll reactor, with a
+  bytes/str shim and a fixed lookup (benchmarks/twisted_identd.py; the ``bench`` extra).
+  Its listen backlog is set to ours (1024). It keeps every connection open.
+* ``oidentd``: Debian's, ``oidentd -i -S -q -a 127.0.0.1 -p P -R alice`` (static reply, a
+  forked child per connection, one query per connection: no kept-open figures).
+* ``C limit``: benchmarks/limitd.c, a minimal epoll server answering the ports it is sent
+  with the fixed user: what the machine allows.
 
-Measured for each server:
+The load: benchmarks/loadgen.c, a C closed-loop client on epoll in one thread, compiled
+with ``cc -O2`` into a temporary directory at start (with limitd.c). Every answer is
+checked (ports and user; spaces around tokens allowed); anything else is an error, shown,
+and the exit status is 1.
 
-1. connections/s, one query per new connection (connect, ``P, P\\r\\n``, read the answer,
-   close). The client closes with SO_LINGER 0 (RST) after reading the answer, so neither
-   end keeps TIME_WAIT and the loopback port range is never exhausted.
-2. queries/s on kept-open connections (ours with ``--multiple``). oidentd answers one
-   query per connection (a second one gets an RST), so it has no such figure.
-3. p50/p99 latency per query: connect() to the answer's end of line in test 1, send() to
-   the end of line in test 2.
-4. server CPU microseconds per query: utime+stime from /proc/PID/stat, before and after,
-   over the server's whole process group: the parent's own time, plus cutime+cstime (the
-   children it has reaped; oidentd forks a child per connection), plus the live members
-   of the group. Clock-tick resolution (10 ms) over seconds of load.
+The cases (issue 11's table):
 
-Every answer must be exactly ``S,C:USERID:UNIX:alice`` + CR LF for the ports sent; anything
-else (wrong answer, reset, EOF, timeout, refused connect) is an error, counted and shown.
-The exit status is 1 when any error occurred.
+1. a fresh connection per query, 50 in flight: connections/s and server CPU per query.
+   The client closes with RST after the answer, so no end keeps TIME_WAIT.
+2. one query at a time, a fresh connection each: latency from connect() to the answer's
+   end of line, p50 and p99.
+3. kept-open connections, 20 of them, 1 query in flight on each: queries/s.
+4. kept-open, 20 connections, 8 queries in flight on each (pipelined): queries/s and CPU.
+5. server memory per idle connection: PSS (``/proc/PID/smaps_rollup``, summed over the
+   server's process group) before and after ``--idle`` connections (2,000) are opened
+   and held, divided by their number. Measured twice on the same connections: silent
+   (connected, nothing sent: what a slowloris client costs) and after one query each was
+   answered (kept open: what an IRC server's held ident connection costs; ours with
+   ``--multiple``). Each server is a fresh process for this case. ``--idle 100000`` raises
+   RLIMIT_NOFILE (root may raise the hard limit too) and says what a user must set;
+   oidentd, a process per connection, is held at 2,000 at most.
 
-The machine is shared and small: each test alternates between the servers for
-``--rounds`` rounds, after a short warm-up, and the figures are totals (throughput, CPU)
-or means of the rounds (latency).
+Cases 1-4 alternate between the servers for ``--rounds`` rounds (a short warm-up before
+each measured phase); throughput and CPU are totals over the rounds, latency the mean of
+the rounds' percentiles. Server CPU is utime+stime from /proc over the server's whole
+process group (oidentd's reaped children included), clock-tick resolution over seconds.
+The load generator's own CPU is printed as a share of one core: near 100 % it, not the
+server, is the limit of that figure. The machine is small and shared: compare within a
+run, and look at the rounds' spread before trusting a difference of a few percent.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -49,14 +65,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen.c"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LOADGEN_SRC = HERE / "loadgen.c"
+LIMITD_SRC = HERE / "limitd.c"
+TWISTED_SERVER = HERE / "twisted_identd.py"
 USER = "alice"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Not in the socket module before Python 3.12 (linux/in.h): the port of a bound socket is
+#: chosen at connect(), per destination, so one source address serves 28,000 connections.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclass
@@ -104,9 +127,12 @@ class Result:
         return sum(r.errors for r in self.runs)
 
     @property
+    def elapsed(self) -> float:
+        return sum(r.elapsed for r in self.runs)
+
+    @property
     def qps(self) -> float:
-        elapsed = sum(r.elapsed for r in self.runs)
-        return self.ok / elapsed if elapsed else 0.0
+        return self.ok / self.elapsed if self.elapsed else 0.0
 
     @property
     def p50_us(self) -> float:
@@ -116,13 +142,30 @@ class Result:
     def p99_us(self) -> float:
         return sum(r.p99_us for r in self.runs) / len(self.runs)
 
+    def _cpu(self, whose: str, per: str) -> float:
+        """CPU seconds of "server" or "loadgen", per answer ("query", in µs) or per
+        second of wall time ("core", in % of one core)."""
+        total = sum(getattr(r, f"{whose}_cpu") for r in self.runs)
+        scale, by = (1e6, self.ok) if per == "query" else (100.0, self.elapsed)
+        return float(total * scale / by) if by else 0.0
+
     @property
     def server_us_per_query(self) -> float:
-        return sum(r.server_cpu for r in self.runs) * 1e6 / self.ok if self.ok else 0.0
+        return self._cpu("server", "query")
 
     @property
     def loadgen_us_per_query(self) -> float:
-        return sum(r.loadgen_cpu for r in self.runs) * 1e6 / self.ok if self.ok else 0.0
+        return self._cpu("loadgen", "query")
+
+    @property
+    def server_core_pct(self) -> float:
+        """The server's CPU as a share of one core while loaded."""
+        return self._cpu("server", "core")
+
+    @property
+    def loadgen_core_pct(self) -> float:
+        """The load generator's (one thread) CPU as a share of one core."""
+        return self._cpu("loadgen", "core")
 
     @property
     def error_text(self) -> str:
@@ -151,6 +194,19 @@ def _ticks(pid: int) -> tuple[int, int, int]:
     fields = data[data.rindex(b")") + 2 :].split()
     # fields[0] is field 3 (state) of proc(5): pgrp is 5, utime..cstime are 14..17.
     return int(fields[2]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def pss(pid: int) -> tuple[int, int]:
+    """(Pss, Pss_Anon) of one process in octets: shared pages counted by their share. The
+    anonymous part leaves out shared libraries and executables, whose share moves when any
+    other process mapping them (another test's Python, say) starts or exits."""
+    total = anon = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            total = int(line.split()[1]) * 1024
+        elif line.startswith("Pss_Anon:"):
+            anon = int(line.split()[1]) * 1024
+    return total, anon
 
 
 class Server:
@@ -186,22 +242,62 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-2000:]
 
-    def cpu_seconds(self) -> float:
-        """CPU time of the whole process group so far: the leader's own and reaped
-        children's, plus every live member's own."""
+    def members(self) -> list[int]:
+        """The live processes of the server's group, the leader first."""
         pid = self.proc.pid
-        _, own, reaped = _ticks(pid)
-        total = own + reaped
+        pids = [pid]
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == pid:
                 continue
             try:
-                pgid, member, _ = _ticks(int(entry))
+                pgid, _, _ = _ticks(int(entry))
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile, or not readable
             if pgid == pid:
-                total += member
+                pids.append(int(entry))
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the whole process group so far: the leader's own and reaped
+        children's, plus every live member's own."""
+        leader, *others = self.members()
+        _, own, reaped = _ticks(leader)
+        total = own + reaped
+        for pid in others:
+            try:
+                total += _ticks(pid)[1]
+            except (OSError, ValueError, IndexError):
+                continue
         return total / CLK_TCK
+
+    def pss(self) -> tuple[int, int]:
+        """(Pss, Pss_Anon) summed over the process group, in octets."""
+        total = anon = 0
+        for pid in self.members():
+            try:
+                one, one_anon = pss(pid)
+            except OSError:
+                continue
+            total += one
+            anon += one_anon
+        return total, anon
+
+    def sockets(self) -> set[str]:
+        """The sockets the group holds open (a forked child's inherited ones once)."""
+        found: set[str] = set()
+        for pid in self.members():
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:"):
+                    found.add(target)
+        return found
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -214,27 +310,37 @@ class Server:
         self.log.close()
 
 
-def compile_loadgen(workdir: Path) -> Path:
+def compile_c(source: Path, workdir: Path) -> Path:
+    """``cc -O2`` one of the benchmarks' C programs into workdir."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        sys.exit("bench_server: no C compiler (cc) found; it builds benchmarks/loadgen.c")
-    exe = workdir / "loadgen"
-    subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(LOADGEN_SRC)], check=True)
+        sys.exit(f"bench: no C compiler (cc) found; it builds benchmarks/{source.name}")
+    exe = workdir / source.stem
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(source)], check=True)
     return exe
 
 
+def compile_loadgen(workdir: Path) -> Path:
+    return compile_c(LOADGEN_SRC, workdir)
+
+
 def run_loadgen(
-    exe: Path, server: Server, mode: str, concurrency: int, seconds: float, last: str = USER
+    exe: Path,
+    server: Server,
+    mode: str,
+    concurrency: int,
+    seconds: float,
+    last: str = USER,
+    depth: int = 1,
 ) -> tuple[dict[str, str], float]:
     """One loadgen run; ``last`` is its final argument (the user id to expect, or for the
-    ``list`` mode the file of queries and answers)."""
+    ``list`` mode the file of queries and answers), ``depth`` the queries in flight on
+    each kept-open connection."""
     before = server.cpu_seconds()
-    out = subprocess.run(
-        [str(exe), HOST, str(server.port), mode, str(concurrency), str(seconds), last],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    argv = [str(exe), HOST, str(server.port), mode, str(concurrency), str(seconds), last]
+    if depth != 1:
+        argv.append(str(depth))
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     time.sleep(0.2)  # let oidentd reap its last children, so cutime counts them
     cpu = server.cpu_seconds() - before
     values = dict(item.split("=", 1) for item in out.split())
@@ -242,185 +348,595 @@ def run_loadgen(
 
 
 def measure(
-    exe: Path, server: Server, mode: str, concurrency: int, seconds: float, warmup: float
+    exe: Path,
+    server: Server,
+    mode: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    depth: int = 1,
 ) -> Run:
-    run_loadgen(exe, server, mode, concurrency, warmup)
-    values, cpu = run_loadgen(exe, server, mode, concurrency, seconds)
+    run_loadgen(exe, server, mode, concurrency, warmup, depth=depth)
+    values, cpu = run_loadgen(exe, server, mode, concurrency, seconds, depth=depth)
     return Run.from_loadgen(values, cpu)
 
 
-def our_argv(port: int, *, multiple: bool, uvloop: bool) -> list[str]:
-    serve = ["serve", "--port", str(port), "--default", USER]
-    if multiple:
-        serve.append("--multiple")
-    if uvloop:
-        # Not a CLI option: the default event loop policy is swapped before main() runs.
-        code = (
-            "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
-            " from aioidentd.cli import main; sys.exit(main(sys.argv[1:]))"
+def raise_fd_limit(needed: int) -> str:
+    """Raise RLIMIT_NOFILE (inherited by the servers started after) to ``needed``; root
+    may raise the hard limit too. Returns what was done; exits saying what a user must
+    set when it cannot be done."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return f"RLIMIT_NOFILE {soft} already enough"
+    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= needed else needed
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, new_hard))
+    except (ValueError, OSError) as e:
+        sys.exit(
+            f"bench: {needed:,} file descriptors needed, RLIMIT_NOFILE is {soft}/{hard} "
+            f"(soft/hard) and cannot be raised ({e}): run `ulimit -n {needed}` as root first "
+            f"(or LimitNOFILE={needed} in a systemd unit, nofile in limits.conf); above "
+            "fs.nr_open, raise that sysctl too"
         )
-        return [sys.executable, "-c", code, *serve]
-    return [sys.executable, "-m", "aioidentd", *serve]
+    return f"RLIMIT_NOFILE raised from {soft}/{hard} to {needed}/{new_hard} (soft/hard)"
+
+
+# -- the servers -----------------------------------------------------------------------------
+
+OURS = ("ours", "ours+uvloop")
+PEERS = ("Twisted", "oidentd", "C limit")
+COLUMNS = OURS + PEERS
+#: oidentd forks a process per connection: more would exhaust pid_max (32,768 by default).
+OIDENTD_MAX_IDLE = 2000
+
+
+def our_argv(port: int, *, multiple: bool, uvloop: bool, held: int = 0) -> list[str]:
+    """``aioidentd serve`` with a static answer; ``held`` > 0: room and patience for that
+    many idle connections (case 5), which the defaults (1,024 connections, a connection
+    silent for 10 s closed) would not give."""
+    argv = [sys.executable, "-m", "aioidentd", "serve", "--host", HOST, "--port", str(port)]
+    argv += ["--default", USER]
+    if multiple:
+        argv.append("--multiple")
+    if uvloop:
+        argv.append("--uvloop")
+    if held:
+        argv += ["--max-connections", str(held + 64)]
+        argv += ["--idle-timeout", "3600", "--first-query-timeout", "3600"]
+    return argv
+
+
+@dataclass
+class Lineup:
+    """The servers this run can start, and how."""
+
+    oidentd: str | None
+    limitd: Path
+    missing: dict[str, str] = field(default_factory=dict)  # column -> why it is not run
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in COLUMNS if c not in self.missing]
+
+    def kept_open(self, column: str) -> bool:
+        """Whether the server answers more than one query per connection."""
+        return column != "oidentd"
+
+    def argv(self, column: str, port: int, *, multiple: bool, held: int = 0) -> list[str]:
+        if column in OURS:
+            return our_argv(port, multiple=multiple, uvloop=column == "ours+uvloop", held=held)
+        if column == "Twisted":
+            return [sys.executable, str(TWISTED_SERVER), HOST, str(port), USER, "1024"]
+        if column == "oidentd":
+            assert self.oidentd is not None
+            argv = [self.oidentd, "-i", "-S", "-q", "-a", HOST, "-p", str(port), "-R", USER]
+            return argv + (["-t", "3600"] if held else [])
+        return [str(self.limitd), HOST, str(port), USER]
+
+    def start(self, column: str, env: dict[str, str], *, multiple: bool, held: int = 0) -> Server:
+        port = free_port()
+        name = f"{column} --multiple" if column in OURS and multiple else column
+        return Server(name, self.argv(column, port, multiple=multiple, held=held), port, env)
+
+
+def find_lineup(oidentd_path: str, limitd: Path) -> Lineup:
+    oidentd = shutil.which(oidentd_path)
+    lineup = Lineup(oidentd=oidentd, limitd=limitd)
+    if importlib.util.find_spec("uvloop") is None:
+        lineup.missing["ours+uvloop"] = "uvloop is not installed (pip install -e '.[uvloop]')"
+    if importlib.util.find_spec("twisted") is None:
+        lineup.missing["Twisted"] = "Twisted is not installed (pip install -e '.[bench]')"
+    if oidentd is None:
+        lineup.missing["oidentd"] = f"{oidentd_path} not found (scripts/install-system-deps.sh)"
+    return lineup
+
+
+# -- cases 1-4: load ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    attr: str
+    fmt: str
+    higher_is_better: bool
+
+
+QPS = Figure("queries/s", "qps", ",.0f", True)
+CPS = Figure("connections/s", "qps", ",.0f", True)
+CPU = Figure("server CPU per query (µs)", "server_us_per_query", ",.1f", False)
+P50 = Figure("p50 latency (µs)", "p50_us", ",.0f", False)
+P99 = Figure("p99 latency (µs)", "p99_us", ",.0f", False)
+#: Shown for every case, without ratios: who is the limit, and whether every answer was right.
+CONTEXT = (
+    Figure("server CPU (% of one core)", "server_core_pct", ".0f", False),
+    Figure("load generator CPU (% of one core)", "loadgen_core_pct", ".0f", False),
+    Figure("load generator CPU per query (µs)", "loadgen_us_per_query", ",.1f", False),
+    Figure("answers checked", "ok", ",d", True),
+    Figure("errors", "errors", ",d", False),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    number: int
+    title: str
+    mode: str  # loadgen's: "conn" (a fresh connection per query) or "keep"
+    connections: int
+    depth: int  # queries in flight per connection
+    figures: tuple[Figure, ...]  # the case's own, with ratios
+
+    @property
+    def kept_open(self) -> bool:
+        return self.mode == "keep"
+
+
+CASES = (
+    Case(1, "fresh connection per query, 50 in flight", "conn", 50, 1, (CPS, CPU, P50)),
+    Case(2, "one query at a time, fresh connection each", "conn", 1, 1, (P50, P99, CPU)),
+    Case(3, "kept-open connections, 1 in flight x 20", "keep", 20, 1, (QPS, P50, CPU)),
+    Case(4, "kept-open connections, 8 in flight x 20", "keep", 20, 8, (QPS, CPU, P50)),
+)
+MEMORY_CASE = 5
+
+
+def run_load(
+    lineup: Lineup,
+    cases: list[Case],
+    env: dict[str, str],
+    loadgen: Path,
+    rounds: int,
+    seconds: float,
+    warmup: float,
+) -> dict[tuple[int, str], Result]:
+    """Cases 1-4, the servers alternating within each case and round."""
+    servers: dict[tuple[str, bool], Server] = {}
+
+    def server_for(case: Case, column: str) -> Server | None:
+        if case.kept_open and not lineup.kept_open(column):
+            return None
+        return servers[(column, case.kept_open and column in OURS)]
+
+    results: dict[tuple[int, str], Result] = {}
+    try:
+        for column in lineup.columns:
+            served = [c for c in cases if lineup.kept_open(column) or not c.kept_open]
+            for multiple in sorted({c.kept_open and column in OURS for c in served}):
+                servers[(column, multiple)] = lineup.start(column, env, multiple=multiple)
+        for started in servers.values():
+            started.wait_ready()
+        print(
+            f"{len(servers)} servers up; {rounds} round(s) of {seconds:g} s per case and server "
+            f"(+{warmup:g} s warm-up); load generator: C, epoll, 1 thread"
+        )
+        for rnd in range(rounds):
+            for case in cases:
+                for column in lineup.columns:
+                    server = server_for(case, column)
+                    if server is None:
+                        continue
+                    run = measure(
+                        loadgen,
+                        server,
+                        case.mode,
+                        case.connections,
+                        seconds,
+                        warmup,
+                        depth=case.depth,
+                    )
+                    results.setdefault((case.number, column), Result()).runs.append(run)
+                    print(
+                        f"  round {rnd + 1} case {case.number} {column:12}"
+                        f"{run.ok / run.elapsed:9,.0f}/s  p50 {run.p50_us:6.0f} µs  "
+                        f"p99 {run.p99_us:6.0f} µs  "
+                        f"server {run.server_cpu * 1e6 / max(run.ok, 1):6.1f} µs/q  "
+                        f"loadgen {run.loadgen_cpu * 100 / run.elapsed:3.0f} % CPU"
+                        f"  errors {run.errors}",
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return results
+
+
+# -- case 5: memory per idle connection --------------------------------------------------------
+
+
+@dataclass
+class IdleRun:
+    held: int
+    accepted: int  # of the silent ones, as sockets in the server's process group
+    silent: tuple[int, int]  # growth of (Pss, Pss_Anon), octets
+    answered: tuple[int, int] | None  # the same after one query each, if kept open
+    errors: int
+
+
+def _probe(port: int) -> None:
+    """One query on a fresh connection, answered: the server has caught up with what
+    arrived before it (its accept queue is first in, first out)."""
+    with socket.create_connection((HOST, port), timeout=30) as sock:
+        sock.sendall(b"1, 1\r\n")
+        sock.recv(256)
+
+
+def _connect(port: int, n: int) -> socket.socket:
+    """The n-th idle connection; 20,000 per source address of 127/8, so that 100,000
+    do not run out of ephemeral ports."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((f"127.0.0.{2 + n // 20000}", 0))
+    sock.settimeout(30)
+    sock.connect((HOST, port))
+    return sock
+
+
+def _ask_all(socks: list[socket.socket], batch: int = 1000) -> int:
+    """One query on each held connection, its answer read and checked; the errors."""
+    errors = 0
+    want = f"1,1:USERID:UNIX:{USER}\r\n".encode()
+    for start in range(0, len(socks), batch):
+        part = socks[start : start + batch]
+        for sock in part:
+            sock.sendall(b"1, 1\r\n")
+        for sock in part:
+            got = b""
+            try:
+                while not got.endswith(b"\n") and len(got) < 256:
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        break
+                    got += chunk
+            except OSError:
+                pass
+            if got.replace(b" ", b"").replace(b"\t", b"") != want:
+                errors += 1
+    return errors
+
+
+def hold_idle(server: Server, count: int, ask: bool) -> IdleRun:
+    """Open ``count`` connections to the server and hold them; its memory growth while
+    they are silent and, with ``ask``, once each has had one query answered."""
+    _probe(server.port)  # the first connection's one-off costs are not per connection
+    base_pss = server.pss()
+    base_socks = server.sockets()
+    socks: list[socket.socket] = []
+    try:
+        for n in range(count):
+            socks.append(_connect(server.port, n))
+            if n % 256 == 255:
+                _probe(server.port)  # keep the accept queue from overflowing (SYN retries)
+        _probe(server.port)
+        # Accepted sockets show in /proc at once; wait while the count still grows.
+        accepted, last_change = 0, time.monotonic()
+        while accepted < count and time.monotonic() - last_change < 2.0:
+            now = len(server.sockets() - base_socks)
+            if now > accepted:
+                accepted, last_change = now, time.monotonic()
+            else:
+                time.sleep(0.05)
+        silent_pss = server.pss()
+        silent = (silent_pss[0] - base_pss[0], silent_pss[1] - base_pss[1])
+        answered, errors = None, 0
+        if ask:
+            errors = _ask_all(socks)
+            _probe(server.port)
+            after = server.pss()
+            answered = (after[0] - base_pss[0], after[1] - base_pss[1])
+        return IdleRun(count, min(accepted, count), silent, answered, errors)
+    finally:
+        for sock in socks:
+            # RST, not FIN: 100,000 TIME_WAITs would outlive the run
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            sock.close()
+
+
+def run_memory(
+    lineup: Lineup, env: dict[str, str], rounds: int, idle: int
+) -> dict[str, list[IdleRun]]:
+    """Case 5: a fresh server per column and round, the columns alternating."""
+    results: dict[str, list[IdleRun]] = {}
+    for rnd in range(rounds):
+        for column in lineup.columns:
+            held = min(idle, OIDENTD_MAX_IDLE) if column == "oidentd" else idle
+            server = lineup.start(column, env, multiple=True, held=held)
+            try:
+                server.wait_ready()
+                run = hold_idle(server, held, ask=lineup.kept_open(column))
+            finally:
+                server.stop()
+            results.setdefault(column, []).append(run)
+            answered = (
+                f"{run.answered[0] / held / 1024:6.2f} KiB" if run.answered else "   unsupported"
+            )
+            print(
+                f"  round {rnd + 1} case 5 {column:12} {held:,} held: silent "
+                f"{run.silent[0] / held / 1024:6.2f} KiB each ({run.accepted:,} accepted), "
+                f"after one query {answered}, errors {run.errors}",
+                flush=True,
+            )
+    return results
+
+
+# -- the report --------------------------------------------------------------------------------
+
+LABEL = 44
+CELL = 13
 
 
 def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}" if theirs else "n/a"
 
 
+def _line(label: str, cells: list[str]) -> str:
+    return f"{label:{LABEL}}" + "".join(f"{c:>{CELL}}" for c in cells)
+
+
+def report_load(cases: list[Case], lineup: Lineup, results: dict[tuple[int, str], Result]) -> None:
+    columns = lineup.columns
+    ours = [c for c in OURS if c in columns]
+    peers = [c for c in PEERS if c in columns]
+    for case in cases:
+        print(_line(f"({case.number}) {case.title}", columns))
+        for fig in (*case.figures, *CONTEXT):
+            cells = []
+            for column in columns:
+                result = results.get((case.number, column))
+                cells.append(
+                    format(getattr(result, fig.attr), fig.fmt)
+                    if result and result.runs
+                    else "unsupported"
+                )
+            print(_line(f"  {fig.label}", cells))
+        print(_line("  ratio ours / peer", peers))
+        for fig in case.figures:
+            better = "higher" if fig.higher_is_better else "lower"
+            print(f"    {fig.label.split(' (')[0]} ({better} is better)")
+            for mine in ours:
+                mr = results.get((case.number, mine))
+                cells = []
+                for peer in peers:
+                    pr = results.get((case.number, peer))
+                    if mr and mr.runs and pr and pr.runs:
+                        cells.append(_ratio(getattr(mr, fig.attr), getattr(pr, fig.attr)))
+                    else:
+                        cells.append("-")
+                print(_line(f"      {mine}", cells))
+        print()
+
+
+def _kib(value: int, held: int) -> float:
+    return value / held / 1024
+
+
+def report_memory(lineup: Lineup, results: dict[str, list[IdleRun]]) -> None:
+    columns = lineup.columns
+    ours = [c for c in OURS if c in columns]
+    peers = [c for c in PEERS if c in columns]
+
+    def mean(column: str, pick: Callable[[IdleRun], int | None]) -> float | None:
+        runs = results.get(column, [])
+        values = [pick(r) for r in runs]
+        if not runs or any(v is None for v in values):
+            return None
+        return sum(
+            _kib(v, r.held) for v, r in zip(values, runs, strict=True) if v is not None
+        ) / len(runs)
+
+    rows: list[tuple[str, Callable[[IdleRun], int | None]]] = [
+        ("silent: PSS per connection (KiB)", lambda r: r.silent[0]),
+        ("  of which anonymous (Pss_Anon, KiB)", lambda r: r.silent[1]),
+        ("after one query: PSS per connection (KiB)", lambda r: r.answered and r.answered[0]),
+        ("  of which anonymous (Pss_Anon, KiB)", lambda r: r.answered and r.answered[1]),
+    ]
+    print(_line(f"({MEMORY_CASE}) server memory per idle connection", columns))
+    print(_line("  connections held", [f"{results[c][0].held:,}" for c in columns]))
+    print(
+        _line(
+            "  silent ones accepted by the server", [f"{results[c][0].accepted:,}" for c in columns]
+        )
+    )
+    figures: dict[tuple[int, str], float | None] = {}
+    for i, (label, pick) in enumerate(rows):
+        cells = []
+        for column in columns:
+            value = mean(column, pick)
+            figures[(i, column)] = value
+            cells.append("unsupported" if value is None else f"{value:.2f}")
+        print(_line(f"  {label}", cells))
+    print(_line("  errors", [f"{sum(r.errors for r in results[c]):,}" for c in columns]))
+    print(_line("  ratio ours / peer", peers))
+    for i, label in ((0, "silent"), (2, "after one query")):
+        print(f"    PSS per connection, {label} (lower is better)")
+        for mine in ours:
+            cells = []
+            for peer in peers:
+                m, p = figures[(i, mine)], figures[(i, peer)]
+                if m is None or p is None:
+                    cells.append("-")
+                elif p < 0.05:
+                    cells.append("n/a (~0)")
+                else:
+                    cells.append(f"{m / p:.2f}")
+            print(_line(f"      {mine}", cells))
+    print()
+
+
+def report_goals(
+    load: dict[tuple[int, str], Result], memory: dict[str, list[IdleRun]], idle: int
+) -> None:
+    """Issue 11's goals, against this run's figures."""
+
+    def get(case: int, column: str) -> Result | None:
+        result = load.get((case, column))
+        return result if result and result.runs else None
+
+    lines: list[tuple[str, str, bool]] = []
+    ours1, tw1, uv1 = get(1, "ours"), get(1, "Twisted"), get(1, "ours+uvloop")
+    if ours1 and tw1:
+        r = ours1.qps / tw1.qps
+        lines.append(("(1) connections/s >= 1.3 x Twisted's", f"{r:.2f} x", r >= 1.3))
+    if ours1:
+        v = ours1.server_us_per_query
+        lines.append(("(1) server CPU <= 45 µs per query", f"{v:.1f} µs", v <= 45))
+    if ours1 and uv1:
+        ok = uv1.qps > ours1.qps and uv1.server_us_per_query < ours1.server_us_per_query
+        lines.append(
+            (
+                "(1) better with uvloop (conn/s and CPU)",
+                f"{uv1.qps / ours1.qps:.2f} x, {uv1.server_us_per_query:.1f} µs",
+                ok,
+            )
+        )
+    ours2 = get(2, "ours")
+    if ours2:
+        lines.append(
+            ("(2) p50 latency <= 0.10 ms", f"{ours2.p50_us / 1000:.3f} ms", ours2.p50_us <= 100)
+        )
+    ours4, tw4 = get(4, "ours"), get(4, "Twisted")
+    if ours4 and tw4:
+        r = ours4.qps / tw4.qps
+        lines.append(("(4) queries/s >= 2 x Twisted's", f"{r:.2f} x", r >= 2))
+    if ours4:
+        v = ours4.server_us_per_query
+        lines.append(("(4) server CPU <= 4 µs per query", f"{v:.1f} µs", v <= 4))
+    for column in OURS:
+        runs = memory.get(column)
+        if runs:
+            worst = max(max(r.silent[0], (r.answered or (0, 0))[0]) / r.held / 1024 for r in runs)
+            lines.append(
+                (
+                    f"(5) <= 1.0 KiB per idle connection, {column}",
+                    f"{worst:.2f} KiB",
+                    worst <= 1.0,
+                )
+            )
+            lines.append(
+                (
+                    f"(5) 100,000 held at once, {column}",
+                    f"{runs[0].held:,} held" + ("" if idle >= 100_000 else " (run --idle 100000)"),
+                    idle >= 100_000 and all(r.accepted == r.held and not r.errors for r in runs),
+                )
+            )
+    if not lines:
+        return
+    print("Goals of issue 11 (ours on the default loop unless said), in this run:")
+    for label, value, met in lines:
+        print(f"  {label:44}{value:>24}   {'met' if met else 'NOT met'}")
+    print()
+
+
+def explain(seconds: float, rounds: int, idle: int) -> None:
+    print(
+        f"""What the figures are ({rounds} round(s); {seconds:g} s per measured phase):
+  /s: answers checked / wall time of the measured phases, summed over the rounds.
+  server CPU per query: utime+stime of the server's process group (the parent, the
+    children it reaped, live members) / answers; clock-tick resolution. % of one core:
+    the same / wall time (a single-threaded server cannot pass 100).
+  latency: case 1-2 from connect() to the answer's end of line; 3-4 from the query's
+    send() to its answer; mean of the rounds' percentiles.
+  load generator CPU: the C load generator's own (one thread); near 100 % it, not the
+    server, bounds that figure.
+  ratio ours / peer: above 1 means ours is higher: better for /s, worse for CPU,
+    latency and memory.
+  memory: (PSS after - before) / connections held, summed over the process group, each
+    server a fresh process; silent: connected, nothing sent; after one query: each
+    connection sent one query, got its answer and stays open (ours with --multiple;
+    oidentd closes after one answer). {idle:,} held (oidentd at most {OIDENTD_MAX_IDLE:,})."""
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="short phases, one round (~15 s)")
-    parser.add_argument("--seconds", type=float, help="length of each measured phase")
-    parser.add_argument("--rounds", type=int, help="rounds per test (servers alternate)")
-    parser.add_argument("--concurrency", type=int, default=32, help="queries in flight (32)")
-    parser.add_argument("--oidentd", default="/usr/sbin/oidentd", help="oidentd binary")
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 s a case (~40 s)")
+    parser.add_argument("--seconds", type=float, help="length of each measured phase (3)")
+    parser.add_argument("--rounds", type=int, help="rounds, the servers alternating (2)")
+    parser.add_argument("--cases", default="1,2,3,4,5", help="which cases, e.g. 1,4 (all)")
     parser.add_argument(
-        "--uvloop",
-        action="store_true",
-        help="also run our server on uvloop (when importable), as an extra column",
+        "--idle",
+        type=int,
+        default=2000,
+        help="case 5: idle connections to hold (2000); the file limit is raised as needed",
     )
+    parser.add_argument("--oidentd", default="/usr/sbin/oidentd", help="oidentd binary")
     args = parser.parse_args(argv)
-    seconds = args.seconds or (2.0 if args.quick else 4.0)
+    try:
+        wanted = {int(c) for c in args.cases.split(",")}
+    except ValueError:
+        parser.error("--cases: numbers 1 to 5, separated by commas")
+    if not wanted or not wanted <= {1, 2, 3, 4, 5}:
+        parser.error("--cases: numbers 1 to 5, separated by commas")
+    if args.idle < 1 or args.idle > 500_000:
+        parser.error("--idle: 1 to 500000")
+    seconds = args.seconds or (1.0 if args.quick else 3.0)
     rounds = args.rounds or (1 if args.quick else 2)
-    warmup = 0.3 if args.quick else 0.5
+    warmup = 0.2 if args.quick else 0.5
+    cases = [c for c in CASES if c.number in wanted]
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
     )
-
-    # (name, test, argv): test is "conn" (1) or "keep" (2)
-    variants: list[tuple[str, str, list[str]]] = []
-    port = free_port()
-    variants.append(("ours", "conn", our_argv(port, multiple=False, uvloop=False)))
-    oidentd = shutil.which(args.oidentd)
-    if oidentd is None:
-        print(f"bench_server: {args.oidentd} not found: no baseline, no ratios", file=sys.stderr)
-    else:
-        variants.append(
-            (
-                "oidentd",
-                "conn",
-                [oidentd, "-i", "-S", "-q", "-a", HOST, "-p", "{port}", "-R", USER],
-            )
-        )
-    variants.append(("ours --multiple", "keep", our_argv(0, multiple=True, uvloop=False)))
-    if args.uvloop:
-        probe = subprocess.run([sys.executable, "-c", "import uvloop"], capture_output=True)
-        if probe.returncode == 0:
-            variants.append(("ours+uvloop", "conn", our_argv(0, multiple=False, uvloop=True)))
-            variants.append(
-                ("ours+uvloop --multiple", "keep", our_argv(0, multiple=True, uvloop=True))
-            )
-        else:
-            print("bench_server: uvloop is not importable; --uvloop ignored", file=sys.stderr)
-
-    servers: dict[str, Server] = {}
-    results: dict[str, Result] = {name: Result() for name, _, _ in variants}
-    tests = {name: test for name, test, _ in variants}
+    if MEMORY_CASE in wanted:
+        # the clients here and one server at a time, plus room for the rest
+        print(raise_fd_limit(args.idle + 1024))
     started = time.monotonic()
+    load: dict[tuple[int, str], Result] = {}
+    memory: dict[str, list[IdleRun]] = {}
     with tempfile.TemporaryDirectory(prefix="aioidentd-bench-") as tmp:
-        exe = compile_loadgen(Path(tmp))
-        try:
-            for name, _, cmd in variants:
-                p = port if name == "ours" else free_port()
-                cmd = [str(p) if a == "{port}" else a for a in cmd]
-                if name != "oidentd":
-                    cmd[cmd.index("--port") + 1] = str(p)
-                servers[name] = Server(name, cmd, p, env)
-            for server in servers.values():
-                server.wait_ready()
-            print(
-                f"{len(servers)} servers up; {rounds} round(s) of {seconds:g} s per test, "
-                f"{args.concurrency} in flight, loadgen {exe.name} (C, epoll, 1 thread)"
-            )
-            for rnd in range(rounds):
-                for name, server in servers.items():
-                    run = measure(exe, server, tests[name], args.concurrency, seconds, warmup)
-                    results[name].runs.append(run)
-                    print(
-                        f"  round {rnd + 1} {name:24} {tests[name]}: "
-                        f"{run.ok / run.elapsed:9,.0f}/s  p50 {run.p50_us:7.0f} us  "
-                        f"p99 {run.p99_us:7.0f} us  server {run.server_cpu:5.2f} s CPU  "
-                        f"loadgen {run.loadgen_cpu:5.2f} s CPU  errors {run.errors}"
-                    )
-        finally:
-            for server in servers.values():
-                server.stop()
+        loadgen = compile_c(LOADGEN_SRC, Path(tmp))
+        lineup = find_lineup(args.oidentd, compile_c(LIMITD_SRC, Path(tmp)))
+        for column, why in lineup.missing.items():
+            print(f"bench: no {column} column: {why}", file=sys.stderr)
+        if cases:
+            load = run_load(lineup, cases, env, loadgen, rounds, seconds, warmup)
+        if MEMORY_CASE in wanted:
+            memory = run_memory(lineup, env, rounds, args.idle)
     print(f"(whole run {time.monotonic() - started:.0f} s)\n")
-    report(results, tests, args.concurrency)
-    return 1 if any(r.errors for r in results.values()) else 0
-
-
-def report(results: dict[str, Result], tests: dict[str, str], concurrency: int) -> None:
-    ours = results.get("ours")
-    keep = results.get("ours --multiple")
-    base = results.get("oidentd")
-    extra = [n for n in results if n not in ("ours", "oidentd", "ours --multiple")]
-
-    def cell(result: Result | None, value: float, fmt: str) -> str:
-        return format(value, fmt) if result is not None and result.runs else "-"
-
-    header = f"{'':44}{'ours':>14}{'oidentd':>14}{'ours/oidentd':>14}"
-    header += "".join(f"{n:>24}" for n in extra)
-    print(header)
-    print("-" * len(header))
-
-    def row(label: str, attr: str, fmt: str, keep_row: bool = False) -> None:
-        mine = keep if keep_row else ours
-        line = f"{label:44}"
-        mv = getattr(mine, attr) if mine and mine.runs else 0.0
-        line += f"{cell(mine, mv, fmt):>14}"
-        if keep_row:
-            line += f"{'N/A':>14}{'N/A':>14}"
-        else:
-            bv = getattr(base, attr) if base and base.runs else 0.0
-            line += f"{cell(base, bv, fmt):>14}"
-            line += f"{_ratio(mv, bv) if base and base.runs and mine else 'n/a':>14}"
-        for name in extra:
-            result = results[name]
-            if (tests[name] == "keep") == keep_row:
-                line += f"{cell(result, getattr(result, attr), fmt):>24}"
-            else:
-                line += f"{'':>24}"
-        print(line)
-
-    print("(1) one query per new connection")
-    row("  connections/s", "qps", ",.0f")
-    row("  p50 latency, connect -> answer (us)", "p50_us", ",.0f")
-    row("  p99 latency, connect -> answer (us)", "p99_us", ",.0f")
-    row("  server CPU per query (us)", "server_us_per_query", ",.1f")
-    row("  load generator CPU per query (us)", "loadgen_us_per_query", ",.1f")
-    row("  answers checked", "ok", ",d")
-    row("  errors", "errors", ",d")
-    print(f"(2) kept-open connections ({concurrency}, one query in flight each)")
-    row("  queries/s", "qps", ",.0f", keep_row=True)
-    row("  p50 latency, send -> answer (us)", "p50_us", ",.0f", keep_row=True)
-    row("  p99 latency, send -> answer (us)", "p99_us", ",.0f", keep_row=True)
-    row("  server CPU per query (us)", "server_us_per_query", ",.1f", keep_row=True)
-    row("  load generator CPU per query (us)", "loadgen_us_per_query", ",.1f", keep_row=True)
-    row("  answers checked", "ok", ",d", keep_row=True)
-    row("  errors", "errors", ",d", keep_row=True)
-    print()
-    if base and base.runs:
+    if cases:
+        report_load(cases, lineup, load)
+    if memory:
+        report_memory(lineup, memory)
+    report_goals(load, memory, args.idle)
+    explain(seconds, rounds, args.idle)
+    if MEMORY_CASE in wanted and args.idle > OIDENTD_MAX_IDLE:
         print(
-            "(2) N/A: oidentd answers one query per connection (a second query gets an RST);"
-            f" its only figure is (1): {base.qps:,.0f} queries/s, one per connection."
+            f"To hold {args.idle:,} connections a server needs RLIMIT_NOFILE above that "
+            f"(`ulimit -n {args.idle + 1024}`, LimitNOFILE= in a systemd unit) and, for ours, "
+            f"--max-connections (max_connections in [server]) at least {args.idle:,}."
         )
-    print("ours/oidentd: above 1 means ours is higher (better for /s, worse for latency and CPU).")
-    print(
-        "Server CPU = utime+stime of the server's process group per answered query: the "
-        "parent's own time + cutime/cstime of the children it reaped (oidentd forks one per "
-        "connection) + live group members; ours is one process."
-    )
-    print(
-        "The load generator is not the bottleneck when its CPU per query is well below the "
-        "server's (it is one thread; the machine has "
-        f"{os.cpu_count()} CPUs)."
-    )
-    for name, result in results.items():
+    failed = False
+    for (number, column), result in load.items():
         if result.errors:
-            print(f"ERRORS {name}: {result.errors:,} ({result.error_text})")
+            failed = True
+            print(f"ERRORS case {number} {column}: {result.errors:,} ({result.error_text})")
+    for column, runs in memory.items():
+        if any(r.errors for r in runs):
+            failed = True
+            print(f"ERRORS case 5 {column}: {sum(r.errors for r in runs):,} wrong or no answers")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -3,15 +3,17 @@
  *
  * One thread, epoll, non-blocking sockets, CONC queries in flight at any time.
  *
- *   loadgen HOST PORT MODE CONC SECONDS USER
- *   loadgen HOST PORT list|keeplist CONC SECONDS FILE
+ *   loadgen HOST PORT MODE CONC SECONDS USER [DEPTH]
+ *   loadgen HOST PORT list|keeplist CONC SECONDS FILE [DEPTH]
  *
  * MODE "conn": every query on a new connection: connect, send "P, P\r\n", read one line,
  *              then close with SO_LINGER 0 (an RST: neither end keeps a TIME_WAIT, so
  *              hundreds of thousands of short loopback connections do not run out of
  *              ports). Latency runs from connect() to the answer's end of line.
- * MODE "keep": CONC connections stay open; each sends its next query as soon as the
- *              previous answer arrived. Latency runs from send() to the end of line.
+ * MODE "keep": CONC connections stay open; each keeps DEPTH queries in flight (default 1,
+ *              at most MAX_DEPTH): it sends DEPTH queries at once, then as many new ones
+ *              (in one send()) as answers arrived in one read. Latency runs from the
+ *              query's send() to its answer's end of line.
  * MODE "list": like "conn" (one query per new connection), but the queries and their
  *              answers come from FILE, one "QUERY<TAB>ANSWER" pair a line (both without
  *              CR LF, which is added), taken in turn, round-robin
@@ -20,8 +22,10 @@
  * MODE "keeplist": "keep" with the queries and answers of "list" (bench_claims.py:
  *              queries about claimed connections on kept-open ident connections).
  *
- * In "conn" and "keep" every answer must be exactly "S,C:USERID:UNIX:USER\r\n" for the
- * ports sent; in "list", exactly the line's ANSWER + CR LF. Anything else counts as an
+ * In "conn" and "keep" every answer must be "S,C:USERID:UNIX:USER\r\n" for the ports sent,
+ * spaces and tabs aside (RFC 1413 allows them around every token; Twisted and oidentd
+ * write "S , C : USERID : UNIX : USER"); in the list modes, exactly the line's ANSWER +
+ * CR LF. Answers must come in the order of the queries. Anything else counts as an
  * error (kind and a sample printed). Prints one line of key=value
  * pairs: counts, elapsed wall time, latency percentiles (microseconds) and this
  * program's own CPU time, so the caller can show that it is not the bottleneck.
@@ -43,6 +47,7 @@
 
 #define QUERY_TIMEOUT 5.0
 #define MAX_SAMPLES (8u << 20)
+#define MAX_DEPTH 64
 
 enum state { IDLE, CONNECTING, WAITING };
 enum err { E_CONNECT, E_RESET, E_EOF, E_WRONG, E_TIMEOUT, E_OTHER, E_COUNT };
@@ -53,18 +58,24 @@ struct entry {
     size_t qlen, alen;
 };
 
+struct query {
+    double t0;               /* connect() ("conn", "list") or send() (keep modes) */
+    unsigned sport, cport;
+    const struct entry *ent; /* list modes: the query sent */
+};
+
 struct slot {
     int fd;
     enum state st;
-    double t0;
-    unsigned sport, cport;
-    const struct entry *ent; /* list mode: the query sent */
+    double t0;                  /* connect() */
+    struct query q[MAX_DEPTH];  /* in flight, oldest at head */
+    unsigned head, count;
     size_t len;
-    char buf[256];
+    char buf[2048];
 };
 
 static struct sockaddr_in addr;
-static int ep, keep;
+static int ep, keep, depth = 1;
 static const char *user;
 static struct entry *entries; /* list mode */
 static size_t nentries;
@@ -96,6 +107,8 @@ static void drop(struct slot *s, int abortive) {
     }
     s->fd = -1;
     s->st = IDLE;
+    s->head = s->count = 0;
+    s->len = 0;
 }
 
 static void fail(struct slot *s, enum err kind) {
@@ -103,30 +116,40 @@ static void fail(struct slot *s, enum err kind) {
     drop(s, 1);
 }
 
-/* Send the next query on a connected socket and wait for its answer. */
-static int send_query(struct slot *s) {
-    char qbuf[32];
-    const char *q = qbuf;
-    uint64_t n = seq++;
-    int qlen;
-    if (entries != NULL) {
-        s->ent = &entries[n % nentries];
-        q = s->ent->query;
-        qlen = (int)s->ent->qlen;
-    } else {
-        s->sport = 1 + (unsigned)((n * 7919u) % 65535u);
-        s->cport = 1 + (unsigned)(n % 65535u);
-        qlen = snprintf(qbuf, sizeof qbuf, "%u, %u\r\n", s->sport, s->cport);
+/* Send k more queries on a connected socket, in one send(), and wait for their answers. */
+static int send_queries(struct slot *s, unsigned k) {
+    char out[MAX_DEPTH * 64];
+    size_t olen = 0;
+    double t = keep ? now() : s->t0;
+    for (unsigned i = 0; i < k; i++) {
+        struct query *q = &s->q[(s->head + s->count++) % MAX_DEPTH];
+        uint64_t n = seq++;
+        q->t0 = t;
+        if (entries != NULL) {
+            q->ent = &entries[n % nentries];
+            if (olen + q->ent->qlen > sizeof out) {
+                fail(s, E_OTHER);
+                return -1;
+            }
+            memcpy(out + olen, q->ent->query, q->ent->qlen);
+            olen += q->ent->qlen;
+        } else {
+            q->ent = NULL;
+            q->sport = 1 + (unsigned)((n * 7919u) % 65535u);
+            q->cport = 1 + (unsigned)(n % 65535u);
+            olen += (size_t)snprintf(out + olen, sizeof out - olen, "%u, %u\r\n", q->sport,
+                                     q->cport);
+        }
     }
-    if (keep) s->t0 = now();
-    s->len = 0;
-    if (send(s->fd, q, (size_t)qlen, MSG_NOSIGNAL) != qlen) {
+    if (send(s->fd, out, olen, MSG_NOSIGNAL) != (ssize_t)olen) {
         fail(s, errno == ECONNRESET || errno == EPIPE ? E_RESET : E_OTHER);
         return -1;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
-    epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
-    s->st = WAITING;
+    if (s->st == CONNECTING) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+        epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+        s->st = WAITING;
+    }
     return 0;
 }
 
@@ -143,10 +166,35 @@ static void start(struct slot *s) {
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = s};
     epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
     if (connect(s->fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
-        send_query(s);
+        send_queries(s, (unsigned)depth);
     } else if (errno != EINPROGRESS) {
         fail(s, E_CONNECT);
     }
+}
+
+/* The first error's received text, printable, for the report. */
+static void record_sample(const char *text, size_t len) {
+    if (sample[0] != '\0') return;
+    size_t k = 0;
+    for (size_t i = 0; i < len && k + 5 < sizeof sample; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c >= 0x20 && c < 0x7f && c != ' ') sample[k++] = (char)c;
+        else k += (size_t)snprintf(sample + k, sizeof sample - k, "\\x%02x", c);
+    }
+    sample[k] = '\0';
+}
+
+/* Whether LINE (LEN octets, its LF included) is the answer to Q. */
+static int answer_matches(const struct query *q, const char *line, size_t len) {
+    if (q->ent != NULL) return len == q->ent->alen && memcmp(line, q->ent->answer, len) == 0;
+    char want[128], got[256];
+    size_t wlen = (size_t)snprintf(want, sizeof want, "%u,%u:USERID:UNIX:%s\r\n", q->sport,
+                                   q->cport, user);
+    size_t glen = 0;
+    for (size_t i = 0; i < len && glen < sizeof got; i++) {
+        if (line[i] != ' ' && line[i] != '\t') got[glen++] = line[i];
+    }
+    return glen == wlen && memcmp(got, want, wlen) == 0;
 }
 
 static void on_event(struct slot *s, uint32_t events) {
@@ -158,7 +206,7 @@ static void on_event(struct slot *s, uint32_t events) {
             fail(s, E_CONNECT);
             return;
         }
-        send_query(s);
+        send_queries(s, (unsigned)depth);
         return;
     }
     if (s->st != WAITING) return;
@@ -174,43 +222,51 @@ static void on_event(struct slot *s, uint32_t events) {
     }
     s->len += (size_t)n;
     s->buf[s->len] = '\0';
-    char *eol = memchr(s->buf, '\n', s->len);
-    if (eol == NULL) {
-        if (s->len >= sizeof s->buf - 1) fail(s, E_WRONG);
-        return;
-    }
     double t1 = now();
-    char wbuf[128];
-    const char *want = wbuf;
-    size_t wlen;
-    if (s->ent != NULL) {
-        want = s->ent->answer;
-        wlen = s->ent->alen;
-    } else {
-        wlen = (size_t)snprintf(wbuf, sizeof wbuf, "%u,%u:USERID:UNIX:%s\r\n", s->sport,
-                                s->cport, user);
-    }
-    size_t got = (size_t)(eol - s->buf) + 1;
-    if (got != wlen || memcmp(s->buf, want, got) != 0 || got != s->len) {
-        if (sample[0] == '\0') {
-            size_t k = 0;
-            for (size_t i = 0; i < s->len && k + 5 < sizeof sample; i++) {
-                unsigned char c = (unsigned char)s->buf[i];
-                if (c >= 0x20 && c < 0x7f && c != ' ') sample[k++] = (char)c;
-                else k += (size_t)snprintf(sample + k, sizeof sample - k, "\\x%02x", c);
-            }
-            sample[k] = '\0';
+    unsigned answered = 0;
+    size_t used = 0;
+    for (;;) {
+        char *line = s->buf + used;
+        char *eol = memchr(line, '\n', s->len - used);
+        if (eol == NULL) break;
+        size_t got = (size_t)(eol - line) + 1;
+        if (s->count == 0) { /* an answer to no query */
+            record_sample(line, got);
+            fail(s, E_WRONG);
+            return;
         }
+        struct query *q = &s->q[s->head];
+        if (!answer_matches(q, line, got)) {
+            record_sample(line, s->len - used);
+            fail(s, E_WRONG);
+            return;
+        }
+        s->head = (s->head + 1) % MAX_DEPTH;
+        s->count--;
+        ok++;
+        answered++;
+        if (nlat < MAX_SAMPLES) lat[nlat++] = (float)((t1 - q->t0) * 1e6);
+        used += got;
+    }
+    if (used > 0) {
+        memmove(s->buf, s->buf + used, s->len - used);
+        s->len -= used;
+    } else if (s->len >= sizeof s->buf - 1) {
+        record_sample(s->buf, s->len);
         fail(s, E_WRONG);
         return;
     }
-    ok++;
-    if (nlat < MAX_SAMPLES) lat[nlat++] = (float)((t1 - s->t0) * 1e6);
-    if (keep) {
-        send_query(s);
-    } else {
+    if (answered == 0) return;
+    if (!keep) {
+        if (s->len != 0) { /* more than the one answer */
+            record_sample(s->buf, s->len);
+            fail(s, E_WRONG);
+            return;
+        }
         drop(s, 1);
+        return;
     }
+    send_queries(s, answered);
 }
 
 /* Read FILE's "QUERY<TAB>ANSWER" lines into entries[]; returns 0 on success. */
@@ -265,9 +321,9 @@ static double pct(double p) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER\n"
-                        "       %s HOST PORT list|keeplist CONCURRENCY SECONDS FILE\n",
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER [DEPTH]\n"
+                        "       %s HOST PORT list|keeplist CONCURRENCY SECONDS FILE [DEPTH]\n",
                 argv[0], argv[0]);
         return 2;
     }
@@ -289,8 +345,13 @@ int main(int argc, char **argv) {
     double seconds = atof(argv[5]);
     user = argv[6];
     if (list && load_entries(argv[6]) != 0) return 2;
+    if (argc == 8) depth = atoi(argv[7]);
     if (conc < 1 || conc > 4096 || !(seconds > 0)) {
         fprintf(stderr, "loadgen: bad concurrency or duration\n");
+        return 2;
+    }
+    if (depth < 1 || depth > MAX_DEPTH || (depth > 1 && !keep)) {
+        fprintf(stderr, "loadgen: DEPTH is 1 to %d, above 1 only in the keep modes\n", MAX_DEPTH);
         return 2;
     }
     lat = malloc(MAX_SAMPLES * sizeof *lat);
@@ -317,8 +378,9 @@ int main(int argc, char **argv) {
         if (t - last_sweep > 0.1) {
             last_sweep = t;
             for (int i = 0; i < conc; i++) {
-                if (slots[i].st != IDLE && t - slots[i].t0 > QUERY_TIMEOUT)
-                    fail(&slots[i], E_TIMEOUT);
+                struct slot *s = &slots[i];
+                double since = s->count ? s->q[s->head].t0 : s->t0;
+                if (s->st != IDLE && t - since > QUERY_TIMEOUT) fail(s, E_TIMEOUT);
             }
         }
         for (int i = 0; i < conc; i++) {
