@@ -285,7 +285,8 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             answer = "hiden"
             """,
             "aioidentd.toml:2: 'answer' in [default] must be one of 'username', 'uid', "
-            "'fixed', 'random', 'hidden', 'no-user', got 'hiden' (did you mean 'hidden'?)",
+            "'fixed', 'random', 'hidden', 'no-user', 'forward', got 'hiden' "
+            "(did you mean 'hidden'?)",
         ),
         (
             """

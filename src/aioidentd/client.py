@@ -54,8 +54,10 @@ class _IdentClientProtocol(asyncio.Protocol):
     and closes the transport, so no path can leave a socket open or a waiter hanging.
     """
 
-    def __init__(self, query: Query, address: tuple[str, int]) -> None:
+    def __init__(self, query: Query, address: tuple[str, int], prefix: bytes = b"") -> None:
         self._query = query
+        #: Sent before the query in the same write (a forwarder's PROXY header).
+        self._prefix = prefix
         self._address = address
         self._where = _display(*address)
         self._buffer = b""
@@ -66,7 +68,7 @@ class _IdentClientProtocol(asyncio.Protocol):
         # Not isinstance(): uvloop's TCPTransport is a stream transport that does not
         # subclass asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(self._query.encode())
+        self._transport.write(self._prefix + self._query.encode())
 
     def data_received(self, data: bytes) -> None:
         if self.answer.done():

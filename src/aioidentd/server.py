@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import socket
 import struct
@@ -64,7 +65,9 @@ from aioidentd.protocol import (
     parse_ports,
     port_pair,
     random_user_id,
+    unmapped,
 )
+from aioidentd.proxy_protocol import InvalidProxyHeader, parse_proxy_header
 from aioidentd.stats import ServerStats
 
 __all__ = ["Handler", "IdentRequest", "IdentServer"]
@@ -85,6 +88,20 @@ def _check_claim_wait(value: object) -> None:
         raise ValueError(f"claim_wait must be a number of seconds >= 0, got {value!r}")
     if value != value or value == float("inf"):
         raise ValueError(f"claim_wait must be finite, got {value!r}")
+
+
+def _networks(
+    name: str, items: Iterable[str]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if isinstance(items, str):
+        items = (items,)
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(unmapped(str(item)), strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return tuple(networks)
 
 
 def _show(address: Address) -> str:
@@ -314,6 +331,9 @@ class _IdentConnection(asyncio.Protocol):
         server.stats.connections_accepted += 1
         self.peer = _address(transport.get_extra_info("peername"))
         self.local = _address(transport.get_extra_info("sockname"))
+        if server._trusted_proxies and server._trusts(self.peer[0]):
+            # A forwarder we trust may first say who really asked (see _ProxiedConnection).
+            self.__class__ = _ProxiedConnection
         now = self._loop.time()
         # Until its first query a connection gets the (shorter) first-query deadline: a
         # silent connection holds a slot for seconds, not for the whole idle timeout.
@@ -713,6 +733,53 @@ class _IdentConnection(asyncio.Protocol):
         self._close()
 
 
+class _ProxiedConnection(_IdentConnection):
+    """A connection from a trusted forwarder, before its PROXY header (if any) is read.
+
+    The state lasts until the first octets show a header or a plain query; then the
+    connection becomes an ordinary :class:`_IdentConnection` again, with ``peer`` and
+    ``local`` taken from the header. Connections from other addresses never enter this
+    class, so they pay nothing for it. The header is bounded (``proxy_protocol.MAX_V2``)
+    and its wait by the first-query deadline.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        try:
+            header = parse_proxy_header(self._buffer)
+        except InvalidProxyHeader as exc:
+            server = self.server
+            server._log.log(
+                "proxy",
+                logging.INFO,
+                "invalid PROXY headers",
+                "%s: invalid PROXY header from %s: %s",
+                server,
+                _show(self.peer),
+                exc,
+            )
+            self._buffer = b""
+            self._close()
+            return
+        if header is None:
+            return  # more to come
+        if header.source is not None and header.destination is not None:
+            self.peer, self.local = header.source, header.destination
+        rest, self._buffer = self._buffer[header.length :], b""
+        self.__class__ = _IdentConnection  # type: ignore[assignment]
+        if rest:
+            self.data_received(rest)
+
+    def eof_received(self) -> bool:
+        self._buffer = b""  # an unfinished header is not a query
+        self.__class__ = _IdentConnection  # type: ignore[assignment]
+        return self.eof_received()
+
+
 def _defer_accept(sock: socket.socket) -> None:
     """Linux's TCP_DEFER_ACCEPT: accept() completes once the client has sent data, so the
     query is usually there when the connection is accepted. A connection that sends
@@ -758,6 +825,14 @@ class IdentServer:
     1.5-10 s (Ergo 1.5, InspIRCd and Solanum 5, ngircd 4 in practice): a fallback sent at
     1 s still reaches the most impatient of them. ``claim_wait`` (0.5 s) leaves the
     handlers the other half of that second.
+
+    ``trusted_proxies`` (addresses or networks, e.g. ``["127.0.0.1"]``) lets the host
+    daemon forward queries here: a connection from one of them may start with a PROXY
+    protocol header (v1 or v2) naming the real querier and the address it asked at, and
+    claims are then matched against those, exactly as if the querier had asked directly.
+    A header from any other address is an invalid query like any other text. Trusting
+    an address trusts every process that can connect from it to tell the truth about
+    who asked; on a multi-user host prefer a loopback address only the daemon uses.
     """
 
     def __init__(
@@ -780,6 +855,7 @@ class IdentServer:
         sock: socket.socket | Sequence[socket.socket] | None = None,
         first_query_timeout: float = 10.0,
         defer_accept: bool = False,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         try:
             check_port("port", port, 0)
@@ -800,6 +876,7 @@ class IdentServer:
             raise ValueError(f"reply_style must be 'compact' or 'spaced', got {reply_style!r}")
         if default is not None:
             encode_user_id(default)  # raises ValueError when invalid
+        self._trusted_proxies = _networks("trusted_proxies", trusted_proxies)
         self.host = host
         self.port = port
         self.multiple = bool(multiple)
@@ -835,6 +912,14 @@ class IdentServer:
         self._closed: asyncio.Event | None = None
         #: (default, reply_style, the default answer's line after its port pair)
         self._default_tail: tuple[str, ReplyStyle, bytes] | None = None
+
+    def _trusts(self, host: str) -> bool:
+        """Whether ``host`` may send a PROXY header (see ``trusted_proxies``)."""
+        try:
+            address = ipaddress.ip_address(unmapped(host).partition("%")[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted_proxies)
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -1164,8 +1249,8 @@ class IdentServer:
         """
         self._setting_up += 1  # until connection_made(), or until done here
         conn = _IdentConnection(self)
-        if self._closing:
-            return conn
+        if self._closing or (self._trusted_proxies and self._trusts(_address(addr)[0])):
+            return conn  # a trusted forwarder's PROXY header is read by _ProxiedConnection
         try:
             data = sock.recv(MAX_LINE + 2, socket.MSG_DONTWAIT)
         except BlockingIOError:

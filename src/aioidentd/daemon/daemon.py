@@ -159,7 +159,10 @@ class Daemon:
         responder = None
         if lookup is not None:
             responder = KernelResponder(
-                lookup, Policy(self.config), log_queries=settings.log_queries
+                lookup,
+                Policy(self.config),
+                log_queries=settings.log_queries,
+                forward_timeout=settings.forward_timeout,
             )
             handlers.append(responder)
         ident = IdentServer(

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
+from aioidentd.daemon.forward import Forwarder
 from aioidentd.lookup import SocketLookup, SocketLookupError
 from aioidentd.policy import Decision, Policy
 from aioidentd.protocol import Address
@@ -26,10 +27,18 @@ class KernelResponder:
     with the client port. So a host can only ask about its own connections to us.
     """
 
-    def __init__(self, lookup: SocketLookup, policy: Policy, *, log_queries: bool = False):
+    def __init__(
+        self,
+        lookup: SocketLookup,
+        policy: Policy,
+        *,
+        log_queries: bool = False,
+        forward_timeout: float = 0.5,
+    ):
         self.lookup = lookup
         self.policy = policy
         self.log_queries = log_queries
+        self.forwarder = Forwarder(lookup, forward_timeout)
 
     def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
         local = (request.local[0], request.server_port)
@@ -37,7 +46,10 @@ class KernelResponder:
         if self.lookup.blocking or self.policy.reads_files:
             # /proc scans and users' reply files may block: off the event loop.
             return self._answer_off_loop(request, local, remote)
-        self._send(request, self._decide(local, remote))
+        decision = self._decide(local, remote)
+        if decision is not None and decision.forward is not None:
+            return self._forward(request, decision)
+        self._send(request, decision)
         return None
 
     async def _answer_off_loop(
@@ -45,7 +57,25 @@ class KernelResponder:
     ) -> None:
         loop = asyncio.get_running_loop()
         decision = await loop.run_in_executor(None, self._decide, local, remote)
+        if decision is not None and decision.forward is not None:
+            await self._forward(request, decision)
+            return
         self._send(request, decision)
+
+    async def _forward(self, request: IdentRequest, own: Decision) -> None:
+        """Ask the user's identd; its answer if usable, else ``own`` (in time)."""
+        assert own.forward is not None
+        budget = request.deadline - asyncio.get_running_loop().time()
+        reply, failure = await self.forwarder.ask(
+            own.forward,
+            own.uid,
+            request.server_port,
+            request.client_port,
+            request.peer,
+            request.local,
+            budget,
+        )
+        self._send(request, self.policy.forwarded(own, reply, failure))
 
     def _decide(self, local: Address, remote: Address) -> Decision | None:
         """The policy's decision, or None when the lookup itself failed."""
@@ -70,7 +100,7 @@ class KernelResponder:
                 )
             return
         request.answer(decision.reply(request.server_port, request.client_port))
-        if self.log_queries or decision.spoofed:
+        if self.log_queries or decision.spoofed or decision.forward is not None:
             # Spoofed answers are always logged with the real user, for abuse handling.
             logger.info(
                 "%s:%d asked %d,%d: %s",

@@ -14,6 +14,8 @@ tie keys together live here: ``reply`` needs ``answer = "fixed"`` and is encoded
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -27,6 +29,7 @@ from aioidentd.policy.settings import (
     AnswerSettings,
     Config,
     DaemonSettings,
+    ForwardTarget,
     ReplySettings,
     Rule,
     keys_of,
@@ -59,6 +62,7 @@ class _Loader:
     def __init__(self, text: str, filename: str) -> None:
         self.filename = filename
         self.locator = Locator(text)
+        self.daemon = DaemonSettings()
 
     def error(self, path: Path, message: str) -> ConfigError:
         return ConfigError(self.filename, self.locator.line_of(path), message)
@@ -101,7 +105,7 @@ class _Loader:
 
     def config(self, document: dict[str, Any]) -> Config:
         self.known_keys(document, (), _TOP_KEYS)
-        daemon = DaemonSettings(**self.section(DaemonSettings, document, "server"))
+        daemon = self.daemon = DaemonSettings(**self.section(DaemonSettings, document, "server"))
         reply = ReplySettings(**self.section(ReplySettings, document, "reply"))
         default = self.settings(
             self.table(document.get("default", {}), ("default",)), ("default",), reply
@@ -126,6 +130,9 @@ class _Loader:
         rules: list[Rule] = []
         for index, value in enumerate(rules_value):
             rules.append(self.rule(value, index, reply, rules))
+        tables = [default, *users.values(), *groups.values(), *(r.settings for r in rules)]
+        if any(table.forward for table in tables):
+            self.forward_time(document)
         return Config(
             filename=self.filename,
             daemon=daemon,
@@ -134,6 +141,20 @@ class _Loader:
             users=MappingProxyType(users),
             groups=MappingProxyType(groups),
             rules=tuple(rules),
+        )
+
+    def forward_time(self, document: dict[str, Any]) -> None:
+        """A failed forward must leave time for the policy's own answer."""
+        daemon = self.daemon
+        if daemon.forward_timeout < daemon.response_timeout:
+            return
+        server = document.get("server", {})
+        name = "forward_timeout" if "forward_timeout" in server else "response_timeout"
+        raise self.error(
+            ("server", name),
+            f"forward_timeout ({daemon.forward_timeout:g} s) must be less than "
+            f"response_timeout ({daemon.response_timeout:g} s): the policy's own answer "
+            f"must still go out in time when a forward fails",
         )
 
     def section(self, cls: type, document: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -167,7 +188,39 @@ class _Loader:
                 (*path, "answer"),
                 f'answer = "fixed" in {show(path)} needs reply = "..." (the id to send)',
             )
+        self.forward(values, path)
         return AnswerSettings(**values)
+
+    def forward(self, values: dict[str, Any], path: Path) -> None:
+        """``forward`` goes with ``answer = "forward"`` (and ``forward_proxy`` with it),
+        and must not name this daemon itself."""
+        forwarding = values.get("answer") == "forward"
+        if "forward" in values and not forwarding:
+            raise self.error(
+                (*path, "forward"), f"'forward' in {show(path)} needs answer = \"forward\""
+            )
+        if forwarding and "forward" not in values:
+            raise self.error(
+                (*path, "answer"),
+                f'answer = "forward" in {show(path)} needs forward = "HOST:PORT" '
+                f"(the identd to ask)",
+            )
+        if "forward_proxy" in values:
+            if not forwarding:
+                raise self.error(
+                    (*path, "forward_proxy"),
+                    f"'forward_proxy' in {show(path)} needs answer = \"forward\"",
+                )
+            values["forward"] = dataclasses.replace(
+                values["forward"], proxy=values.pop("forward_proxy")
+            )
+        target = values.get("forward")
+        if target is not None and _is_ourselves(target, self.daemon):
+            raise self.error(
+                (*path, "forward"),
+                f"'forward' in {show(path)}: {target.host}:{target.port} is this daemon "
+                f"itself (port {self.daemon.port}); forward to the application's identd",
+            )
 
     def rule(self, value: object, index: int, reply: ReplySettings, earlier: list[Rule]) -> Rule:
         path: Path = ("rule", index)
@@ -191,6 +244,18 @@ class _Loader:
                     f"(line {other.line}) and would never match; merge them",
                 )
         return rule
+
+
+def _is_ourselves(target: ForwardTarget, daemon: DaemonSettings) -> bool:
+    """Whether ``target`` is the daemon's own listening socket (a certain loop)."""
+    if target.port != daemon.port:
+        return False
+    host = ipaddress.ip_address(target.host.partition("%")[0])
+    if daemon.listen is None:
+        return host.is_loopback or host.is_unspecified
+    return any(ipaddress.ip_address(a.partition("%")[0]) == host for a in daemon.listen) or (
+        host.is_unspecified
+    )
 
 
 def _is(value: object, kind: type) -> bool:

@@ -25,7 +25,8 @@ def describe(config: Config) -> str:
         f"  listen on {listen}, port {daemon.port}",
         f"  {'many queries' if daemon.multiple else 'one query'} per connection, "
         f"idle timeout {daemon.idle_timeout:g} s, response timeout "
-        f"{daemon.response_timeout:g} s, at most {daemon.max_connections} connections",
+        f"{daemon.response_timeout:g} s, forward timeout {daemon.forward_timeout:g} s, "
+        f"at most {daemon.max_connections} connections",
         f"  {daemon.reply_style} replies; run as user {daemon.user}, group "
         f"{group}{' (root allowed)' if daemon.allow_root else ''}; "
         f"queries {'logged' if daemon.log_queries else 'not logged'}; "

@@ -18,7 +18,7 @@ import logging
 import os
 import pwd
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from aioidentd.errors import ReplyFileRefused
@@ -27,6 +27,7 @@ from aioidentd.policy.settings import (
     BUILTIN_ROOT,
     AnswerSettings,
     Config,
+    ForwardTarget,
     Network,
     Rule,
 )
@@ -53,10 +54,18 @@ logger = logging.getLogger(__name__)
 
 
 def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:
-    """Fill ``first``'s unset fields from ``rest`` in order (answer and reply go together)."""
+    """Fill ``first``'s unset fields from ``rest`` in order (answer and reply go together).
+
+    ``answer = "forward"`` sets :attr:`AnswerSettings.forward` and leaves ``answer`` to
+    the next layer that sets one: what the user gets when the forward fails.
+    """
     values: dict[str, Any] = {}
     for settings in (first, *rest):
-        if "answer" not in values and settings.answer is not None:
+        if settings.answer == "forward":
+            # The first forward wins; the answer used when it fails is the next layer's.
+            if "answer" not in values and "forward" not in values:
+                values["forward"] = settings.forward
+        elif "answer" not in values and settings.answer is not None:
             values["answer"] = settings.answer
             values["reply"] = settings.reply
             values["source"] = settings.source
@@ -140,11 +149,16 @@ class Decision:
     error: str | None = None
     unmasked_error: str | None = None
     note: str | None = None
+    #: Ask this identd first (``answer = "forward"``); this decision is what goes out
+    #: when it gives no usable answer (:meth:`Policy.forwarded`).
+    forward: ForwardTarget | None = None
+    #: Whether a forwarded id may be another user's name (``allow_spoof_other``).
+    spoof_other: bool = False
 
     @property
     def spoofed(self) -> bool:
         """The reply is not the user's real identity: worth logging with the real one."""
-        return self.kind in ("fixed", "random", "user-reply")
+        return self.kind in ("fixed", "random", "user-reply", "forward")
 
     def reply(self, server_port: int, client_port: int) -> Reply:
         """The protocol reply for the queried port pair."""
@@ -172,7 +186,8 @@ class Decision:
             what = str(self.error)
         text = f"{who} {what} ({self.kind}, {self.source})"
         if self.note:
-            text += f"; reply file not used: {self.note}"
+            label = "forward not used" if self.forward is not None else "reply file not used"
+            text += f"; {label}: {self.note}"
         return text
 
 
@@ -239,12 +254,77 @@ class Policy:
             return self._error("no-socket", "lookup found no connection", None, None, "NO-USER")
         name = self.user_db.name_of(uid)
         settings = self.settings_for(uid, name, local, remote)
+        decision = self._decide(uid, name, settings, remote)
+        target = settings.forward
+        if target is None:
+            return decision
+        if remote[1] < 1024 and not settings.allow_spoof_privport:
+            # The forward target chooses the id: the same limit as a user's own reply.
+            note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
+            return replace(decision, note=note)
+        return replace(decision, forward=target, spoof_other=bool(settings.allow_spoof_other))
+
+    def _decide(
+        self, uid: int, name: str | None, settings: AnswerSettings, remote: Address
+    ) -> Decision:
         note: str | None = None
         if settings.allow_user_reply:
             chosen, note = self._user_reply(uid, name, settings, remote)
             if chosen is not None:
                 return self._user_id("user-reply", settings.source, uid, name, chosen, note)
         return self._from_settings(uid, name, settings, note)
+
+    def forwarded(self, own: Decision, reply: Reply | None, failure: str | None) -> Decision:
+        """The decision once ``own.forward`` was asked: its answer relayed, or ``own``
+        with the reason why not (``failure``, or an answer the policy refuses).
+
+        Relayed: a user id that passes the same checks as a user's own reply (the wire
+        rules, not another user's name unless ``allow_spoof_other``), sent with this
+        daemon's opsys; ``HIDDEN-USER`` (the application chose to hide). Any other error
+        means the target could not answer for the connection, so the user gets the
+        policy's own answer.
+        """
+        target = own.forward
+        if target is None:
+            return own
+        source = f"forward to {target}"
+        if failure is None and isinstance(reply, ErrorReply):
+            if reply.error == "HIDDEN-USER":
+                error = self._error("forward", source, own.uid, own.user_name, "HIDDEN-USER")
+                return replace(error, forward=target)
+            failure = f"it answered ERROR : {reply.error}"
+        elif failure is None and isinstance(reply, UserIdReply):
+            failure, raw, charset = self._forwarded_id(own, reply)
+            if failure is None and raw is not None:
+                decision = self._user_id("forward", source, own.uid or 0, own.user_name, raw, None)
+                return replace(decision, charset=charset, forward=target)
+        elif failure is None:
+            failure = "no answer"
+        return replace(own, note=f"{target}: {failure}")
+
+    def _forwarded_id(
+        self, own: Decision, reply: UserIdReply
+    ) -> tuple[str | None, bytes | None, str | None]:
+        """(why refused, the id's octets, its charset)."""
+        text = reply.user_id
+        if not isinstance(text, str):
+            return f"its id is not {reply.charset or 'US-ASCII'} text", None, None
+        charset = self.config.reply.charset if text.isascii() else reply.charset
+        try:
+            raw = safe_user_id(text, charset)
+        except ValueError as exc:
+            return f"its id is refused: {exc}", None, None
+        if not own.spoof_other:
+            for candidate in dict.fromkeys((text, text.lower())):
+                other = self.user_db.uid_of(candidate)
+                if other is not None and other != own.uid:
+                    return (
+                        f"{text!r} is the name of another user (uid {other}) and "
+                        f"allow_spoof_other is off",
+                        None,
+                        None,
+                    )
+        return None, raw, charset
 
     def settings_for(
         self, uid: int, name: str | None, local: Address, remote: Address

@@ -33,6 +33,8 @@ __all__ = [
     "AnswerSettings",
     "Config",
     "DaemonSettings",
+    "ForwardProxy",
+    "ForwardTarget",
     "Key",
     "Network",
     "PortRange",
@@ -42,7 +44,10 @@ __all__ = [
 ]
 
 #: How a policy shows a user: the values of ``answer =``.
-AnswerKind = Literal["username", "uid", "fixed", "random", "hidden", "no-user"]
+AnswerKind = Literal["username", "uid", "fixed", "random", "hidden", "no-user", "forward"]
+#: How a forwarded query tells the target who really asked: not at all, or with a PROXY
+#: protocol header of that version.
+ForwardProxy = Literal["none", "v1", "v2"]
 ANSWER_KINDS: Final[tuple[AnswerKind, ...]] = get_args(AnswerKind)
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -209,6 +214,28 @@ def _port_ranges(name: str, value: Any) -> tuple[PortRange, ...]:
     return tuple(ranges)
 
 
+def _host_port(name: str, value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[V6]:PORT"`` for IPv6) with an IP address: no name to resolve
+    on the way of every query, and no resolver to fail."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""
+    if not sep or not host or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f'{name} must be "HOST:PORT" ("[::1]:PORT" for IPv6), got {value!r}')
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        raise ValueError(f"{name}: {host!r} is not an IP address") from None
+    port = int(port_text)
+    try:
+        check_port("port", port)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return host, port
+
+
 def _networks(name: str, value: Any) -> tuple[Network, ...]:
     networks: list[Network] = []
     for item in one_or_many(name, value):
@@ -297,6 +324,23 @@ _ANSWER_KIND = _choice(ANSWER_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardTarget:
+    """Where ``answer = "forward"`` asks, and whether it sends a PROXY header first."""
+
+    host: str
+    port: int
+    proxy: ForwardProxy = "none"
+
+    def __str__(self) -> str:
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return where if self.proxy == "none" else f"{where} (PROXY {self.proxy})"
+
+
+def _forward(name: str, value: str) -> ForwardTarget:
+    return ForwardTarget(*_host_port(name, value))
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerSettings:
     """One table's answer settings; ``None`` means "not set here, ask the next level".
 
@@ -311,16 +355,23 @@ class AnswerSettings:
     allow_user_reply: bool | None = key(None, bool)
     allow_spoof_other: bool | None = key(None, bool)
     allow_spoof_privport: bool | None = key(None, bool)
+    #: ``answer = "forward"``: the identd to ask (``forward`` and ``forward_proxy`` in the
+    #: file, combined by the loader). After merging, ``answer`` is the answer used when
+    #: the forward fails: the next layer's.
+    forward: ForwardTarget | None = key(None, str, _forward)
+    forward_proxy: ForwardProxy | None = key(None, str, _choice(get_args(ForwardProxy)))
     #: Where the settings were written (``[user.alice]``) and the line, for logs.
     source: str = "built-in"
     line: int | None = None
 
     def describe(self) -> str:
         parts: list[str] = []
+        if self.forward is not None:
+            parts.append(f"forward to {self.forward}")
         if self.answer == "fixed":
             parts.append(f"fixed {self.reply!r}")
-        elif self.answer is not None:
-            parts.append(self.answer)
+        elif self.answer is not None and self.answer != "forward":
+            parts.append(self.answer if self.forward is None else f"else {self.answer}")
         for name, label in (
             ("allow_user_reply", "own reply file"),
             ("allow_spoof_other", "others' names"),
@@ -475,6 +526,14 @@ class DaemonSettings:
     )
     log_queries: bool = key(
         False, bool, flag="log every query and its answer at INFO", group=_LOGGING
+    )
+    forward_timeout: float = key(
+        0.5,
+        float,
+        _seconds,
+        flag='time a forwarded query (answer = "forward") may take in all, connect included; '
+        "less than the response timeout (default 0.5)",
+        metavar="S",
     )
 
 

@@ -1,0 +1,140 @@
+"""Asking an application's own identd on behalf of the host daemon (``answer = "forward"``).
+
+oidentd's forward relays whatever the target says, without checking the ports, and gives
+HIDDEN-USER after a fixed 5 s when the target hangs: later than Ergo waits (1.5 s), and
+never the user's own answer. Here:
+
+* only a connection the kernel says the user owns is forwarded (the policy decides that
+  before anyone is asked), and the target identd itself must be run by that user (or
+  root) when it is on this host: a port another user grabbed cannot answer for them;
+* the answer is read by the strict client (one line, bounded, ports must match);
+* the whole exchange, connect included, has a deadline well inside the querier's
+  patience; a timeout, refusal or bad answer is reported, and the responder sends the
+  policy's own answer in time;
+* a forward whose port pair is already being forwarded is refused, so a forward that
+  reaches this daemon again (itself, or a chain back to it) ends at once;
+* with a PROXY header (per forward) the target learns who really asked, so a server that
+  matches exact connections (``IdentServer`` with claims and ``trusted_proxies``) answers
+  as if asked directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from aioidentd.client import _IdentClientProtocol
+from aioidentd.errors import (
+    IdentConnectError,
+    IdentError,
+    IdentPortMismatch,
+    SocketLookupError,
+)
+from aioidentd.lookup import SocketLookup
+from aioidentd.policy.settings import ForwardTarget
+from aioidentd.protocol import Address, Query, Reply
+from aioidentd.proxy_protocol import encode_proxy_header
+
+__all__ = ["Forwarder"]
+
+#: Time kept back from the querier's deadline for our own answer when a forward fails.
+MARGIN: Final = 0.05
+
+
+class Forwarder:
+    """Forwards one query at a time per port pair; ``timeout`` bounds each forward."""
+
+    def __init__(self, lookup: SocketLookup | None, timeout: float) -> None:
+        self.lookup = lookup
+        self.timeout = timeout
+        #: Port pairs being forwarded now: a second forward of one of them is a loop.
+        self._in_flight: set[tuple[int, int]] = set()
+
+    async def ask(
+        self,
+        target: ForwardTarget,
+        uid: int | None,
+        server_port: int,
+        client_port: int,
+        querier: Address,
+        asked_at: Address,
+        budget: float,
+    ) -> tuple[Reply | None, str | None]:
+        """Ask ``target`` about ``server_port, client_port``: ``(reply, None)``, or
+        ``(None, why not)``. ``querier`` and ``asked_at`` are the ident connection's ends,
+        sent in the PROXY header; ``budget`` is the time left before the querier's
+        deadline. Never raises for anything the target does."""
+        pair = (server_port, client_port)
+        if pair in self._in_flight:
+            return None, "this port pair is already being forwarded (a forwarding loop)"
+        budget = min(self.timeout, budget - MARGIN)
+        if budget <= 0:
+            return None, "no time left before the querier's deadline"
+        prefix = b""
+        if target.proxy != "none":
+            try:
+                prefix = encode_proxy_header(target.proxy, querier, asked_at)
+            except ValueError as exc:
+                return None, f"no PROXY header possible: {exc}"
+        self._in_flight.add(pair)
+        try:
+            async with asyncio.timeout(budget):
+                return await self._exchange(target, uid, Query(*pair), prefix), None
+        except TimeoutError:
+            return None, f"no answer within {budget:.2f} s"
+        except _Refused as exc:
+            return None, str(exc)
+        except IdentPortMismatch as exc:
+            return None, f"it answered about other ports ({exc.reply})"
+        except IdentError as exc:
+            return None, str(exc)
+        finally:
+            self._in_flight.discard(pair)
+
+    async def _exchange(
+        self, target: ForwardTarget, uid: int | None, query: Query, prefix: bytes
+    ) -> Reply:
+        loop = asyncio.get_running_loop()
+        address = (target.host, target.port)
+        try:
+            transport, protocol = await loop.create_connection(
+                lambda: _IdentClientProtocol(query, address, prefix), target.host, target.port
+            )
+        except ConnectionRefusedError:
+            raise IdentConnectError("refused the connection", address=address) from None
+        except OSError as exc:
+            raise IdentConnectError(
+                f"cannot connect: {exc.strerror or exc}", address=address
+            ) from None
+        try:
+            await self._check_owner(target, uid, transport.get_extra_info("sockname"))
+            return await protocol.answer
+        finally:
+            protocol.close()
+            if protocol.answer.done() and not protocol.answer.cancelled():
+                protocol.answer.exception()  # seen: no "never retrieved" warning
+
+    async def _check_owner(self, target: ForwardTarget, uid: int | None, ours: object) -> None:
+        """Refuse a target on this host that someone other than the user (or root) runs:
+        its accepted socket is owned by the uid that opened the listening one."""
+        lookup = self.lookup
+        if lookup is None or uid is None or not isinstance(ours, tuple):
+            return
+        theirs = (target.host, target.port)
+        mine = (str(ours[0]), int(ours[1]))
+        try:
+            if lookup.blocking:
+                loop = asyncio.get_running_loop()
+                owner = await loop.run_in_executor(None, lookup.owner, theirs, mine)
+            else:
+                owner = lookup.owner(theirs, mine)
+        except (SocketLookupError, ValueError) as exc:
+            raise _Refused(f"cannot tell who runs it: {exc}") from None
+        # None: not a socket of this host's (another machine, another namespace): the
+        # administrator pointed there, nothing to compare.
+        if owner is not None and owner not in (uid, 0):
+            raise _Refused(f"it is run by uid {owner}, not by the user (uid {uid})")
+
+
+class _Refused(Exception):
+    """The target answered nothing we may use (the message says why)."""
