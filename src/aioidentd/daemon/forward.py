@@ -21,6 +21,7 @@ never the user's own answer. Here:
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Final
 
 from aioidentd.client import _IdentClientProtocol
@@ -96,18 +97,27 @@ class Forwarder:
     ) -> Reply:
         loop = asyncio.get_running_loop()
         address = (target.host, target.port)
+        family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            transport, protocol = await loop.create_connection(
-                lambda: _IdentClientProtocol(query, address, prefix), target.host, target.port
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except ConnectionRefusedError:
+                raise IdentConnectError("refused the connection", address=address) from None
+            except OSError as exc:
+                raise IdentConnectError(
+                    f"cannot connect: {exc.strerror or exc}", address=address
+                ) from None
+            # Who runs the target is checked before it learns anything.
+            await self._check_owner(target, uid, sock.getsockname())
+            _, protocol = await loop.create_connection(
+                lambda: _IdentClientProtocol(query, address, prefix), sock=sock
             )
-        except ConnectionRefusedError:
-            raise IdentConnectError("refused the connection", address=address) from None
-        except OSError as exc:
-            raise IdentConnectError(
-                f"cannot connect: {exc.strerror or exc}", address=address
-            ) from None
+        except BaseException:
+            sock.close()
+            raise
         try:
-            await self._check_owner(target, uid, transport.get_extra_info("sockname"))
             return await protocol.answer
         finally:
             protocol.close()

@@ -1,0 +1,255 @@
+"""Driver run as root inside a private network namespace: the host daemon forwards to an
+application's own identd, and ngircd shows what it was told.
+
+usage: python netns_forward.py
+
+In a fresh network namespace (``unshare -n``, as test_forward_netns.py runs it):
+
+1. ``lo`` up; ngircd on 127.0.0.2:16667 with ident lookups on;
+2. ``aioidentd serve`` on port 113 of every address (real kernel lookups; it drops to
+   nobody), configured so that APP_USER's connections are forwarded with a PROXY v2 header
+   to 127.0.0.1:APP_PORT, and ROGUE_USER's (a misconfiguration) to the same port;
+3. APP_USER's application, a forked child that has become that unprivileged user: an
+   embedded ``IdentServer`` on 127.0.0.1:APP_PORT trusting 127.0.0.1 for PROXY headers,
+   with two ``open_connection`` connections to ngircd claimed for their own ids and one
+   plain connection it does not claim (its handler answers NO-USER for it);
+4. while the application runs, OTHER_USER (no forward configured) and ROGUE_USER (whose
+   forward points at APP_USER's identd) connect to ngircd from their own children.
+
+Prints JSON: ``{"app": {case: welcome result}, "others": {user: welcome result},
+"app_asked": [[server_port, client_port, querier]], "ports": {case: local port},
+"daemon_log", "log"}``; ``user`` in a welcome result is the user part of the ``001`` mask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+# Everything the unprivileged children run is imported here, while root can read the
+# interpreter's files (a Python under /root is not readable by other users).
+import concurrent.futures.thread  # noqa: F401 (getaddrinfo in run_in_executor)
+import contextlib
+import encodings.idna  # noqa: F401
+import json
+import os
+import pwd
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from identcases import loopback_up
+from netns_irc import IRC_PORT, start_ircd, stop_ircd, welcome
+
+from aioidentd.server import IdentRequest, IdentServer
+
+APP_USER, OTHER_USER, ROGUE_USER = "games", "man", "lp"
+APP_PORT = 10113
+IRC_HOST = "127.0.0.2"
+START_TIMEOUT = 15.0
+CONFIG = """\
+[server]
+port = 113
+log_queries = true
+response_timeout = 1
+forward_timeout = 0.5
+
+[user.{app}]
+answer = "forward"
+forward = "127.0.0.1:{port}"
+forward_proxy = "v2"
+
+# A forward that points at another user's identd: never believed.
+[user.{rogue}]
+answer = "forward"
+forward = "127.0.0.1:{port}"
+"""
+
+
+def wait_port(host: str, port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {host}:{port}")
+
+
+def as_user(name: str, work: Callable[[int, int], None]) -> tuple[int, int, int]:
+    """Fork a child that becomes ``name`` and runs ``work(report_fd, go_fd)``; returns
+    ``(pid, report read end, go write end)``."""
+    entry = pwd.getpwnam(name)
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.close(report_r)
+            os.close(go_w)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            work(report_w, go_r)
+            status = 0
+        except BaseException as exc:
+            os.write(report_w, json.dumps({"error": repr(exc)}).encode() + b"\n")
+        finally:
+            os._exit(status)
+    os.close(report_w)
+    os.close(go_r)
+    return pid, report_r, go_w
+
+
+def read_report(fd: int, timeout: float = 60.0) -> dict[str, Any]:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError("no report from a child in time")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    report: dict[str, Any] = json.loads(data.splitlines()[0]) if data else {"error": "no report"}
+    return report
+
+
+def application(report: int, go: int) -> None:
+    """APP_USER's program: its own identd, two claimed connections and one it does not
+    claim; then it waits (``go``) while the other users connect, and reports the queries
+    its identd was asked that no claim answered."""
+
+    async def main() -> None:
+        asked: list[list[Any]] = []
+
+        def unknown(request: IdentRequest) -> None:
+            asked.append([request.server_port, request.client_port, request.peer[0]])
+            request.error("NO-USER")
+
+        async with IdentServer(
+            "127.0.0.1", APP_PORT, trusted_proxies=["127.0.0.1"], handlers=[unknown]
+        ) as ident:
+            ports: dict[str, int] = {}
+
+            async def claimed(case: str, source: str, user: str) -> dict[str, Any]:
+                started = time.monotonic()
+                reader, writer = await ident.open_connection(
+                    IRC_HOST, IRC_PORT, user_id=user, local_addr=(source, 0)
+                )
+                ports[case] = writer.get_extra_info("sockname")[1]
+                return await welcome(reader, writer, case, user, started)
+
+            async def unclaimed(source: str) -> dict[str, Any]:
+                started = time.monotonic()
+                reader, writer = await asyncio.open_connection(
+                    IRC_HOST, IRC_PORT, local_addr=(source, 0)
+                )
+                ports["unclaimed"] = writer.get_extra_info("sockname")[1]
+                return await welcome(reader, writer, "unclaimed", "unclaimed", started)
+
+            one, two, three = await asyncio.gather(
+                claimed("appone", "127.0.0.5", "appone"),
+                claimed("apptwo", "127.0.0.6", "apptwo"),
+                unclaimed("127.0.0.7"),
+            )
+            results = {"appone": one, "apptwo": two, "unclaimed": three}
+            os.write(report, json.dumps({"app": results, "ports": ports}).encode() + b"\n")
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            loop.add_reader(go, done.set_result, None)
+            await done
+            loop.remove_reader(go)
+        os.write(report, json.dumps({"asked": asked}).encode() + b"\n")
+
+    asyncio.run(main())
+
+
+def plain_user(source: str) -> Callable[[int, int], None]:
+    def work(report: int, go: int) -> None:
+        async def main() -> dict[str, Any]:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection(
+                IRC_HOST, IRC_PORT, local_addr=(source, 0)
+            )
+            port = writer.get_extra_info("sockname")[1]
+            result = await welcome(reader, writer, f"u{port}", "plain", started)
+            result["port"] = port
+            return result
+
+        os.write(report, json.dumps(asyncio.run(main())).encode() + b"\n")
+
+    return work
+
+
+def main() -> dict[str, Any]:
+    output: dict[str, Any] = {"log": "", "daemon_log": ""}
+    with tempfile.TemporaryDirectory(prefix="forward-") as tmp:
+        workdir = Path(tmp)
+        config = workdir / "aioidentd.toml"
+        config.write_text(CONFIG.format(app=APP_USER, rogue=ROGUE_USER, port=APP_PORT))
+        ircd: subprocess.Popen[bytes] | None = None
+        daemon: subprocess.Popen[bytes] | None = None
+        children: list[int] = []
+        daemon_log = open(workdir / "daemon.log", "wb")  # noqa: SIM115 - closed below
+        try:
+            ircd = start_ircd("ngircd", workdir, (IRC_HOST,))
+            wait_port(IRC_HOST, IRC_PORT, ircd)
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "aioidentd", "serve", "--config", str(config)],
+                stdout=daemon_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            wait_port("127.0.0.1", 113, daemon)
+            app_pid, app_report, app_go = as_user(APP_USER, application)
+            children.append(app_pid)
+            first = read_report(app_report)
+            if "error" in first:
+                raise RuntimeError(f"application: {first['error']}")
+            output.update(first)
+            wait_port("127.0.0.1", APP_PORT)
+            output["others"] = {}
+            for user, source in ((OTHER_USER, "127.0.0.8"), (ROGUE_USER, "127.0.0.9")):
+                pid, report, _go = as_user(user, plain_user(source))
+                children.append(pid)
+                output["others"][user] = read_report(report)
+            os.write(app_go, b"go")
+            output["app_asked"] = read_report(app_report).get("asked")
+        except Exception as exc:
+            output["error"] = repr(exc)
+        finally:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            if daemon is not None:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(5)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait()
+            daemon_log.close()
+            output["daemon_log"] = (workdir / "daemon.log").read_text(errors="replace")[-6000:]
+            stop_ircd(ircd, workdir, output)
+    return output
+
+
+if __name__ == "__main__":
+    loopback_up()
+    print(json.dumps(main()))
