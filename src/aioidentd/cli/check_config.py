@@ -11,8 +11,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from aioidentd.errors import ConfigError
+from aioidentd.errors import ConfigError, ReplyFileRefused
 from aioidentd.policy import describe, load_config
+from aioidentd.policy.oidentd_conf import parse_user_file
+from aioidentd.policy.userfiles import MAX_OIDENTD_FILE
 
 if TYPE_CHECKING:
     from aioidentd.cli._arguments import SubParsers
@@ -26,6 +28,14 @@ def register(subparsers: SubParsers) -> None:
         "policy. Exit status 0 when it is valid, 1 when it is not.",
     )
     parser.add_argument("config", metavar="FILE", help="the configuration file (TOML)")
+    parser.add_argument(
+        "--user-file",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="also explain a user's oidentd file (~/.config/oidentd.conf, ~/.oidentd.conf): "
+        "the blocks used, and what is not understood",
+    )
     parser.set_defaults(func=run)
 
 
@@ -36,4 +46,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"aioidentd: {exc}", file=sys.stderr)
         return 1
     print(describe(config))
-    return 0
+    status = 0
+    for path in args.user_file:
+        try:
+            with open(path, "rb") as file:
+                text = file.read(MAX_OIDENTD_FILE + 1).decode("utf-8")
+            if len(text.encode()) > MAX_OIDENTD_FILE:
+                raise ReplyFileRefused(f"larger than {MAX_OIDENTD_FILE} octets")
+            parsed = parse_user_file(text)
+        except (OSError, UnicodeDecodeError, ReplyFileRefused) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc
+            print(f"aioidentd: {path}: {reason}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"\n{path}:")
+        for entry in parsed.entries:
+            print(f"  line {entry.line}: {entry}")
+        if not parsed.entries:
+            print("  (no block this daemon uses)")
+        for problem in parsed.problems:
+            print(f"  not understood: {problem}")
+    return status

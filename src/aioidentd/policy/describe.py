@@ -60,4 +60,11 @@ def describe(config: Config) -> str:
             lines.append(f"  [{label}.{key}] {settings.describe()}")
     effective = merge_settings(config.default, BUILTIN_DEFAULT)
     lines.append(f"  [default] {effective.describe()}")
+    tables = [config.default, *config.users.values(), *config.groups.values()]
+    if any(table.allow_user_reply for table in [*tables, *(r.settings for r in config.rules)]):
+        lines.append(
+            "users allowed to choose: ~/.aioidentd-reply, else ~/.config/oidentd.conf or "
+            "~/.oidentd.conf (global and to/fport/from/lport blocks with reply, random, "
+            "random_numeric, numeric, hide; check one with --user-file)"
+        )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from aioidentd.errors import ReplyFileRefused
+from aioidentd.policy.oidentd_conf import UserFile, parse_user_file
 from aioidentd.policy.settings import (
     BUILTIN_DEFAULT,
     BUILTIN_ROOT,
@@ -31,7 +32,7 @@ from aioidentd.policy.settings import (
     Network,
     Rule,
 )
-from aioidentd.policy.userfiles import REPLY_FILE, read_reply_file
+from aioidentd.policy.userfiles import REPLY_FILE, read_oidentd_file, read_reply_file
 from aioidentd.protocol import (
     Address,
     ErrorReply,
@@ -223,6 +224,8 @@ class Policy:
         self.config = config
         self.user_db: UserDB = user_db if user_db is not None else SystemUserDB()
         self._geteuid = geteuid
+        #: (path, hash of the text) of user files whose problems were logged.
+        self._reported: set[tuple[str, int]] = set()
         self._needs_groups = bool(config.groups) or any(rule.groups for rule in config.rules)
         # Per-query shortcuts, computed once: the configuration is frozen.
         tables = [
@@ -254,7 +257,7 @@ class Policy:
             return self._error("no-socket", "lookup found no connection", None, None, "NO-USER")
         name = self.user_db.name_of(uid)
         settings = self.settings_for(uid, name, local, remote)
-        decision = self._decide(uid, name, settings, remote)
+        decision = self._decide(uid, name, settings, local, remote)
         target = settings.forward
         if target is None:
             return decision
@@ -265,13 +268,18 @@ class Policy:
         return replace(decision, forward=target, spoof_other=bool(settings.allow_spoof_other))
 
     def _decide(
-        self, uid: int, name: str | None, settings: AnswerSettings, remote: Address
+        self, uid: int, name: str | None, settings: AnswerSettings, local: Address, remote: Address
     ) -> Decision:
         note: str | None = None
         if settings.allow_user_reply:
             chosen, note = self._user_reply(uid, name, settings, remote)
             if chosen is not None:
                 return self._user_id("user-reply", settings.source, uid, name, chosen, note)
+            if note is None:
+                # No ~/.aioidentd-reply: what the user's tools wrote for oidentd.
+                decision, note = self._oidentd_choice(uid, name, settings, local, remote)
+                if decision is not None:
+                    return decision
         return self._from_settings(uid, name, settings, note)
 
     def forwarded(self, own: Decision, reply: Reply | None, failure: str | None) -> Decision:
@@ -394,22 +402,74 @@ class Policy:
             if text is None:
                 logger.debug("%s has no %s", who, REPLY_FILE)
                 return None, None
-            try:
-                raw = safe_user_id(text, self.config.reply.charset)
-            except ValueError as exc:
-                raise ReplyFileRefused(f"invalid reply: {exc}") from None
-            if not settings.allow_spoof_other:
-                for candidate in dict.fromkeys((text, text.lower())):
-                    other = self.user_db.uid_of(candidate)
-                    if other is not None and other != uid:
-                        raise ReplyFileRefused(
-                            f"{text!r} is the name of another user (uid {other}) and "
-                            f"allow_spoof_other is off"
-                        )
+            raw = self._chosen_id(uid, text, settings)
         except ReplyFileRefused as exc:
             logger.warning("not using the reply file of %s: %s", who, exc)
             return None, str(exc)
         return raw, None
+
+    def _chosen_id(self, uid: int, text: str, settings: AnswerSettings) -> bytes:
+        """The octets of an id a user chose, or ReplyFileRefused saying why not: the wire
+        rules, and not another user's name unless ``allow_spoof_other``."""
+        try:
+            raw = safe_user_id(text, self.config.reply.charset)
+        except ValueError as exc:
+            raise ReplyFileRefused(f"invalid reply: {exc}") from None
+        if not settings.allow_spoof_other:
+            for candidate in dict.fromkeys((text, text.lower())):
+                other = self.user_db.uid_of(candidate)
+                if other is not None and other != uid:
+                    raise ReplyFileRefused(
+                        f"{text!r} is the name of another user (uid {other}) and "
+                        f"allow_spoof_other is off"
+                    )
+        return raw
+
+    def _oidentd_choice(
+        self, uid: int, name: str | None, settings: AnswerSettings, local: Address, remote: Address
+    ) -> tuple[Decision | None, str | None]:
+        """What the user's oidentd file says for this connection (see
+        :mod:`.oidentd_conf`), or None and why not (already logged). Called only where
+        the user may choose and has no ``~/.aioidentd-reply``; the same limits apply."""
+        who = f"{name} (uid {uid})" if name else f"uid {uid}"
+        home = self.user_db.home_of(uid)
+        if not home:
+            return None, None
+        try:
+            found = read_oidentd_file(home, uid)
+            if found is None:
+                return None, None
+            path, text = found
+            parsed = parse_user_file(text)
+            self._report_problems(who, path, text, parsed)
+            entry = parsed.choose(local, remote)
+            if entry is None:
+                return None, None
+            source = f"{path} line {entry.line}"
+            chosen = entry.choice.user_id(uid)
+            if chosen is None:
+                decision = self._error("user-reply", source, uid, name, "HIDDEN-USER")
+                return decision, None
+            raw = self._chosen_id(uid, chosen, settings)
+        except ReplyFileRefused as exc:
+            logger.warning("not using the oidentd file of %s: %s", who, exc)
+            return None, str(exc)
+        return self._user_id("user-reply", source, uid, name, raw, None), None
+
+    def _report_problems(self, who: str, path: str, text: str, parsed: UserFile) -> None:
+        """Log what a user file says that is not understood, once per version of the
+        file (every query reads it; the log must not repeat it per query)."""
+        if not parsed.problems:
+            return
+        key = (path, hash(text))
+        if key in self._reported:
+            return
+        if len(self._reported) >= 1024:
+            self._reported.clear()
+        self._reported.add(key)
+        logger.warning(
+            "%s: parts of %s are not understood: %s", who, path, "; ".join(parsed.problems)
+        )
 
     def _from_settings(
         self, uid: int, name: str | None, settings: AnswerSettings, note: str | None
