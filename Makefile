@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit bench bench-daemon bench-claims deps venv clean
+.PHONY: run test lint typecheck unit bench bench-daemon bench-claims bench-forward deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-daemon: venv deps
 ## Queries about claimed connections with 11,000 live claims vs 1,000 vs none, in one run
 bench-claims: venv
 	$(BIN)/python benchmarks/bench_claims.py $(BENCH_ARGS)
+
+## The forwarded path (plain and PROXY v2) against a direct answer, and forward failures
+## against oidentd 2.5's forward, in one run (needs root)
+bench-forward: venv deps
+	$(BIN)/python benchmarks/bench_forward.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
