@@ -376,7 +376,7 @@ def raise_fd_limit(needed: int) -> str:
             f"bench: {needed:,} file descriptors needed, RLIMIT_NOFILE is {soft}/{hard} "
             f"(soft/hard) and cannot be raised ({e}): run `ulimit -n {needed}` as root first "
             f"(or LimitNOFILE={needed} in a systemd unit, nofile in limits.conf); above "
-            "fs.nr_open, raise that sysctl too"
+            f"fs.nr_open, raise that sysctl too. With this limit, --idle {FD_MARGIN} less at most"
         )
     return f"RLIMIT_NOFILE raised from {soft}/{hard} to {needed}/{new_hard} (soft/hard)"
 
@@ -386,6 +386,8 @@ def raise_fd_limit(needed: int) -> str:
 OURS = ("ours", "ours+uvloop")
 PEERS = ("Twisted", "oidentd", "C limit")
 COLUMNS = OURS + PEERS
+#: File descriptors beside the idle connections: the harness's and a server's own, probes.
+FD_MARGIN = 256
 #: oidentd forks a process per connection: more would exhaust pid_max (32,768 by default).
 OIDENTD_MAX_IDLE = 2000
 
@@ -627,9 +629,10 @@ def hold_idle(server: Server, count: int, ask: bool) -> IdleRun:
             if n % 256 == 255:
                 _probe(server.port)  # keep the accept queue from overflowing (SYN retries)
         _probe(server.port)
-        # Accepted sockets show in /proc at once; wait while the count still grows.
+        # Accepted sockets show in /proc at once; wait while the count still grows (ours
+        # defers accept() for a silent connection by about a second: TCP_DEFER_ACCEPT).
         accepted, last_change = 0, time.monotonic()
-        while accepted < count and time.monotonic() - last_change < 2.0:
+        while accepted < count and time.monotonic() - last_change < 3.0:
             now = len(server.sockets() - base_socks)
             if now > accepted:
                 accepted, last_change = now, time.monotonic()
@@ -868,6 +871,15 @@ def explain(seconds: float, rounds: int, idle: int) -> None:
     )
 
 
+def server_env() -> dict[str, str]:
+    """The servers' environment: this checkout's ``src`` first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s a case (~40 s)")
@@ -895,13 +907,10 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 0.2 if args.quick else 0.5
     cases = [c for c in CASES if c.number in wanted]
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
-    )
+    env = server_env()
     if MEMORY_CASE in wanted:
         # the clients here and one server at a time, plus room for the rest
-        print(raise_fd_limit(args.idle + 1024))
+        print(raise_fd_limit(args.idle + FD_MARGIN))
     started = time.monotonic()
     load: dict[tuple[int, str], Result] = {}
     memory: dict[str, list[IdleRun]] = {}
@@ -924,14 +933,17 @@ def main(argv: list[str] | None = None) -> int:
     if MEMORY_CASE in wanted and args.idle > OIDENTD_MAX_IDLE:
         print(
             f"To hold {args.idle:,} connections a server needs RLIMIT_NOFILE above that "
-            f"(`ulimit -n {args.idle + 1024}`, LimitNOFILE= in a systemd unit) and, for ours, "
+            f"(`ulimit -n {args.idle + FD_MARGIN}`, LimitNOFILE= in a systemd unit) and, for ours, "
             f"--max-connections (max_connections in [server]) at least {args.idle:,}."
         )
     failed = False
     for (number, column), result in load.items():
-        if result.errors:
+        if result.errors or not result.ok:
             failed = True
-            print(f"ERRORS case {number} {column}: {result.errors:,} ({result.error_text})")
+            print(
+                f"ERRORS case {number} {column}: {result.errors:,}, {result.ok:,} answers "
+                f"({result.error_text})"
+            )
     for column, runs in memory.items():
         if any(r.errors for r in runs):
             failed = True

@@ -1,0 +1,48 @@
+"""``make bench`` measures what it says: every server in its line-up answers every query the
+load generator checks, in every kind of traffic, and holds idle connections.
+
+A short run of ``benchmarks/bench_server.py``'s own code (cases 1 and 4 for a fraction of a
+second, case 5 with a few connections): no figure is asserted (speed is judged in the
+benchmark, not here), only that each server gave right answers and no errors, so that the
+benchmark does not rot while the server changes under it. Twisted's column runs where the
+``bench`` extra is installed (``make bench``); the test extra does not have it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import peers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_server
+
+
+def test_every_server_answers_every_checked_query(tmp_path: Path) -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        peers.unavailable("no C compiler: the benchmark builds its load generator")
+    oidentd = peers.require(peers.OIDENTD, "oidentd")
+    loadgen = bench_server.compile_c(bench_server.LOADGEN_SRC, tmp_path)
+    lineup = bench_server.find_lineup(
+        oidentd, bench_server.compile_c(bench_server.LIMITD_SRC, tmp_path)
+    )
+    assert {"ours", "ours+uvloop", "oidentd", "C limit"} <= set(lineup.columns)
+    env = bench_server.server_env()
+    fresh, pipelined = (c for c in bench_server.CASES if c.number in (1, 4))
+    assert pipelined.depth == 8
+
+    load = bench_server.run_load(lineup, [fresh, pipelined], env, loadgen, 1, 0.3, 0.1)
+
+    expected = {(1, c) for c in lineup.columns} | {(4, c) for c in lineup.columns}
+    assert set(load) == expected - {(4, "oidentd")}  # one query per connection: no case 4
+    for (case, column), result in load.items():
+        assert result.ok > 0 and result.errors == 0, (case, column, result.error_text)
+
+    memory = bench_server.run_memory(lineup, env, 1, 50)
+
+    for column, (run,) in memory.items():
+        assert run.held == 50 and run.accepted == 50 and run.errors == 0, column
+        assert (run.answered is not None) == (column != "oidentd"), column
