@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from peers import require_root, unavailable
+from peers import NOBODY, require, require_root, unavailable
 
 __all__ = [
     "ENV",
@@ -35,6 +35,7 @@ __all__ = [
     "aioidentd_argv",
     "ask",
     "both_loops",
+    "connection_as_nobody",
     "enter_own_network_namespace",
     "ipv6_loopback",
     "needs_ipv6",
@@ -159,6 +160,37 @@ def ask(port: int, line: bytes, host: str = "127.0.0.1", source: str | None = No
         sock.connect((host, port))
         sock.sendall(line)
         return read_line(sock)
+
+
+@contextmanager
+def connection_as_nobody(host: str = "127.0.0.1") -> Iterator[tuple[socket.socket, int]]:
+    """A connection from a process running as nobody to a listener here: the accepted
+    socket, and the child's port (its end is ``(host, port)``, owned by uid 65534).
+
+    The child is bash with /dev/tcp rather than Python: the interpreter running the tests
+    may live where nobody cannot execute it (e.g. under /root/.pyenv).
+    """
+    require_root("to run a child as nobody")
+    bash = require("bash", "bash")
+    with socket.create_server((host, 0)) as listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        child = subprocess.Popen(
+            [bash, "-c", f"exec 3<>/dev/tcp/{host}/{port} && read -r _"],
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            cwd="/",
+            stdin=subprocess.PIPE,
+        )
+        try:
+            accepted, (_, child_port) = listener.accept()
+            with accepted:
+                yield accepted, child_port
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(10)
 
 
 @functools.cache

@@ -7,7 +7,6 @@ import asyncio
 import os
 import pwd
 import socket
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import aioidentd
+import support
 from aioidentd import ErrorReply, UserIdReply
 from peers import NOBODY, OIDENTD, Peer, oidentd_argv, oidentd_version, require, running
-from support import require_root
 
 # oidentd forks a child per query and only answers about connections to the querier's
 # address, so everything happens on 127.0.0.1.
@@ -99,33 +98,9 @@ async def test_own_connection(oidentd: Peer) -> None:
 
 @pytest.fixture
 def connection_as_nobody() -> Iterator[tuple[socket.socket, int]]:
-    """A connection from a process running as nobody to a listener here: the accepted
-    socket, and the child's (ident host side) port.
-
-    The child is bash with /dev/tcp rather than Python: the interpreter running the tests
-    may live where nobody cannot execute it (e.g. under /root/.pyenv).
-    """
-    require_root("to run a child as nobody")
-    bash = require("bash", "bash")
-    with socket.create_server((HOST, 0)) as listener:
-        listener.settimeout(10)
-        port = listener.getsockname()[1]
-        child = subprocess.Popen(
-            [bash, "-c", f"exec 3<>/dev/tcp/{HOST}/{port} && read -r _"],
-            user=NOBODY,
-            group=NOBODY,
-            extra_groups=[],
-            cwd="/",
-            stdin=subprocess.PIPE,
-        )
-        try:
-            accepted, (_, child_port) = listener.accept()
-            with accepted:
-                yield accepted, child_port
-        finally:
-            assert child.stdin is not None
-            child.stdin.close()
-            child.wait(10)
+    """:func:`support.connection_as_nobody` as a fixture."""
+    with support.connection_as_nobody(HOST) as connection:
+        yield connection
 
 
 async def test_connection_of_another_user(

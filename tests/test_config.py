@@ -602,12 +602,13 @@ def test_every_key_of_the_schema_is_documented() -> None:
     from aioidentd.policy.settings import (
         AnswerSettings,
         DaemonSettings,
+        MetricsSettings,
         ReplySettings,
         Rule,
         keys_of,
     )
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
-    for section in (DaemonSettings, ReplySettings, AnswerSettings, Rule):
+    for section in (DaemonSettings, ReplySettings, MetricsSettings, AnswerSettings, Rule):
         for name, _, _ in keys_of(section):
             assert f"| `{name}` |" in doc, f"{section.__name__}: {name}"

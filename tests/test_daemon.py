@@ -432,6 +432,11 @@ def test_workers_share_the_port_and_stop_together() -> None:
         port = d.port
         for n in range(1, 41):
             assert ask(port, b"%d,1\r\n" % n) == b"%d,1:ERROR:NO-USER\r\n" % n
+        # SIGUSR1 to the supervisor: each worker logs its own counters, which add up.
+        d.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: d.count(r"stats: \d+ queries") == 2, what="two stats lines")
+        counts = [int(n) for n in re.findall(r"stats: (\d+) queries", d.log)]
+        assert sum(counts) == 40, d.log
         for pid in workers:
             assert _uids(pid) == [NOBODY] * 4
         assert _uids(d.proc.pid)[0] == NOBODY  # the supervisor dropped root too

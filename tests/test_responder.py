@@ -144,3 +144,31 @@ async def test_a_reloaded_policy_applies_to_the_next_query() -> None:
         assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"alice")
         responder.policy = Policy(parse_config('[default]\nanswer = "uid"\n'), user_db=DB)
         assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"1000")
+
+
+async def test_the_query_log_says_which_rule_decided_and_why_a_lookup_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = """
+        [[rule]]
+        remote_port = "40000-40005"
+        answer = "uid"
+    """
+    lookup = StaticLookup({connection(6667, 40001): ALICE})
+    with caplog.at_level(logging.INFO, logger="aioidentd.daemon.responder"):
+        async with identd(lookup, config, log_queries=True) as (server, _):
+            assert await ask(server, 6667, 40001) == UserIdReply(6667, 40001, "UNIX", b"1000")
+        async with identd(FailingLookup(), log_queries=True) as (server, _):
+            assert await ask(server, 6667, 40001) == ErrorReply(6667, 40001, "UNKNOWN-ERROR")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].endswith(
+        f"asked 6667,40001: alice (uid {ALICE}) replied as '1000' "
+        f"(uid, [[rule]] #1 matched: remote port 40000-40005)"
+    )
+    # The rate-limited warning, then the query's line.
+    assert (
+        lines[1] == "the lookup of 127.0.0.1:6667 <-> 127.0.0.1:40001 failed: sock_diag went away"
+    )
+    assert lines[2].endswith(
+        "asked 6667,40001: lookup failed: UNKNOWN-ERROR (lookup-failed, sock_diag went away)"
+    )

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from aioidentd.cli import check_config as check_config
+from aioidentd.cli import explain as explain
 from aioidentd.cli import query as query
 from aioidentd.cli import serve as serve
 
-_COMMANDS = (serve, query, check_config)
+_COMMANDS = (serve, query, check_config, explain)
 
 
 class _Parser(argparse.ArgumentParser):

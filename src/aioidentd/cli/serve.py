@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from aioidentd.daemon import Daemon
+from aioidentd.daemon.logs import LOG_FORMATS, configure_logging
 from aioidentd.errors import ConfigError, DaemonError
 from aioidentd.policy import DaemonSettings
 from aioidentd.policy.settings import TOML_TYPES, Key, keys_of
@@ -99,6 +100,13 @@ def register(subparsers: SubParsers) -> None:
         default="info",
         help="default info",
     )
+    logs.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="plain",
+        help="'plain' lines (default; no timestamp of their own when stderr is the systemd "
+        "journal) or 'json', one object per line",
+    )
     parser.set_defaults(func=run)
 
 
@@ -142,11 +150,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     if args.host and "*" in args.host and len(args.host) > 1:
         print("aioidentd serve: error: '*' (every interface) must be given alone", file=sys.stderr)
         return 2

@@ -6,7 +6,10 @@ interface).
 * :mod:`.activation`: reading systemd's and inetd's hand-over;
 * :mod:`.privileges`: dropping root after binding;
 * :mod:`.supervisor`: worker processes;
-* :mod:`.responder`: answers from the kernel's socket table through the policy.
+* :mod:`.responder`: answers from the kernel's socket table through the policy;
+* :mod:`.explain`: that answer for one connection with every reason (``explain``);
+* :mod:`.metrics`: ``[metrics]``: the Prometheus endpoint, the textfile, SIGUSR1;
+* :mod:`.logs`: plain, journal and JSON log lines.
 """
 
 from aioidentd.daemon.daemon import Daemon

@@ -26,6 +26,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from aioidentd.daemon.metrics import DaemonMetrics, bind_metrics
 from aioidentd.daemon.privileges import Identity, drop_privileges, resolve_identity
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
@@ -83,6 +84,8 @@ class Daemon:
     def run(self) -> int:
         """Bind, drop privileges, serve until SIGTERM/SIGINT; returns the exit status."""
         settings = self.config.daemon
+        # SIGUSR1 asks for the counters; until the loop answers it, it must not kill us.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         try:
             socks, connected = acquire_sockets(settings, inetd=self.inetd)
         except OSError as exc:
@@ -92,6 +95,7 @@ class Daemon:
         identity = self._identity()
         self._loop_factory()  # imports uvloop, if asked for, while the files are readable
         workers = settings.workers if not connected else 1
+        metrics_sock = self._metrics_socket(workers, connected is not None)
         if workers > 1:
             per = len(socks) // workers
             groups = [socks[i * per : (i + 1) * per] for i in range(workers)]
@@ -104,7 +108,28 @@ class Daemon:
             return supervise(groups, work, lambda: self._drop(identity))
         lookup = None if self.static else self._lookup()
         self._drop(identity)
-        return self._run_loop(self.serve(socks, connected, lookup))
+        return self._run_loop(self.serve(socks, connected, lookup, metrics_sock))
+
+    def _metrics_socket(self, workers: int, inetd: bool) -> socket.socket | None:
+        """The ``[metrics] listen`` socket, bound with the ident port (before privileges
+        are dropped); ``[metrics]`` where it cannot work is an error, not ignored."""
+        metrics = self.config.metrics
+        if metrics.listen is None and metrics.textfile is None:
+            return None
+        if inetd:
+            raise DaemonError("[metrics] does not work with --inetd (a process per connection)")
+        if workers > 1:
+            raise DaemonError(
+                "[metrics] needs workers = 1: each worker process counts its own queries"
+            )
+        if metrics.listen is None:
+            return None
+        try:
+            return bind_metrics(metrics.listen)
+        except OSError as exc:
+            raise DaemonError(
+                f"[metrics] listen = {metrics.listen!r}: {exc.strerror or exc}"
+            ) from None
 
     def _identity(self) -> Identity | None:
         if os.geteuid() != 0:
@@ -188,16 +213,21 @@ class Daemon:
         socks: list[socket.socket],
         connected: socket.socket | None,
         lookup: SocketLookup | None,
+        metrics_sock: socket.socket | None = None,
     ) -> int:
         """Serve ``socks`` (or the one ``connected`` socket) until SIGTERM or SIGINT, which
-        answer what is still waiting before closing; SIGHUP reloads. ``lookup`` is None in
-        static mode."""
+        answer what is still waiting before closing; SIGHUP reloads; SIGUSR1 logs the
+        counters in one line. ``lookup`` is None in static mode; ``metrics_sock`` is the
+        bound ``[metrics] listen`` socket."""
         loop = asyncio.get_running_loop()
         ident, responder = self._make_server(socks, lookup)
+        decisions = responder.decisions if responder is not None else None
+        metrics = DaemonMetrics(self.config.metrics, ident.stats, decisions, metrics_sock)
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload, responder)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: logger.info("%s", metrics.summary()))
         try:
             if connected is not None:
                 serving = asyncio.ensure_future(ident.serve_connection(connected))
@@ -209,6 +239,7 @@ class Daemon:
                     await serving
                 return 0
             await ident.start()
+            await metrics.start()
             where = ", ".join(f"{host}:{port}" for host, port in ident.addresses)
             mode = "static answers" if self.static else "kernel lookups"
             engine = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
@@ -218,7 +249,8 @@ class Daemon:
             await ident.close()
             return 0
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            await metrics.close()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
             if lookup is not None and hasattr(lookup, "close"):
                 lookup.close()
@@ -239,15 +271,18 @@ class Daemon:
         old = self.config.daemon
         live = ("log_queries",)
         changed = [
-            f.name
+            f"[server] {f.name}"
             for f in dataclasses.fields(old)
             if f.name not in live and getattr(old, f.name) != getattr(fresh.daemon, f.name)
         ]
-        # [server] stays as started: sockets and limits are fixed until a restart.
-        self.config = dataclasses.replace(fresh, daemon=old)
+        if fresh.metrics != self.config.metrics:
+            changed.append("[metrics]")
+        # [server] and [metrics] stay as started: sockets and limits are fixed until a
+        # restart.
+        self.config = dataclasses.replace(fresh, daemon=old, metrics=self.config.metrics)
         if changed:
             logger.warning(
-                "SIGHUP: [server] %s changed; that takes effect after a restart",
+                "SIGHUP: %s changed; that takes effect after a restart",
                 ", ".join(changed),
             )
         logger.info("SIGHUP: configuration reloaded from %s", self.config_path)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable
 
+from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.daemon.forward import Forwarder
 from aioidentd.lookup import SocketLookup, SocketLookupError
 from aioidentd.policy import Decision, Policy
@@ -25,6 +27,9 @@ class KernelResponder:
     The queried connection is named by the RFC's rule: our end is the address the query
     arrived on with the queried server port, the other end is the querier's own address
     with the client port. So a host can only ask about its own connections to us.
+
+    ``decisions`` counts the answers by the decision's kind (the policy's answer kinds,
+    ``user-reply``, ``forward``, ``no-socket``, ``lookup-failed``), for the metrics.
     """
 
     def __init__(
@@ -39,6 +44,8 @@ class KernelResponder:
         self.policy = policy
         self.log_queries = log_queries
         self.forwarder = Forwarder(lookup, forward_timeout)
+        self.decisions: Counter[str] = Counter()
+        self._failures: RateLimitedLog | None = None
 
     def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
         local = (request.local[0], request.server_port)
@@ -46,8 +53,8 @@ class KernelResponder:
         if self.lookup.blocking or self.policy.reads_files:
             # /proc scans and users' reply files may block: off the event loop.
             return self._answer_off_loop(request, local, remote)
-        decision = self._decide(local, remote)
-        if decision is not None and decision.forward is not None:
+        decision = self.decide(local, remote)
+        if decision.forward is not None:
             return self._forward(request, decision)
         self._send(request, decision)
         return None
@@ -56,8 +63,8 @@ class KernelResponder:
         self, request: IdentRequest, local: Address, remote: Address
     ) -> None:
         loop = asyncio.get_running_loop()
-        decision = await loop.run_in_executor(None, self._decide, local, remote)
-        if decision is not None and decision.forward is not None:
+        decision = await loop.run_in_executor(None, self.decide, local, remote)
+        if decision.forward is not None:
             await self._forward(request, decision)
             return
         self._send(request, decision)
@@ -77,35 +84,43 @@ class KernelResponder:
         )
         self._send(request, self.policy.forwarded(own, reply, failure))
 
-    def _decide(self, local: Address, remote: Address) -> Decision | None:
-        """The policy's decision, or None when the lookup itself failed."""
+    def decide(self, local: Address, remote: Address, *, explain: bool = False) -> Decision:
+        """The lookup, then the policy's decision: what the daemon answers for the
+        connection ``local`` <-> ``remote`` (before any forward), and, ``explain`` set,
+        what ``aioidentd explain`` shows (every reason). May block when the lookup or the
+        policy does (see ``__call__``)."""
         try:
             uid = self.lookup.owner(local, remote)
         except (SocketLookupError, ValueError) as exc:
-            logger.warning("lookup of %s:%d <-> %s:%d failed: %s", *local, *remote, exc)
-            return None
-        return self.policy.decide(uid, local, remote)
+            return self.policy.lookup_failed(local, remote, str(exc))
+        return self.policy.decide(uid, local, remote, explain=explain)
 
-    def _send(self, request: IdentRequest, decision: Decision | None) -> None:
-        if decision is None:
-            error = "UNKNOWN-ERROR"
-            request.error(error)
-            if self.log_queries:
-                logger.info(
-                    "%s:%d asked %d,%d: %s (lookup failed)",
-                    *request.peer,
-                    request.server_port,
-                    request.client_port,
-                    error,
-                )
-            return
+    def _send(self, request: IdentRequest, decision: Decision) -> None:
+        self.decisions[decision.kind] += 1
         request.answer(decision.reply(request.server_port, request.client_port))
+        if decision.kind == "lookup-failed":
+            # Anyone can make us look up: one line per interval, then a count.
+            if self._failures is None:
+                loop = asyncio.get_running_loop()
+                self._failures = RateLimitedLog(logger, call_later=loop.call_later)
+            self._failures.log(
+                "lookup-failed", logging.WARNING, "lookups failed", "%s", decision.reasons[0]
+            )
         if self.log_queries or decision.spoofed or decision.forward is not None:
             # Spoofed answers are always logged with the real user, for abuse handling.
+            peer, server_port, client_port = request.peer, request.server_port, request.client_port
             logger.info(
                 "%s:%d asked %d,%d: %s",
-                *request.peer,
-                request.server_port,
-                request.client_port,
+                *peer,
+                server_port,
+                client_port,
                 decision.describe(),
+                extra={
+                    "event": "query",
+                    "peer": f"{peer[0]}:{peer[1]}",
+                    "ports": [server_port, client_port],
+                    "uid": decision.uid,
+                    "answer": str(decision.reply(server_port, client_port)),
+                    "reason": decision.why,
+                },
             )

@@ -2,8 +2,9 @@
 
 The kernel spreads connections over ``SO_REUSEPORT`` sockets, so N processes use N cores
 with no shared state. The parent only forwards signals (SIGTERM/SIGINT stop every worker,
-SIGHUP makes each re-read its file) and replaces a worker that dies, no faster than once
-a second so that a worker failing at start cannot make it spin.
+SIGHUP makes each re-read its file, SIGUSR1 makes each log its own counters) and replaces
+a worker that dies, no faster than once a second so that a worker failing at start cannot
+make it spin.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: The least time between two restarts of workers.
 RESTART_INTERVAL = 1.0
+#: Signals the parent passes on to every worker.
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 def supervise(
@@ -44,8 +47,10 @@ def supervise(
         if pid == 0:  # the worker
             status = 1
             try:
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                for signum in _FORWARDED:
                     signal.signal(signum, signal.SIG_DFL)
+                # Until the worker's loop handles it, SIGUSR1 must not kill it.
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
                 for other, group in enumerate(groups):
                     if other != index:
                         for sock in group:
@@ -69,7 +74,7 @@ def supervise(
 
     for index in range(len(groups)):
         start(index)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _FORWARDED:
         signal.signal(signum, forward)
     drop_privileges()
     logger.info("started %d workers: %s", len(groups), ", ".join(map(str, children)))

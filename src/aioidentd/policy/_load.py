@@ -30,6 +30,7 @@ from aioidentd.policy.settings import (
     Config,
     DaemonSettings,
     ForwardTarget,
+    MetricsSettings,
     ReplySettings,
     Rule,
     keys_of,
@@ -107,6 +108,7 @@ class _Loader:
         self.known_keys(document, (), _TOP_KEYS)
         daemon = self.daemon = DaemonSettings(**self.section(DaemonSettings, document, "server"))
         reply = ReplySettings(**self.section(ReplySettings, document, "reply"))
+        metrics = MetricsSettings(**self.section(MetricsSettings, document, "metrics"))
         default = self.settings(
             self.table(document.get("default", {}), ("default",)), ("default",), reply
         )
@@ -137,6 +139,7 @@ class _Loader:
             filename=self.filename,
             daemon=daemon,
             reply=reply,
+            metrics=metrics,
             default=default,
             users=MappingProxyType(users),
             groups=MappingProxyType(groups),

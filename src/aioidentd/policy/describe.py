@@ -32,6 +32,7 @@ def describe(config: Config) -> str:
         f"queries {'logged' if daemon.log_queries else 'not logged'}; "
         f"{daemon.workers} worker process{'es' if daemon.workers > 1 else ''}"
         f"{' on uvloop' if daemon.uvloop else ''}",
+        *_metrics(config),
         "replies:",
         f"  opsys {reply.opsys}, "
         + (f"charset {reply.charset}" if reply.charset else "no charset (US-ASCII)")
@@ -68,3 +69,15 @@ def describe(config: Config) -> str:
             "random_numeric, numeric, hide; check one with --user-file)"
         )
     return "\n".join(lines)
+
+
+def _metrics(config: Config) -> list[str]:
+    metrics = config.metrics
+    lines = []
+    if metrics.listen is not None:
+        lines.append(f"  metrics on http://{metrics.listen}/metrics")
+    if metrics.textfile is not None:
+        lines.append(
+            f"  metrics written to {metrics.textfile} every {metrics.textfile_interval:g} s"
+        )
+    return lines

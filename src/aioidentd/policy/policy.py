@@ -138,6 +138,12 @@ class Decision:
     ``"user-reply"`` (the user's own file) or ``"no-socket"`` (the lookup found nothing).
     ``unmasked_error`` keeps the real error when ``mask_errors`` replaced it; ``note``
     says why a user's reply file was not used.
+
+    ``reasons`` is every step that led here, in words and in order (when asked for:
+    ``decide(..., explain=True)``), and ``why`` the decisive one in a few words
+    (``random, [[rule]] #2 matched: remote port 6667``): built by the code that decides,
+    as it decides, so that ``aioidentd explain`` and the query log can never tell a
+    different story from the answer that went out.
     """
 
     kind: str
@@ -155,6 +161,8 @@ class Decision:
     forward: ForwardTarget | None = None
     #: Whether a forwarded id may be another user's name (``allow_spoof_other``).
     spoof_other: bool = False
+    reasons: tuple[str, ...] = ()
+    why: str = ""
 
     @property
     def spoofed(self) -> bool:
@@ -169,7 +177,9 @@ class Decision:
 
     def describe(self) -> str:
         """One log line: ``alice (uid 1000) replied as 'foo' (user-reply, ...)``."""
-        if self.uid is None:
+        if self.kind == "lookup-failed":
+            who = "lookup failed:"
+        elif self.uid is None:
             who = "no socket"
         elif self.user_name is None:
             who = f"uid {self.uid}"
@@ -185,7 +195,7 @@ class Decision:
             what = f"{self.unmasked_error} sent as {self.error}"
         else:
             what = str(self.error)
-        text = f"{who} {what} ({self.kind}, {self.source})"
+        text = f"{who} {what} ({self.why or f'{self.kind}, {self.source}'})"
         if self.note:
             label = "forward not used" if self.forward is not None else "reply file not used"
             text += f"; {label}: {self.note}"
@@ -248,39 +258,75 @@ class Policy:
         on the event loop, otherwise a server should call it in a thread."""
         return self._reads_files
 
-    def decide(self, uid: int | None, local: Address, remote: Address) -> Decision:
+    def decide(
+        self, uid: int | None, local: Address, remote: Address, *, explain: bool = False
+    ) -> Decision:
         """The decision for the connection ``local`` (this host) <-> ``remote``.
 
-        ``uid`` is the owner found by the lookup, None when no socket matched.
+        ``uid`` is the owner found by the lookup, None when no socket matched. With
+        ``explain``, the decision's ``reasons`` list every step (``why``, its short form,
+        is always there): the daemon leaves it off to keep queries cheap.
         """
+        trail: list[str] | None = None
         if uid is None:
-            return self._error("no-socket", "lookup found no connection", None, None, "NO-USER")
+            if explain:
+                trail = [
+                    f"no live connection {_show(local)} <-> {_show(remote)} in the socket "
+                    f"table (the lookup found none, or only a closed one that nobody owns)"
+                ]
+            return self._error(
+                "no-socket", "lookup found no connection", None, None, "NO-USER", trail=trail
+            )
         name = self.user_db.name_of(uid)
-        settings = self.settings_for(uid, name, local, remote)
-        decision = self._decide(uid, name, settings, local, remote)
+        if explain:
+            trail = [f"owner: {_who(uid, name)}"]
+        settings = self.settings_for(uid, name, local, remote, trail)
         target = settings.forward
+        if target is not None and trail is not None:
+            trail.append(
+                f'answer = "forward": the daemon asks {target} first (explain does not); '
+                f"when that gives no usable answer, the answer that follows"
+            )
+        decision = self._decide(uid, name, settings, local, remote, trail)
         if target is None:
             return decision
         if remote[1] < 1024 and not settings.allow_spoof_privport:
             # The forward target chooses the id: the same limit as a user's own reply.
             note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
+            if trail is not None:
+                decision = replace(decision, reasons=(*decision.reasons, f"no forward: {note}"))
             return replace(decision, note=note)
         return replace(decision, forward=target, spoof_other=bool(settings.allow_spoof_other))
 
     def _decide(
-        self, uid: int, name: str | None, settings: AnswerSettings, local: Address, remote: Address
+        self,
+        uid: int,
+        name: str | None,
+        settings: AnswerSettings,
+        local: Address,
+        remote: Address,
+        trail: list[str] | None = None,
     ) -> Decision:
         note: str | None = None
         if settings.allow_user_reply:
-            chosen, note = self._user_reply(uid, name, settings, remote)
+            chosen, note = self._user_reply(uid, name, settings, remote, trail)
             if chosen is not None:
-                return self._user_id("user-reply", settings.source, uid, name, chosen, note)
+                return self._user_id(
+                    "user-reply",
+                    settings.source,
+                    uid,
+                    name,
+                    chosen,
+                    note,
+                    trail,
+                    f"user-reply, ~/{REPLY_FILE} allowed by {settings.source}",
+                )
             if note is None:
                 # No ~/.aioidentd-reply: what the user's tools wrote for oidentd.
-                decision, note = self._oidentd_choice(uid, name, settings, local, remote)
+                decision, note = self._oidentd_choice(uid, name, settings, local, remote, trail)
                 if decision is not None:
                     return decision
-        return self._from_settings(uid, name, settings, note)
+        return self._from_settings(uid, name, settings, note, trail)
 
     def forwarded(self, own: Decision, reply: Reply | None, failure: str | None) -> Decision:
         """The decision once ``own.forward`` was asked: its answer relayed, or ``own``
@@ -335,77 +381,124 @@ class Policy:
         return None, raw, charset
 
     def settings_for(
-        self, uid: int, name: str | None, local: Address, remote: Address
+        self,
+        uid: int,
+        name: str | None,
+        local: Address,
+        remote: Address,
+        trail: list[str] | None = None,
     ) -> AnswerSettings:
-        """The effective settings: each one from the first layer that sets it."""
+        """The effective settings: each one from the first layer that sets it.
+
+        ``trail``, when given, receives each step in words: which tables applied, which
+        rules did not match and why, and where each setting came from.
+        """
         user_tables = [
             self.config.users[key]
             for key in (uid, name)
             if key is not None and key in self.config.users
         ]
         if uid == 0 and not any(table.answer is not None for table in user_tables):
+            if trail is not None:
+                trail.append(
+                    "uid 0 is root and no [user.root] or [user.0] table sets an answer: "
+                    "the built-in root rule hides it"
+                )
             return merge_settings(BUILTIN_ROOT, BUILTIN_DEFAULT)
         if self._plain is not None and not user_tables:
+            if trail is not None:
+                trail.append("no [user.X] table for this user; no [group.X] or [[rule]] tables")
+                _origins((), self._plain, self.config.default, trail)
             return self._plain
         groups: Sequence[str] = self.user_db.groups_of(uid) if self._needs_groups else ()
         layers: list[AnswerSettings] = []
         for rule in self.config.rules:
-            if self._matches(rule, uid, name, groups, local, remote):
+            miss = self._mismatch(rule, uid, name, groups, local, remote)
+            if miss is None:
                 layers.append(rule.settings)
+                if trail is not None:
+                    trail.append(f"{_table(rule.settings)} matches ({rule.describe() or 'any'})")
                 break
+            if trail is not None:
+                trail.append(f"{_table(rule.settings)} does not match: {miss}")
         layers.extend(user_tables)
         member = set(groups)
-        layers.extend(table for key, table in self.config.groups.items() if key in member)
-        return merge_settings(*layers, self.config.default, BUILTIN_DEFAULT)
+        group_tables = [table for key, table in self.config.groups.items() if key in member]
+        layers.extend(group_tables)
+        merged = merge_settings(*layers, self.config.default, BUILTIN_DEFAULT)
+        if trail is not None:
+            for table in user_tables:
+                trail.append(f"{_table(table)} applies")
+            for table in group_tables:
+                trail.append(f"{_table(table)} applies (a group of the user)")
+            _origins(layers, merged, self.config.default, trail)
+        return merged
 
     @staticmethod
-    def _matches(
+    def _mismatch(
         rule: Rule,
         uid: int,
         name: str | None,
         groups: Sequence[str],
         local: Address,
         remote: Address,
-    ) -> bool:
+    ) -> str | None:
+        """Why ``rule`` does not apply to this connection and user, or None when it does."""
         if rule.local_ports and not any(local[1] in ports for ports in rule.local_ports):
-            return False
+            return f"local port {local[1]} is not {_any_of(rule.local_ports)}"
         if rule.remote_ports and not any(remote[1] in ports for ports in rule.remote_ports):
-            return False
+            return f"remote port {remote[1]} is not {_any_of(rule.remote_ports)}"
         if rule.local_addresses and not _address_in(local[0], rule.local_addresses):
-            return False
+            return f"local address {local[0]} is not in {_any_of(rule.local_addresses)}"
         if rule.remote_addresses and not _address_in(remote[0], rule.remote_addresses):
-            return False
+            return f"remote address {remote[0]} is not in {_any_of(rule.remote_addresses)}"
         if rule.users and uid not in rule.users and (name is None or name not in rule.users):
-            return False
-        return not rule.groups or any(group in rule.groups for group in groups)
+            return f"the user is not {_any_of(rule.users)}"
+        if rule.groups and not any(group in rule.groups for group in groups):
+            return f"the user is in none of the groups {_any_of(rule.groups)}"
+        return None
 
     def _user_reply(
-        self, uid: int, name: str | None, settings: AnswerSettings, remote: Address
+        self,
+        uid: int,
+        name: str | None,
+        settings: AnswerSettings,
+        remote: Address,
+        trail: list[str] | None = None,
     ) -> tuple[bytes | None, str | None]:
-        """The user's own reply, or None and why not (already logged)."""
+        """The user's own reply, or None and why not (already logged, and in ``trail``)."""
         who = f"{name} (uid {uid})" if name else f"uid {uid}"
+        where = f"~{name}/{REPLY_FILE}" if name else REPLY_FILE
+        note: str | None = None
         if remote[1] < 1024 and not settings.allow_spoof_privport:
             note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
             logger.info("not using the reply file of %s: %s", who, note)
-            return None, note
-        if self._geteuid() == 0:
+        elif self._geteuid() == 0:
             note = "the daemon runs as root and never reads users' files as root"
             logger.warning("not using the reply file of %s: %s", who, note)
-            return None, note
-        home = self.user_db.home_of(uid)
-        if not home:
+        elif not self.user_db.home_of(uid):
             note = "the user has no home directory"
             logger.warning("not using the reply file of %s: %s", who, note)
+        if note is not None:
+            if trail is not None:
+                trail.append(f"reply file {where}: not read: {note}")
             return None, note
+        home = self.user_db.home_of(uid) or ""
         try:
             text = read_reply_file(home, uid)
             if text is None:
                 logger.debug("%s has no %s", who, REPLY_FILE)
+                if trail is not None:
+                    trail.append(f"reply file {where}: there is none")
                 return None, None
             raw = self._chosen_id(uid, text, settings)
         except ReplyFileRefused as exc:
             logger.warning("not using the reply file of %s: %s", who, exc)
+            if trail is not None:
+                trail.append(f"reply file {where}: refused: {exc}")
             return None, str(exc)
+        if trail is not None:
+            trail.append(f"reply file {where}: used, it says {text!r}")
         return raw, None
 
     def _chosen_id(self, uid: int, text: str, settings: AnswerSettings) -> bytes:
@@ -426,7 +519,13 @@ class Policy:
         return raw
 
     def _oidentd_choice(
-        self, uid: int, name: str | None, settings: AnswerSettings, local: Address, remote: Address
+        self,
+        uid: int,
+        name: str | None,
+        settings: AnswerSettings,
+        local: Address,
+        remote: Address,
+        trail: list[str] | None = None,
     ) -> tuple[Decision | None, str | None]:
         """What the user's oidentd file says for this connection (see
         :mod:`.oidentd_conf`), or None and why not (already logged). Called only where
@@ -438,23 +537,36 @@ class Policy:
         try:
             found = read_oidentd_file(home, uid)
             if found is None:
+                if trail is not None:
+                    trail.append("oidentd file of the user: there is none")
                 return None, None
             path, text = found
             parsed = parse_user_file(text)
             self._report_problems(who, path, text, parsed)
             entry = parsed.choose(local, remote)
             if entry is None:
+                if trail is not None:
+                    trail.append(f"oidentd file {path}: nothing in it applies to this connection")
                 return None, None
             source = f"{path} line {entry.line}"
             chosen = entry.choice.user_id(uid)
+            why = f"user-reply, {source}"
             if chosen is None:
-                decision = self._error("user-reply", source, uid, name, "HIDDEN-USER")
+                if trail is not None:
+                    trail.append(f"oidentd file {source}: hides the user")
+                decision = self._error(
+                    "user-reply", source, uid, name, "HIDDEN-USER", None, trail, why
+                )
                 return decision, None
             raw = self._chosen_id(uid, chosen, settings)
         except ReplyFileRefused as exc:
             logger.warning("not using the oidentd file of %s: %s", who, exc)
+            if trail is not None:
+                trail.append(f"oidentd file of the user: refused: {exc}")
             return None, str(exc)
-        return self._user_id("user-reply", source, uid, name, raw, None), None
+        if trail is not None:
+            trail.append(f"oidentd file {source}: used, it says {chosen!r}")
+        return self._user_id("user-reply", source, uid, name, raw, None, trail, why), None
 
     def _report_problems(self, who: str, path: str, text: str, parsed: UserFile) -> None:
         """Log what a user file says that is not understood, once per version of the
@@ -472,18 +584,29 @@ class Policy:
         )
 
     def _from_settings(
-        self, uid: int, name: str | None, settings: AnswerSettings, note: str | None
+        self,
+        uid: int,
+        name: str | None,
+        settings: AnswerSettings,
+        note: str | None,
+        trail: list[str] | None,
     ) -> Decision:
         kind = settings.answer or "hidden"
         source = settings.source
+        why = f"{kind}, {source}"
+        for rule in self.config.rules:
+            if rule.settings.source == source:
+                why += f" matched: {rule.describe() or 'any connection'}"
         if kind == "hidden":
-            return self._error(kind, source, uid, name, "HIDDEN-USER", note)
+            return self._error(kind, source, uid, name, "HIDDEN-USER", note, trail, why)
         if kind == "no-user":
-            return self._error(kind, source, uid, name, "NO-USER", note)
+            return self._error(kind, source, uid, name, "NO-USER", note, trail, why)
         charset = self.config.reply.charset
         raw: bytes | None = None
         if kind == "random":
             text = random_user_id()
+            if trail is not None:
+                trail.append("a random id, drawn afresh for each query")
         elif kind == "fixed" and settings.reply is not None:
             text = settings.reply
         elif kind == "username" and name is not None:
@@ -492,12 +615,16 @@ class Policy:
                 raw = safe_user_id(name, charset)
             except ValueError as exc:
                 logger.warning("answering uid %d instead of its name: %s", uid, exc)
+                if trail is not None:
+                    trail.append(f"the user name cannot go on the wire ({exc}): the uid instead")
                 text = str(uid)
         else:  # "uid", or "username" without a passwd entry
+            if kind == "username" and trail is not None:
+                trail.append(f"uid {uid} has no user name (no passwd entry): the uid instead")
             text = str(uid)
         if raw is None:
             raw = safe_user_id(text, charset)
-        return self._user_id(kind, source, uid, name, raw, note)
+        return self._user_id(kind, source, uid, name, raw, note, trail, why)
 
     def _user_id(
         self,
@@ -507,6 +634,8 @@ class Policy:
         name: str | None,
         raw: bytes,
         note: str | None,
+        trail: Sequence[str] | None = None,
+        why: str = "",
     ) -> Decision:
         return Decision(
             kind=kind,
@@ -517,6 +646,8 @@ class Policy:
             opsys=self.config.reply.opsys,
             charset=self.config.reply.charset,
             note=note,
+            reasons=tuple(trail or ()),
+            why=why or f"{kind}, {source}",
         )
 
     def _error(
@@ -527,8 +658,14 @@ class Policy:
         name: str | None,
         error: str,
         note: str | None = None,
+        trail: Sequence[str] | None = None,
+        why: str = "",
     ) -> Decision:
         masked = self.config.reply.mask_errors and error != "UNKNOWN-ERROR"
+        reasons = tuple(trail or ())
+        why = why or f"{kind}, {source}"
+        if masked and trail is not None:
+            reasons += (f"{error} is sent as UNKNOWN-ERROR: [reply] mask_errors = true",)
         return Decision(
             kind=kind,
             source=source,
@@ -539,4 +676,62 @@ class Policy:
             opsys=self.config.reply.opsys,
             charset=self.config.reply.charset,
             note=note,
+            reasons=reasons,
+            why=why,
         )
+
+    def lookup_failed(self, local: Address, remote: Address, error: str) -> Decision:
+        """The decision when the lookup itself failed: ``UNKNOWN-ERROR`` (never masked,
+        never another answer: nobody knows whose connection it is)."""
+        return Decision(
+            kind="lookup-failed",
+            source="the socket lookup",
+            error="UNKNOWN-ERROR",
+            opsys=self.config.reply.opsys,
+            charset=self.config.reply.charset,
+            reasons=(f"the lookup of {_show(local)} <-> {_show(remote)} failed: {error}",),
+            why=f"lookup-failed, {error}",
+        )
+
+
+def _show(address: Address) -> str:
+    host = address[0]
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
+def _who(uid: int, name: str | None) -> str:
+    return f"uid {uid} ({name})" if name else f"uid {uid} (no user name)"
+
+
+def _table(settings: AnswerSettings) -> str:
+    return settings.source if settings.line is None else f"{settings.source} (line {settings.line})"
+
+
+def _any_of(items: Sequence[object]) -> str:
+    return " or ".join(str(item) for item in items)
+
+
+#: The settings whose origin the trail names besides ``answer``.
+_TRAIL_SETTINGS = ("allow_user_reply", "allow_spoof_other", "allow_spoof_privport")
+
+
+def _origins(
+    layers: Sequence[AnswerSettings],
+    merged: AnswerSettings,
+    default: AnswerSettings,
+    trail: list[str],
+) -> None:
+    """Where each effective setting came from, by :func:`merge_settings`'s rule: the
+    first layer that sets it (``answer`` carries its own source)."""
+    answer = f'"{merged.answer}"'
+    if merged.answer == "fixed":
+        answer += f", reply = {merged.reply!r}"
+    trail.append(f"answer = {answer} from {_table(merged)}")
+    for setting in _TRAIL_SETTINGS:
+        value = getattr(merged, setting)
+        origin = next(
+            (layer for layer in (*layers, default) if getattr(layer, setting) is not None),
+            BUILTIN_DEFAULT,
+        )
+        if value or origin is not BUILTIN_DEFAULT:
+            trail.append(f"{setting} = {str(value).lower()} from {_table(origin)}")

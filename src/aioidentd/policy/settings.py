@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,11 +37,13 @@ __all__ = [
     "ForwardProxy",
     "ForwardTarget",
     "Key",
+    "MetricsSettings",
     "Network",
     "PortRange",
     "ReplySettings",
     "Rule",
     "keys_of",
+    "parse_listen",
 ]
 
 #: How a policy shows a user: the values of ``answer =``.
@@ -546,6 +549,47 @@ class ReplySettings:
     mask_errors: bool = key(False, bool)
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9561`` or ``[::1]:9561`` as (host, port); ValueError says why not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'must be "ADDRESS:PORT", got {text!r}')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f'write an IPv6 address as "[ADDRESS]:PORT", got {text!r}')
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"not an IP address: {host!r}") from None
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not a port number: {port!r}")
+    return host, int(port)
+
+
+def _listen_address(name: str, value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return value
+
+
+def _path(name: str, value: str) -> str:
+    if not value or "\0" in value:
+        raise ValueError(f"{name} must be a file name")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """``[metrics]``: where the daemon's counters go (nowhere unless asked)."""
+
+    listen: str | None = key(None, str, _listen_address)
+    textfile: str | None = key(None, str, _path)
+    textfile_interval: float = key(15.0, float, _seconds)
+
+
 def _no_tables() -> Mapping[Any, AnswerSettings]:
     return MappingProxyType({})
 
@@ -561,6 +605,7 @@ class Config:
     filename: str = "<defaults>"
     daemon: DaemonSettings = key(DaemonSettings, dict, name="server")
     reply: ReplySettings = key(ReplySettings, dict)
+    metrics: MetricsSettings = key(MetricsSettings, dict)
     default: AnswerSettings = key(lambda: BUILTIN_DEFAULT, dict)
     users: Mapping[str | int, AnswerSettings] = key(_no_tables, dict, name="user")
     groups: Mapping[str, AnswerSettings] = key(_no_tables, dict, name="group")

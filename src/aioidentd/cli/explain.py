@@ -1,0 +1,124 @@
+"""``aioidentd explain``: what the daemon would answer for one connection, and why.
+
+For the question administrators ask most ("why did it answer NO-USER?"): every step in
+words, from the same code that answers queries (see :mod:`aioidentd.daemon.explain`),
+so that the explanation cannot disagree with the daemon. ``--json`` for scripts.
+
+Exit status: 0 when the answer is a USERID, 1 when it is an ERROR, 2 for bad arguments,
+a configuration that does not load, or a connection that cannot be chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from aioidentd.cli._arguments import port
+from aioidentd.daemon.explain import explain, find_connections, show
+from aioidentd.errors import ConfigError, SocketLookupError
+from aioidentd.policy import Config, load_config
+from aioidentd.protocol import Address
+
+if TYPE_CHECKING:
+    from aioidentd.cli._arguments import SubParsers
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+def _local(text: str) -> tuple[str | None, int]:
+    """``PORT``, ``ADDR:PORT`` or ``[V6ADDR]:PORT``."""
+    host, sep, number = text.rpartition(":")
+    if not sep:
+        return None, port()(text)
+    if host.count(":") and not host.startswith("["):
+        raise argparse.ArgumentTypeError(f"write an IPv6 address as [ADDR]:PORT, not {text!r}")
+    return _address(host), port()(number)
+
+
+def register(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="show what the daemon would answer for a connection, and why",
+        description=(
+            "Explain what the daemon, with this configuration, answers when REMOTE_HOST "
+            "asks about its connection to REMOTE_PORT from --local on this host: the "
+            "lookup, the policy's tables and rules, users' reply files, each with its "
+            "reason. Exit status: 0 USERID, 1 ERROR, 2 usage or configuration error."
+        ),
+    )
+    parser.add_argument("remote_host", type=_address, metavar="REMOTE_HOST")
+    parser.add_argument("remote_port", type=port(), metavar="REMOTE_PORT")
+    parser.add_argument(
+        "--local",
+        type=_local,
+        metavar="[ADDR:]PORT",
+        help="this host's end of the connection (default: the only connection to "
+        "REMOTE_HOST:REMOTE_PORT in the socket table)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="querier",
+        type=_address,
+        metavar="ADDR",
+        help="the address the query comes from (default REMOTE_HOST)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="the daemon's configuration (TOML)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    print(f"aioidentd explain: {message}", file=sys.stderr)
+    return 2
+
+
+def _choose(remote: Address, local: tuple[str | None, int] | None) -> Address | str:
+    """Our end of the connection, or why it cannot be chosen."""
+    if local is not None and local[0] is not None:
+        return local[0], local[1]
+    local_port = None if local is None else local[1]
+    try:
+        found = find_connections(remote, local_port)
+    except OSError as exc:
+        return f"cannot read the socket table ({exc}): give --local ADDR:PORT"
+    ends = list(dict.fromkeys(entry.local for entry in found))
+    if len(ends) == 1:
+        return ends[0]
+    which = f" from local port {local_port}" if local_port is not None else ""
+    if not ends:
+        return (
+            f"no connection to {show(remote)}{which} in this network namespace; "
+            f"give --local ADDR:PORT to explain the answer for one anyway"
+        )
+    listed = ", ".join(show(end) for end in ends[:10])
+    return f"{len(ends)} connections to {show(remote)}{which} ({listed}): choose with --local"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else Config()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    remote = (args.remote_host, args.remote_port)
+    local = _choose(remote, args.local)
+    if isinstance(local, str):
+        return _fail(local)
+    try:
+        result = explain(config, local, remote, querier=args.querier)
+    except (SocketLookupError, OSError) as exc:
+        return _fail(f"cannot look up connections: {exc}")
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print(f"connection {show(local)} <-> {show(remote)}, asked by {result.querier}")
+        for step in result.steps:
+            print(f"{step.topic}: {step.text}")
+    return 0 if result.decision.user_id is not None else 1
