@@ -495,6 +495,7 @@ async def test_claim_after_connect_with_the_bounded_wait() -> None:
                 await asyncio.sleep(0.005)
             ident.claim(writer, "late")
         assert user(await asker.answer_for(writer)) == "late"
+        assert ident.stats.claimed == 1  # counted, though it was held first
         writer.close()
 
 

@@ -546,6 +546,8 @@ class ClaimRegistry:
         if claim is not None:
             conn = request._conn
             style = conn.server.reply_style if conn is not None else "compact"
+            if conn is not None:
+                conn.server.stats.claimed += 1
             request._set_line(claim._line(request.server_port, request.client_port, style))
             return True
         if proceed:

@@ -51,6 +51,7 @@ from aioidentd.claims import (
 from aioidentd.listener import Listener, bind_sockets
 from aioidentd.protocol import (
     MAX_LINE,
+    WHITESPACE,
     Address,
     ErrorReply,
     InvalidQuery,
@@ -362,7 +363,7 @@ class _IdentConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        if not self._closing and self._buffer.strip(b" \t\r"):
+        if not self._closing and self._buffer.strip(WHITESPACE):
             # A last query without its end of line: answer it like any other.
             self._buffer += b"\n"
             self._process()
