@@ -532,3 +532,26 @@ def test_system_user_db_matches_pwd() -> None:
     assert db.home_of(unused) is None
     assert db.groups_of(unused) == ()
     assert db.uid_of("no-such-user-aioidentd") is None
+
+
+def test_system_user_db_keeps_answers_for_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from aioidentd.policy.policy import SystemUserDB
+
+    calls: list[int] = []
+    real = pwd.getpwuid
+
+    def counting(uid: int) -> pwd.struct_passwd:
+        calls.append(uid)
+        return real(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", counting)
+    cached = SystemUserDB(ttl=60.0)
+    assert [cached.name_of(0) for _ in range(3)] == ["root"] * 3
+    assert cached.home_of(0) == real(0).pw_dir
+    assert calls == [0]  # one NSS lookup for four answers
+    fresh = SystemUserDB(ttl=0.0)  # every answer asks again: a change is seen at once
+    assert [fresh.name_of(0) for _ in range(2)] == ["root"] * 2
+    assert calls == [0, 0, 0]
+    assert SystemUserDB().name_of(2**31 - 7) is None  # unknown uids are cached as unknown

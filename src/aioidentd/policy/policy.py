@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import pwd
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -90,13 +91,39 @@ class UserDB(Protocol):
 
 
 class SystemUserDB:
-    """The machine's passwd and group databases (:mod:`pwd`, :mod:`grp`)."""
+    """The machine's passwd and group databases (:mod:`pwd`, :mod:`grp`), with answers
+    kept for :attr:`ttl` seconds.
+
+    Why a cache: every answered query needs the owner's name (and, with group tables, its
+    groups), and each ``getpwuid`` goes through NSS, re-reading ``/etc/passwd`` (or asking
+    a directory service): a third of the daemon's CPU per query before the cache. Users
+    rarely change; a new or renamed user is seen within ``ttl`` seconds, or at once after
+    a reload (SIGHUP builds a new policy, and so a new cache).
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self._size = size
+        self._users: dict[int, tuple[float, pwd.struct_passwd | None]] = {}
+        self._groups: dict[int, tuple[float, tuple[str, ...]]] = {}
+
+    def _user(self, uid: int) -> pwd.struct_passwd | None:
+        now = time.monotonic()
+        cached = self._users.get(uid)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
+        except KeyError:
+            entry = None
+        if len(self._users) >= self._size:
+            self._users.clear()
+        self._users[uid] = (now + self.ttl, entry)
+        return entry
 
     def name_of(self, uid: int) -> str | None:
-        try:
-            return pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return None
+        entry = self._user(uid)
+        return entry.pw_name if entry is not None else None
 
     def uid_of(self, name: str) -> int | None:
         try:
@@ -105,16 +132,17 @@ class SystemUserDB:
             return None
 
     def home_of(self, uid: int) -> str | None:
-        try:
-            return pwd.getpwuid(uid).pw_dir or None
-        except KeyError:
-            return None
+        entry = self._user(uid)
+        return (entry.pw_dir or None) if entry is not None else None
 
     def groups_of(self, uid: int) -> Sequence[str]:
         """Primary group first, then supplementary ones; a gid without a name as digits."""
-        try:
-            entry = pwd.getpwuid(uid)
-        except KeyError:
+        now = time.monotonic()
+        cached = self._groups.get(uid)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        entry = self._user(uid)
+        if entry is None:
             return ()
         try:
             gids = os.getgrouplist(entry.pw_name, entry.pw_gid)
@@ -126,7 +154,10 @@ class SystemUserDB:
                 names.append(grp.getgrgid(gid).gr_name)
             except KeyError:
                 names.append(str(gid))
-        return names
+        if len(self._groups) >= self._size:
+            self._groups.clear()
+        self._groups[uid] = (now + self.ttl, tuple(names))
+        return tuple(names)
 
 
 @dataclass(frozen=True, slots=True)
