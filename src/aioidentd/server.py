@@ -318,18 +318,22 @@ class _IdentConnection(asyncio.Protocol):
         server = self.server
         server._setting_up -= 1
         connections = server._connections
+        parked = self in connections  # counted when it was parked (IdentServer._park)
         if server._closing:
             # Accepted while closing (the accept queue is drained on close): answer what
             # it has already sent, like every other connection.
             self._stopping = True
+        elif parked:
+            pass
         elif len(connections) >= server.max_connections and not server._make_room(self):
             server.stats.connections_refused += 1
             transport.close()
             self._transport = None
             self._drop_tasks()
             return
-        connections[self] = None
-        server.stats.connections_accepted += 1
+        if not parked:
+            connections[self] = None
+            server.stats.connections_accepted += 1
         self.peer = _address(transport.get_extra_info("peername"))
         self.local = _address(transport.get_extra_info("sockname"))
         if server._trusted_proxies and server._trusts(self.peer[0]):
@@ -338,7 +342,8 @@ class _IdentConnection(asyncio.Protocol):
         now = self._loop.time()
         # Until its first query a connection gets the (shorter) first-query deadline: a
         # silent connection holds a slot for seconds, not for the whole idle timeout.
-        self._idle_deadline = now + server._first_deadline
+        if not parked:
+            self._idle_deadline = now + server._first_deadline
         # Armed no later than the linger that follows the last answer, so that _finish()
         # finds the timer due first and keeps it: one timer handle per short connection
         # instead of one for the idle deadline, cancelled and replaced for the linger.
@@ -710,6 +715,12 @@ class _IdentConnection(asyncio.Protocol):
         """The server is closing: queries waiting for a handler get the fallback now;
         queries already sent but not yet read will be read and answered (see
         :meth:`drained`); nothing new is waited for."""
+        if self._transport is None and self._sock is not None:  # parked
+            if _unread_socket(self._sock):
+                self._unpark()  # its connection_made() sees the server closing
+            else:
+                self._close_parked()
+            return
         self._stopping = True
         for request in list(self._pending):
             if request._answer is None:
@@ -731,7 +742,48 @@ class _IdentConnection(asyncio.Protocol):
     def evict(self) -> None:
         """Closed to make room for a new connection (see IdentServer._make_room)."""
         self.server._connections.pop(self, None)
-        self._close()
+        if self._transport is None and self._sock is not None:
+            self._close_parked()
+        else:
+            self._close()
+
+    def _unpark(self) -> None:
+        """The parked socket is readable (a query, an EOF or a reset): give it its
+        transport, which reads it from here on (see IdentServer._park)."""
+        server = self.server
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        server._loop_or_raise().remove_reader(sock.fileno())
+        deadline = server._parked.pop(self, 0.0)
+        try:
+            peername = sock.getpeername()
+        except OSError:
+            server._connections.pop(self, None)
+            sock.close()  # reset meanwhile: nothing to read, nobody to answer
+            return
+        self._idle_deadline = deadline  # the first-query deadline it was parked with
+        sock.setblocking(False)
+        server._setting_up += 1
+        try:
+            server._make_transport(sock, self, extra={"peername": peername})
+        except Exception:
+            server._setting_up -= 1
+            server._connections.pop(self, None)
+            logger.exception("%s: cannot set up connection", server)
+            sock.close()
+
+    def _close_parked(self) -> None:
+        server = self.server
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        server._parked.pop(self, None)
+        server._connections.pop(self, None)
+        server._loop_or_raise().remove_reader(sock.fileno())
+        sock.close()
 
 
 class _ProxiedConnection(_IdentConnection):
@@ -793,7 +845,11 @@ def _defer_accept(sock: socket.socket) -> None:
 
 def _unread(transport: asyncio.BaseTransport) -> int:
     """Octets the kernel has received on the transport's socket and nobody has read."""
-    sock = transport.get_extra_info("socket")
+    return _unread_socket(transport.get_extra_info("socket"))
+
+
+def _unread_socket(sock: Any) -> int:
+    """Octets the kernel has received on ``sock`` and nobody has read."""
     if sock is None:
         return 0
     try:
@@ -905,6 +961,11 @@ class IdentServer:
         self._connections: dict[_IdentConnection, None] = {}
         #: Accepted connections whose protocol has not seen connection_made() yet.
         self._setting_up = 0
+        #: Connections parked before their first octet, oldest first, with their deadline
+        #: (see _park); one timer for all of them.
+        self._parked: dict[_IdentConnection, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._make_transport: Any = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._log = RateLimitedLog(logger)
         #: What the server did since it was created (see :class:`~aioidentd.stats.ServerStats`).
@@ -1097,8 +1158,12 @@ class IdentServer:
         if self.defer_accept:
             for sock in socks:
                 _defer_accept(sock)
-        at_once = None if self.multiple else self._at_once
-        self._listeners = [Listener(self._loop, sock, factory, name, at_once) for sock in socks]
+        # The selector loop's own transport constructor, for connections parked before
+        # their first octet (see _park); other loops (uvloop) never park.
+        self._make_transport = getattr(self._loop, "_make_socket_transport", None)
+        self._listeners = [
+            Listener(self._loop, sock, factory, name, self._at_once) for sock in socks
+        ]
         for listener in self._listeners:
             listener.start()
         logger.info("%s: listening", self)
@@ -1157,6 +1222,11 @@ class IdentServer:
                 "%s: %d connections never reported closing", self, len(self._connections)
             )
             self._connections.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._parked):
+            conn._close_parked()
         self._setting_up = 0
         self._listeners = []
         self._log.close()
@@ -1255,6 +1325,9 @@ class IdentServer:
         try:
             data = sock.recv(MAX_LINE + 2, socket.MSG_DONTWAIT)
         except BlockingIOError:
+            if self._make_transport is not None:
+                self._park(conn, sock, addr)
+                return None
             return conn
         except OSError:
             data = b""  # reset before its first octet: nothing to answer
@@ -1262,8 +1335,8 @@ class IdentServer:
             self._setting_up -= 1
             sock.close()  # connected and closed (or reset) without a query
             return None
-        if data.find(b"\n") != len(data) - 1:
-            conn._buffer = data  # not exactly one line: the connection's own rules apply
+        if self.multiple or data.find(b"\n") != len(data) - 1:
+            conn._buffer = data  # not one whole query: the connection's own rules apply
             return conn
         conn.peer = _address(addr)
         try:
@@ -1295,6 +1368,43 @@ class IdentServer:
         sock.close()
         return None
 
+    def _park(self, conn: _IdentConnection, sock: socket.socket, addr: Any) -> None:
+        """A connection with nothing to read yet waits as a bare socket watched by the
+        selector: no transport, no buffer, no timer of its own (one timer serves every
+        parked connection, whose deadlines come in order). It gets its transport when its
+        first octet arrives (_IdentConnection._unpark). An idle connection costs less than
+        half as much memory this way, which is what a flood of silent connections, or a
+        hundred thousand clients keeping connections open, is made of."""
+        self._setting_up -= 1
+        loop = self._loop_or_raise()
+        if len(self._connections) >= self.max_connections and not self._make_room(conn):
+            self.stats.connections_refused += 1
+            sock.close()
+            return
+        conn.peer = _address(addr)
+        conn._sock = sock
+        self._connections[conn] = None
+        self.stats.connections_accepted += 1
+        deadline = loop.time() + self._first_deadline
+        self._parked[conn] = deadline
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline, self._sweep)
+        loop.add_reader(sock.fileno(), conn._unpark)
+
+    def _sweep(self) -> None:
+        """Close the parked connections past their first-query deadline."""
+        self._sweeper = None
+        loop = self._loop_or_raise()
+        now = loop.time()
+        parked = self._parked
+        while parked:
+            conn, deadline = next(iter(parked.items()))
+            if deadline > now:
+                self._sweeper = loop.call_at(deadline, self._sweep)
+                return
+            logger.debug("%s: no query from %s in time", self, conn.peer)
+            conn._close_parked()
+
     @property
     def _first_deadline(self) -> float:
         return min(self.first_query_timeout, self.idle_timeout)
@@ -1317,7 +1427,7 @@ class IdentServer:
         for conn in self._connections:
             if conn._pending:
                 continue
-            if conn._transport is not None and _unread(conn._transport):
+            if _unread_socket(conn.extra("socket")):
                 spare = spare or conn
                 continue
             self._evict(conn)
