@@ -36,8 +36,11 @@ def transports(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
 
 
 @asynccontextmanager
-async def deferred(**options: Any) -> AsyncIterator[IdentServer]:
-    server = IdentServer("127.0.0.1", 0, defer_accept=True, response_timeout=0.3, **options)
+async def deferred(defer_accept_off: bool = False, **options: Any) -> AsyncIterator[IdentServer]:
+    # defer_accept_off: silent connections reach the server at once (and are parked).
+    server = IdentServer(
+        "127.0.0.1", 0, defer_accept=not defer_accept_off, response_timeout=0.3, **options
+    )
     async with server:
         yield server
 
@@ -149,4 +152,30 @@ async def test_a_silent_connection_still_gets_the_first_query_deadline() -> None
         reader, writer = await asyncio.open_connection(*server.addresses[0])
         # The kernel holds it for about a second (defer_accept), then the server does.
         assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+@pytest.mark.parametrize("multiple", [False, True])
+async def test_a_parked_connection_is_served_once_it_speaks(multiple: bool) -> None:
+    async with deferred(default="x", multiple=multiple, defer_accept_off=True) as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        await wait_until_async(lambda: len(server._parked) == 1)  # silent: parked
+        assert server.connections == 1
+        for n in (1, 2) if multiple else (1,):
+            writer.write(b"%d,1\r\n" % n)
+            assert await asyncio.wait_for(reader.readline(), 5) == b"%d,1:USERID:UNIX:x\r\n" % n
+        assert not server._parked
+        writer.close()
+        await wait_until_async(lambda: server.connections == 0)
+
+
+async def test_a_parked_connection_keeps_its_first_query_deadline() -> None:
+    async with deferred(default="x", first_query_timeout=0.5, defer_accept_off=True) as server:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        await wait_until_async(lambda: len(server._parked) == 1)
+        writer.write(b"1")  # an octet, not a query: unparked, same deadline
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert loop.time() - started < 1.5
         writer.close()

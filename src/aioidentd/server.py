@@ -21,6 +21,10 @@ Design notes (the why):
   makes the kernel wait for it) and is answered synchronously gets its answer and its
   close inside the accept callback: no transport, no selector registration, no timer. It
   halves the server's CPU per connection; anything else becomes a normal connection.
+* A connection with nothing to read yet is parked (``IdentServer._park``): a bare socket
+  watched by the selector, one timer for every parked connection's first-query deadline,
+  and its transport only once it speaks. Silent connections, the stuff of floods and of
+  clients that connect early, cost under 1 KiB each instead of 2.
 * Hostile clients cost bounded memory and never lock out a querier: a peer that does not
   read its answers stops being read (write backpressure), a full house closes the
   connection silent longest, and log lines an outsider can trigger are rate-limited.
