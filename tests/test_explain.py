@@ -326,3 +326,23 @@ def test_a_query_that_cannot_reach_the_daemon_is_said() -> None:
     assert explain(config('[server]\nlisten = "*"\n'), (HOST, 1), (HOST, 2)).steps[0].topic != (
         "query"
     )
+
+
+def test_a_forward_is_asked_as_the_daemon_asks_it_and_its_failure_said() -> None:
+    """The target is a listener that never answers: the forward times out, and the
+    policy's own answer goes out, with the reason."""
+    with socket.create_server((HOST, 0)) as target:
+        port = target.getsockname()[1]
+        forwarding = config(
+            f'[user.nobody]\nanswer = "forward"\nforward = "127.0.0.1:{port}"\n'
+            f'[default]\nanswer = "uid"\n'
+        )
+        with nobody_connection() as (local, remote):
+            result = explain(forwarding, local, remote)
+    assert any(
+        f'answer = "forward": the daemon asks 127.0.0.1:{port} first' in text
+        for text in topics(result, "policy")
+    )
+    (forward,) = topics(result, "forward")
+    assert forward.startswith(f"not used: 127.0.0.1:{port}: ")  # why: timeout, or refused
+    assert result.answer.endswith(":USERID:UNIX:65534")  # [default]'s answer

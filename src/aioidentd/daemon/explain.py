@@ -15,6 +15,7 @@ exactly as the daemon would), the lookup's socket opened before the drop.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import os
@@ -151,9 +152,17 @@ def explain(
     if lookup is None:
         lookup = default_lookup()
     steps.append(Step("lookup", _backend(lookup)))
-    responder = KernelResponder(lookup, Policy(config, user_db=user_db))
+    responder = KernelResponder(
+        lookup,
+        Policy(config, user_db=user_db),
+        forward_timeout=config.daemon.forward_timeout,
+    )
     decision, privilege_steps = _decide(config, responder, local, asked_remote)
     steps.extend(privilege_steps)
+    own = decision
+    if decision.forward is not None:
+        decision = _forwarded(config, responder, decision, local, asked_remote, querier)
+        decision = dataclasses.replace(decision, reasons=own.reasons)
     if decision.kind == "lookup-failed":
         steps.append(Step("lookup", decision.reasons[0]))
     elif decision.uid is None:
@@ -168,21 +177,54 @@ def explain(
                 f"{show(local)} <-> {show(asked_remote)}: {found}, owner {_owner(decision.uid)}",
             )
         )
-    for reason in decision.reasons:
+    for reason in own.reasons:
         if reason.startswith("owner:") or decision.kind == "lookup-failed":
             continue
         if reason.startswith("reply file"):
             steps.append(Step("reply file", reason.removeprefix("reply file ")))
+        elif reason.startswith("oidentd file"):
+            steps.append(Step("user file", reason))
         elif reason.startswith("no live connection"):
             continue  # shown with the connections near it
         else:
             steps.append(Step("policy", reason))
+    if own.forward is not None:
+        if decision.kind == "forward":
+            steps.append(Step("forward", f"{own.forward} answered; its answer is relayed"))
+        else:
+            steps.append(Step("forward", f"not used: {decision.note}"))
     reply = decision.reply(local[1], asked_remote[1])
     line = encode_reply(reply, config.daemon.reply_style).rstrip(b"\r\n")
     answer = _printable(line.decode("utf-8", "backslashreplace"))
     shown = f"{answer} ({decision.why})"
     steps.append(Step("answer", shown))
     return Explanation(local, remote, querier, steps, decision, answer)
+
+
+def _forwarded(
+    config: Config,
+    responder: KernelResponder,
+    own: Decision,
+    local: Address,
+    remote: Address,
+    querier: str,
+) -> Decision:
+    """Ask the forward target as the daemon would (the same Forwarder, the same
+    ``Policy.forwarded``), within the daemon's response deadline."""
+    assert own.forward is not None
+    settings = config.daemon
+    reply, failure = asyncio.run(
+        responder.forwarder.ask(
+            own.forward,
+            own.uid,
+            local[1],
+            remote[1],
+            (querier, remote[1]),
+            (local[0], settings.port),
+            settings.response_timeout,
+        )
+    )
+    return responder.policy.forwarded(own, reply, failure)
 
 
 def _printable(text: str) -> str:

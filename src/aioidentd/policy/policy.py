@@ -315,7 +315,7 @@ class Policy:
         target = settings.forward
         if target is not None and trail is not None:
             trail.append(
-                f'answer = "forward": the daemon asks {target} first (explain does not); '
+                f'answer = "forward": the daemon asks {target} first; '
                 f"when that gives no usable answer, the answer that follows"
             )
         decision = self._decide(uid, name, settings, local, remote, trail)
