@@ -263,6 +263,22 @@ def test_a_reply_file_is_used_or_refused_with_the_reason(nobody_home: Path) -> N
     assert any("after dropping root" in text for text in topics(used, "privileges"))
 
 
+def test_an_oidentd_file_written_by_znc_is_named_in_the_trail(nobody_home: Path) -> None:
+    db = FakeUserDB({NOBODY: ("nobody", str(nobody_home), ["nogroup"])})
+    conf = nobody_home / ".oidentd.conf"
+    conf.write_text('global { reply "zncuser" }\n')
+    os.chown(conf, NOBODY, NOBODY)
+    conf.chmod(0o644)
+    allowed = config("[user.nobody]\nallow_user_reply = true\n")
+    with nobody_connection() as (local, remote):
+        result = explain(allowed, local, remote, user_db=db)
+    assert topics(result, "reply file") == ["~nobody/.aioidentd-reply: there is none"]
+    (chosen,) = topics(result, "user file")
+    assert chosen == f"oidentd file {conf} line 1: used, it says 'zncuser'"
+    assert result.answer.endswith(":USERID:UNIX:zncuser")
+    assert result.decision.why == f"user-reply, {conf} line 1"
+
+
 # ------------------------------------------------------------------------- the command
 
 
