@@ -19,7 +19,9 @@ process group, all answering ``USERID:UNIX:alice`` to every query without a look
 * ``oidentd``: Debian's, ``oidentd -i -S -q -a 127.0.0.1 -p P -R alice`` (static reply, a
   forked child per connection, one query per connection: no kept-open figures).
 * ``C limit``: benchmarks/limitd.c, a minimal epoll server answering the ports it is sent
-  with the fixed user: what the machine allows.
+  with the fixed user: what the machine allows. Like ours, one instance closes after the
+  answer (cases 1, 2), one keeps connections open (3, 4); both use TCP_DEFER_ACCEPT and
+  read at once after accept(), as ours does.
 
 The load: benchmarks/loadgen.c, a C closed-loop client on epoll in one thread, compiled
 with ``cc -O2`` into a temporary directory at start (with limitd.c). Every answer is
@@ -385,6 +387,8 @@ def raise_fd_limit(needed: int) -> str:
 
 OURS = ("ours", "ours+uvloop")
 PEERS = ("Twisted", "oidentd", "C limit")
+#: Servers run as two instances: one answer per connection (cases 1, 2) or many (3-5).
+ONE_OR_MANY = (*OURS, "C limit")
 COLUMNS = OURS + PEERS
 #: File descriptors beside the idle connections: the harness's and a server's own, probes.
 FD_MARGIN = 256
@@ -433,11 +437,11 @@ class Lineup:
             assert self.oidentd is not None
             argv = [self.oidentd, "-i", "-S", "-q", "-a", HOST, "-p", str(port), "-R", USER]
             return argv + (["-t", "3600"] if held else [])
-        return [str(self.limitd), HOST, str(port), USER]
+        return [str(self.limitd), HOST, str(port), USER, "many" if multiple else "one"]
 
     def start(self, column: str, env: dict[str, str], *, multiple: bool, held: int = 0) -> Server:
         port = free_port()
-        name = f"{column} --multiple" if column in OURS and multiple else column
+        name = f"{column} --multiple" if column in ONE_OR_MANY and multiple else column
         return Server(name, self.argv(column, port, multiple=multiple, held=held), port, env)
 
 
@@ -517,13 +521,13 @@ def run_load(
     def server_for(case: Case, column: str) -> Server | None:
         if case.kept_open and not lineup.kept_open(column):
             return None
-        return servers[(column, case.kept_open and column in OURS)]
+        return servers[(column, case.kept_open and column in ONE_OR_MANY)]
 
     results: dict[tuple[int, str], Result] = {}
     try:
         for column in lineup.columns:
             served = [c for c in cases if lineup.kept_open(column) or not c.kept_open]
-            for multiple in sorted({c.kept_open and column in OURS for c in served}):
+            for multiple in sorted({c.kept_open and column in ONE_OR_MANY for c in served}):
                 servers[(column, multiple)] = lineup.start(column, env, multiple=multiple)
         for started in servers.values():
             started.wait_ready()

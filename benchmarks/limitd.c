@@ -1,15 +1,20 @@
 /*
  * limitd: the least an ident server can do, the "limit" column of benchmarks/bench_server.py.
  *
- *   limitd HOST PORT USER
+ *   limitd HOST PORT USER one|many
  *
  * One thread, level-triggered epoll, non-blocking sockets (as loadgen.c). Every line
  * "S , C" read on a connection is answered "S,C:USERID:UNIX:USER\r\n" (no lookup, no
  * policy, no limits, no timers, no logging); a line that is not two numbers gets
- * "0,0:ERROR:INVALID-PORT". Connections stay open until the client closes them, so it
- * serves both one query per connection and many (pipelined) queries on kept-open ones.
- * The answers to one read() go out in one send(); a client that does not read (a send()
- * that would block) is dropped: the load generator always reads.
+ * "0,0:ERROR:INVALID-PORT". "one": the connection is closed after its first answer (as
+ * ours without --multiple); "many": it stays open until the client closes it, and
+ * pipelined queries are answered, those of one read() in one send(). A client that does
+ * not read (a send() that would block) is dropped: the load generator always reads.
+ *
+ * It uses the kernel's help that ours uses (TCP_DEFER_ACCEPT: accept() completes once
+ * the query is there) and reads at once after accept(), so that the usual connection
+ * is served without an epoll round; in "one" mode such a connection is never
+ * registered with epoll at all.
  *
  * What it is for: what the machine allows, not a server to deploy. Its per-connection
  * state is 64 octets in an array indexed by descriptor, touched only for descriptors in
@@ -37,6 +42,7 @@ struct conn {
 static struct conn *conns;
 static size_t nconns;
 static const char *user;
+static int one_answer; /* "one": close after the first answer */
 
 static void drop(int fd) {
     close(fd); /* also leaves the epoll set */
@@ -59,13 +65,14 @@ static int parse(const char *p, const char *end, unsigned *s, unsigned *c) {
     return p == end;
 }
 
-static void on_readable(int fd) {
+/* Read and answer what has arrived; 1 while the connection stays open. */
+static int on_readable(int fd) {
     struct conn *c = &conns[fd];
     ssize_t n = read(fd, c->buf + c->len, sizeof c->buf - c->len);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 1;
     if (n <= 0) {
         drop(fd);
-        return;
+        return 0;
     }
     size_t len = c->len + (size_t)n, used = 0;
     char out[sizeof c->buf / 2 * 64];
@@ -82,22 +89,29 @@ static void on_readable(int fd) {
         else
             olen += (size_t)snprintf(out + olen, sizeof out - olen, "0,0:ERROR:INVALID-PORT\r\n");
         used = (size_t)(eol - c->buf) + 1;
+        if (one_answer) break;
     }
     if (used == 0 && len == sizeof c->buf) { /* a line longer than any query */
         drop(fd);
-        return;
+        return 0;
     }
     memmove(c->buf, c->buf + used, len - used);
     c->len = (unsigned char)(len - used);
-    if (olen > 0 && send(fd, out, olen, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)olen) drop(fd);
+    if (olen > 0 && (send(fd, out, olen, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)olen ||
+                     one_answer)) {
+        drop(fd);
+        return 0;
+    }
+    return 1;
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s HOST PORT USER\n", argv[0]);
+    if (argc != 5 || (strcmp(argv[4], "one") != 0 && strcmp(argv[4], "many") != 0)) {
+        fprintf(stderr, "usage: %s HOST PORT USER one|many\n", argv[0]);
         return 2;
     }
     user = argv[3];
+    one_answer = strcmp(argv[4], "one") == 0;
     if (strlen(user) > 400) {
         fprintf(stderr, "limitd: USER too long\n");
         return 2;
@@ -114,6 +128,7 @@ int main(int argc, char **argv) {
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(lfd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one); /* 1 s, as ours */
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (conns == NULL || lfd < 0 || ep < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof addr) ||
         listen(lfd, 4096)) {
@@ -138,7 +153,8 @@ int main(int argc, char **argv) {
                     close(cfd);
                     continue;
                 }
-                setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                if (!on_readable(cfd)) continue; /* answered (and closed) at once */
+                if (!one_answer) setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                 struct epoll_event cev = {.events = EPOLLIN, .data.fd = cfd};
                 epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &cev);
             }

@@ -116,7 +116,8 @@ static void fail(struct slot *s, enum err kind) {
     drop(s, 1);
 }
 
-/* Send k more queries on a connected socket, in one send(), and wait for their answers. */
+/* Send k more queries, in one send(), to wait for their answers: 0 sent, 1 not yet
+ * connected (nothing sent), -1 failed (the slot is dropped). */
 static int send_queries(struct slot *s, unsigned k) {
     char out[MAX_DEPTH * 64];
     size_t olen = 0;
@@ -141,14 +142,16 @@ static int send_queries(struct slot *s, unsigned k) {
                                      q->cport);
         }
     }
-    if (send(s->fd, out, olen, MSG_NOSIGNAL) != (ssize_t)olen) {
-        fail(s, errno == ECONNRESET || errno == EPIPE ? E_RESET : E_OTHER);
-        return -1;
+    ssize_t sent = send(s->fd, out, olen, MSG_NOSIGNAL);
+    if (sent < 0 && s->st == CONNECTING && (errno == EAGAIN || errno == ENOTCONN)) {
+        s->count -= k; /* the handshake is not done: the same queries again later */
+        seq -= k;
+        return 1;
     }
-    if (s->st == CONNECTING) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
-        epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
-        s->st = WAITING;
+    if (sent != (ssize_t)olen) {
+        enum err kind = errno == ECONNRESET || errno == EPIPE ? E_RESET : E_OTHER;
+        fail(s, s->st == CONNECTING && errno == ECONNREFUSED ? E_CONNECT : kind);
+        return -1;
     }
     return 0;
 }
@@ -160,16 +163,20 @@ static void start(struct slot *s) {
         return;
     }
     int one = 1;
-    setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (keep) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* pipelined */
     s->t0 = now();
     s->st = CONNECTING;
-    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = s};
-    epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
-    if (connect(s->fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
-        send_queries(s, (unsigned)depth);
-    } else if (errno != EINPROGRESS) {
+    if (connect(s->fd, (struct sockaddr *)&addr, sizeof addr) != 0 && errno != EINPROGRESS) {
         fail(s, E_CONNECT);
+        return;
     }
+    /* On loopback the handshake is usually complete when connect() returns: the queries
+     * go out at once, saving this program an epoll round per connection. */
+    int rc = send_queries(s, (unsigned)depth);
+    if (rc < 0) return;
+    struct epoll_event ev = {.events = rc == 0 ? EPOLLIN : EPOLLOUT, .data.ptr = s};
+    epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
+    if (rc == 0) s->st = WAITING;
 }
 
 /* The first error's received text, printable, for the report. */
@@ -206,7 +213,11 @@ static void on_event(struct slot *s, uint32_t events) {
             fail(s, E_CONNECT);
             return;
         }
-        send_queries(s, (unsigned)depth);
+        if (send_queries(s, (unsigned)depth) == 0) {
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+            epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+            s->st = WAITING;
+        }
         return;
     }
     if (s->st != WAITING) return;
