@@ -24,9 +24,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 deps:
 	bash scripts/install-system-deps.sh
 
-## Run an ident server on 127.0.0.1:$(PORT): kernel lookups, built-in policy (see docs/config.md)
+## Run an ident server on 127.0.0.1:$(PORT): kernel lookups, built-in policy (not /etc/aioidentd.toml)
 run: venv
-	$(BIN)/aioidentd serve --host 127.0.0.1 --port $(PORT) --multiple
+	$(BIN)/aioidentd serve --no-config --host 127.0.0.1 --port $(PORT) --multiple
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples

@@ -11,12 +11,14 @@ import argparse
 from collections.abc import Sequence
 from typing import NoReturn
 
+from aioidentd import __version__
 from aioidentd.cli import check_config as check_config
 from aioidentd.cli import explain as explain
 from aioidentd.cli import query as query
 from aioidentd.cli import serve as serve
 
 _COMMANDS = (serve, query, check_config, explain)
+_VERSION_HELP = "print the version and exit"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,9 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aioidentd",
         description="RFC 1413 ident server, client and daemon.",
     )
+    version = f"aioidentd {__version__}"
+    parser.add_argument("--version", action="version", version=version, help=_VERSION_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in _COMMANDS:
         command.register(subparsers)
+    # Every command answers --version too: packagers' scripts and bug reports ask
+    # 'aioidentd serve --version' as often as 'aioidentd --version'.
+    for sub in subparsers.choices.values():
+        sub.add_argument("--version", action="version", version=version, help=_VERSION_HELP)
     return parser
 
 

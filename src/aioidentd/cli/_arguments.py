@@ -4,12 +4,26 @@ same way (argparse turns these errors into one ``usage`` line and exit status 2)
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aioidentd.protocol import check_port, check_seconds
 
-__all__ = ["SubParsers", "port", "seconds"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "SubParsers",
+    "add_config_options",
+    "config_path",
+    "port",
+    "seconds",
+]
+
+#: The configuration ``serve`` and ``explain`` read when no ``--config`` is given and this
+#: file exists (where oidentd keeps oidentd.conf); without it, the built-in policy on a
+#: loopback port, so that trying the daemon needs neither a file nor root.
+DEFAULT_CONFIG = "/etc/aioidentd.toml"
+
 
 if TYPE_CHECKING:  # argparse's class is generic only to type checkers
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -43,3 +57,29 @@ def seconds(text: str) -> float:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--no-config``, the same for every command that reads the
+    daemon's configuration."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the TOML configuration, see aioidentd.toml(5) (default {DEFAULT_CONFIG} when "
+        f"it exists, else the built-in policy)",
+    )
+    which.add_argument(
+        "--no-config",
+        action="store_true",
+        help=f"do not read {DEFAULT_CONFIG}: the built-in policy",
+    )
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """The file named by ``--config``, else :data:`DEFAULT_CONFIG` when it exists."""
+    if args.config is not None:
+        return str(args.config)
+    if args.no_config or not os.path.exists(DEFAULT_CONFIG):
+        return None
+    return DEFAULT_CONFIG

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from aioidentd.cli._arguments import port
+from aioidentd.cli._arguments import add_config_options, config_path, port
 from aioidentd.daemon.explain import explain, find_connections, show
 from aioidentd.errors import ConfigError, SocketLookupError
 from aioidentd.policy import Config, load_config
@@ -54,8 +54,12 @@ def register(subparsers: SubParsers) -> None:
             "reason. Exit status: 0 USERID, 1 ERROR, 2 usage or configuration error."
         ),
     )
-    parser.add_argument("remote_host", type=_address, metavar="REMOTE_HOST")
-    parser.add_argument("remote_port", type=port(), metavar="REMOTE_PORT")
+    parser.add_argument(
+        "remote_host", type=_address, metavar="REMOTE_HOST", help="the other end's IP address"
+    )
+    parser.add_argument(
+        "remote_port", type=port(), metavar="REMOTE_PORT", help="the other end's port"
+    )
     parser.add_argument(
         "--local",
         type=_local,
@@ -70,7 +74,7 @@ def register(subparsers: SubParsers) -> None:
         metavar="ADDR",
         help="the address the query comes from (default REMOTE_HOST)",
     )
-    parser.add_argument("--config", metavar="FILE", help="the daemon's configuration (TOML)")
+    add_config_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -104,7 +108,8 @@ def _choose(remote: Address, local: tuple[str | None, int] | None) -> Address | 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config) if args.config else Config()
+        path = config_path(args)
+        config = load_config(path) if path else Config()
     except ConfigError as exc:
         return _fail(str(exc))
     remote = (args.remote_host, args.remote_port)

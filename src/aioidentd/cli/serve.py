@@ -4,9 +4,10 @@ By default every query is answered from the kernel's socket table through the po
 (a configuration file, or the built-in one: user names, root hidden). ``--default USER``
 or ``--random`` answer every query the same way without any lookup, like ``oidentd -R``.
 
-Without ``--config`` it listens on an unprivileged loopback port so that trying it needs
-no root; the configuration file's defaults are those of a real identd (every interface,
-port 113). Flags given on the command line win over the file, on every reload too.
+Without ``--config`` it reads ``/etc/aioidentd.toml`` when that exists (the host's
+identd); with no file at all it listens on an unprivileged loopback port so that trying
+it needs no root. The configuration file's defaults are those of a real identd (every
+interface, port 113). Flags given on the command line win over the file, on every reload too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+from aioidentd.cli._arguments import add_config_options, config_path
 from aioidentd.daemon import Daemon
 from aioidentd.daemon.logs import LOG_FORMATS, configure_logging
 from aioidentd.errors import ConfigError, DaemonError
@@ -56,7 +58,7 @@ def register(subparsers: SubParsers) -> None:
         "table through the policy of --config (or the built-in one), or, with --default "
         "or --random, are the same static answer for every query.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration (docs/config.md)")
+    add_config_options(parser)
     where = parser.add_argument_group("listening (flags win over the configuration file)")
     where.add_argument(
         "--host",
@@ -64,7 +66,7 @@ def register(subparsers: SubParsers) -> None:
         type=_host,
         metavar="ADDR",
         help=f"address to listen on; repeat for several; '*' for every interface "
-        f"(default without --config: {DEFAULT_HOST})",
+        f"(default with no configuration file: {DEFAULT_HOST})",
     )
     groups = {where.title: where}
     for name, _, spec in keys_of(DaemonSettings):
@@ -73,8 +75,8 @@ def register(subparsers: SubParsers) -> None:
         group = groups.get(spec.group)
         if group is None:
             group = groups[spec.group] = parser.add_argument_group(spec.group)
-        # Without --config, serve's own defaults apply where the file's would (see run()).
-        note = f" (default without --config: {DEFAULT_PORT})" if name == "port" else ""
+        # With no file, serve's own defaults apply where the file's would (see run()).
+        note = f" (default with no configuration file: {DEFAULT_PORT})" if name == "port" else ""
         _add_flag(group, name, spec, note)
     where.add_argument(
         "--inetd",
@@ -98,7 +100,7 @@ def register(subparsers: SubParsers) -> None:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
-        help="default info",
+        help="the least severe messages to log (default info)",
     )
     logs.add_argument(
         "--log-format",
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     base = DaemonSettings(listen=(DEFAULT_HOST,), port=DEFAULT_PORT)
     try:
         daemon = Daemon.load(
-            args.config,
+            config_path(args),
             _overrides(args),
             base=base,
             default=args.default,
