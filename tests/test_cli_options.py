@@ -4,6 +4,8 @@ and the conventional configuration path (``/etc/aioidentd.toml``)."""
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -53,10 +55,25 @@ def test_help_points_to_installed_documentation() -> None:
 
 
 @pytest.fixture
-def default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``/etc/aioidentd.toml`` moved to a scratch file. ``serve`` configures logging
+    (``basicConfig(force=True)`` on the captured stderr): the root logger is put back so
+    that later tests' log capture is not disturbed."""
     path = tmp_path / "aioidentd.toml"
     monkeypatch.setattr(_arguments, "DEFAULT_CONFIG", str(path))
-    return path
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield path
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 def test_serve_reads_the_default_configuration_when_it_exists(

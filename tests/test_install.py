@@ -1,0 +1,235 @@
+"""The README's install section, followed as written, gives a daemon the systemd units run.
+
+An administrator copies those lines; so does this test: it builds the wheel, then runs
+every line of the README's install block (``sudo`` dropped, the package name replaced by
+the wheel, ``apt`` and ``systemctl`` lines left out: systemd is not PID 1 here) inside a
+private mount namespace whose ``/opt``, ``/etc`` and ``/usr/local`` are scratch copies, so
+the machine is left as it was. Then it checks the installed units the way systemd would
+(``systemd-analyze verify``), rates their sandbox (``systemd-analyze security``, at most
+2.0 for both services) and starts the service's ``ExecStart=`` line exactly as written,
+as the unit's ``User=``, with a listening socket passed the way systemd passes it
+(``LISTEN_FDS``), and asks it about a real connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aioidentd import UserIdReply, __version__, query
+from peers import require, require_root
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = ROOT / "examples" / "systemd"
+SERVICES = ["aioidentd.service", "aioidentd-inetd@.service"]
+#: The README's promise, and the issue's bar.
+MAX_EXPOSURE = 2.0
+
+
+def install_lines() -> list[str]:
+    """The shell lines of the README's install block."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"tests/test_install\.py.*?-->\n```sh\n(.*?)\n```", text, re.S)
+    assert match, "README.md has no install block marked for tests/test_install.py"
+    return match.group(1).splitlines()
+
+
+def unit_setting(path: Path, name: str) -> list[str]:
+    return [
+        line.split("=", 1)[1].strip()
+        for line in path.read_text().splitlines()
+        if line.startswith(f"{name}=")
+    ]
+
+
+def exposure(unit: Path) -> float:
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    return float(match.group(1))
+
+
+def test_the_readme_install_block_is_what_this_test_runs() -> None:
+    lines = install_lines()
+    left_out = [line for line in lines if re.match(r"sudo (apt|systemctl) ", line)]
+    assert left_out == [
+        "sudo apt install python3-venv",
+        "sudo systemctl daemon-reload",
+        "sudo systemctl enable --now aioidentd.socket",
+    ]
+    assert "sudo /opt/aioidentd/bin/pip install aioidentd" in lines
+    # The units run the daemon from where the README installs it.
+    for name in SERVICES:
+        start = unit_setting(UNITS / name, "ExecStart")
+        assert start and all(cmd.startswith("/opt/aioidentd/bin/aioidentd ") for cmd in start)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_units_sandbox_is_rated_at_most_2(name: str) -> None:
+    require("systemd-analyze", "systemd's analyze tool (package systemd)")
+    score = exposure(UNITS / name)
+    assert score <= MAX_EXPOSURE, f"{name}: exposure {score}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_units_never_run_as_nobody_and_keep_no_capability(name: str) -> None:
+    unit = UNITS / name
+    assert unit_setting(unit, "User") == ["aioidentd"]
+    assert unit_setting(unit, "CapabilityBoundingSet") == [""]
+    assert unit_setting(unit, "RestrictAddressFamilies") == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
+    # In a user namespace every other user's socket reads as owned by nobody.
+    assert not unit_setting(unit, "PrivateUsers") and not unit_setting(unit, "PrivateNetwork")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
+    (found,) = out.glob("aioidentd-*.whl")
+    return found
+
+
+SCRIPT = r"""
+set -euo pipefail
+scratch=$1; shift
+for dir in /etc /usr/local; do
+  name=$(echo "$dir" | tr / _)
+  mkdir -p "$scratch/$name.up" "$scratch/$name.work"
+  mount -t overlay overlay "$dir" \
+    -o "lowerdir=$dir,upperdir=$scratch/$name.up,workdir=$scratch/$name.work"
+done
+mount -t tmpfs tmpfs /opt
+# A fresh machine: no aioidentd user yet (this one may have it from another install).
+sed -i '/^aioidentd:/d' /etc/passwd /etc/group /etc/shadow /etc/gshadow
+cd "$scratch"
+while IFS= read -r line; do
+  echo "+ $line" >&2
+  eval "$line" > "$scratch/out.txt" 2>&1 || { cat "$scratch/out.txt" >&2; exit 1; }
+  cat "$scratch/out.txt" >> "$scratch/log.txt"
+done < "$scratch/install.sh"
+/opt/aioidentd/bin/aioidentd --version > "$scratch/version.txt"
+aioidentd serve --version >> "$scratch/version.txt"
+systemd-analyze verify /etc/systemd/system/aioidentd.service /etc/systemd/system/aioidentd.socket \
+  > "$scratch/verify.txt" 2>&1 || { cat "$scratch/verify.txt" >&2; exit 1; }
+cp -r /opt/aioidentd/share/aioidentd/systemd "$scratch/installed-units"
+# The service as systemd starts it: as its user, socket on descriptor 3, LISTEN_PID our pid.
+printf '[server]\nuser = "aioidentd"\n[user.root]\nanswer = "username"\n' > /etc/aioidentd.toml
+touch "$scratch/started"
+export LISTEN_FDS=1 LISTEN_PID=$$
+exec setpriv --reuid="$USER_" --regid="$GROUP_" --clear-groups --no-new-privs "$@"
+"""
+
+
+@pytest.fixture
+def installed(wheel: Path, tmp_path: Path) -> Iterator[tuple[Path, int, subprocess.Popen[str]]]:
+    require_root("mounts a private /opt, /etc and /usr/local (unshare -m) to install into")
+    require("unshare", "util-linux's unshare")
+    require("setpriv", "util-linux's setpriv")
+    require("systemd-analyze", "systemd's analyze tool (package systemd)")
+    service = UNITS / "aioidentd.service"
+    (command,) = unit_setting(service, "ExecStart")
+    (user,) = unit_setting(service, "User")
+    (group,) = unit_setting(service, "Group")
+    lines = [
+        line.removeprefix("sudo ").replace(
+            "pip install aioidentd", f"pip install --no-index {shlex.quote(str(wheel))}"
+        )
+        for line in install_lines()
+        if not re.match(r"sudo (apt|systemctl) ", line)
+    ]
+    (tmp_path / "install.sh").write_text("\n".join(lines) + "\n")
+    (tmp_path / "run.sh").write_text(SCRIPT)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def as_systemd_passes_it() -> None:
+        os.dup2(listener.fileno(), 3)
+        os.set_inheritable(3, True)
+
+    env = {**os.environ, "USER_": user, "GROUP_": group}
+    env.pop("PYTHONPATH", None)  # the installed copy, not this tree
+    proc = subprocess.Popen(
+        [
+            *("unshare", "-m", "--propagation", "private", "bash", str(tmp_path / "run.sh")),
+            *(str(tmp_path), *shlex.split(command)),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_systemd_passes_it,
+        pass_fds=(3,),  # kept open after preexec_fn (close_fds runs after it)
+    )
+    listener.close()
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "started").exists():
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                pytest.fail(f"install failed ({proc.returncode}):\n{proc.stderr.read()}")
+            assert time.monotonic() < deadline, "install did not finish in 240 s"
+            time.sleep(0.05)
+        yield tmp_path, port, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_readme_install_then_the_units_exec_start_serves(
+    installed: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    scratch, port, proc = installed
+    assert (scratch / "version.txt").read_text() == f"aioidentd {__version__}\n" * 2
+    # systemd-analyze verify of the installed units: silent (no "nobody", the binary exists).
+    assert (scratch / "verify.txt").read_text() == ""
+    for unit in UNITS.iterdir():
+        assert (scratch / "installed-units" / unit.name).read_text() == unit.read_text()
+
+    # A real connection owned by root: the installed daemon finds its owner in the kernel's
+    # socket table and answers by the policy of /etc/aioidentd.toml.
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client,
+    ):
+        reply = asyncio.run(
+            query(
+                "127.0.0.1",
+                client.getsockname()[1],
+                server.getsockname()[1],
+                port=port,
+                timeout=30,
+            )
+        )
+    assert isinstance(reply, UserIdReply) and reply.user_id == "root", reply
+    assert proc.poll() is None
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None
+    log = proc.stderr.read()
+    assert "Traceback" not in log
+    assert shutil.which("aioidentd") != "/usr/local/bin/aioidentd"  # the host is untouched
