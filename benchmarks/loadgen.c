@@ -5,6 +5,7 @@
  *
  *   loadgen HOST PORT MODE CONC SECONDS USER [DEPTH]
  *   loadgen HOST PORT list|keeplist CONC SECONDS FILE [DEPTH]
+ *   loadgen HOST PORT segment CONC SECONDS USER DEPTH
  *
  * MODE "conn": every query on a new connection: connect, send "P, P\r\n", read one line,
  *              then close with SO_LINGER 0 (an RST: neither end keeps a TIME_WAIT, so
@@ -19,6 +20,10 @@
  *              CR LF, which is added), taken in turn, round-robin
  *              (benchmarks/bench_daemon.py: real connections and the owner each
  *              server must name).
+ * MODE "segment": "keep", but the queries go in segments of DEPTH lines, one send() each,
+ *              the next only once every answer to the last has arrived (what a segment
+ *              of many lines costs the server per line; the send buffer is made large
+ *              enough for a whole segment).
  * MODE "keeplist": "keep" with the queries and answers of "list" (bench_claims.py:
  *              queries about claimed connections on kept-open ident connections).
  *
@@ -47,7 +52,7 @@
 
 #define QUERY_TIMEOUT 5.0
 #define MAX_SAMPLES (8u << 20)
-#define MAX_DEPTH 64
+#define MAX_DEPTH 4096
 
 enum state { IDLE, CONNECTING, WAITING };
 enum err { E_CONNECT, E_RESET, E_EOF, E_WRONG, E_TIMEOUT, E_OTHER, E_COUNT };
@@ -71,11 +76,11 @@ struct slot {
     struct query q[MAX_DEPTH];  /* in flight, oldest at head */
     unsigned head, count;
     size_t len;
-    char buf[2048];
+    char buf[8192];
 };
 
 static struct sockaddr_in addr;
-static int ep, keep, depth = 1;
+static int ep, keep, segments, depth = 1;
 static const char *user;
 static struct entry *entries; /* list mode */
 static size_t nentries;
@@ -119,7 +124,7 @@ static void fail(struct slot *s, enum err kind) {
 /* Send k more queries, in one send(), to wait for their answers: 0 sent, 1 not yet
  * connected (nothing sent), -1 failed (the slot is dropped). */
 static int send_queries(struct slot *s, unsigned k) {
-    char out[MAX_DEPTH * 64];
+    static char out[MAX_DEPTH * 16]; /* "65535, 65535\r\n" is 14 */
     size_t olen = 0;
     double t = keep ? now() : s->t0;
     for (unsigned i = 0; i < k; i++) {
@@ -138,6 +143,10 @@ static int send_queries(struct slot *s, unsigned k) {
             q->ent = NULL;
             q->sport = 1 + (unsigned)((n * 7919u) % 65535u);
             q->cport = 1 + (unsigned)(n % 65535u);
+            if (olen + 16 > sizeof out) {
+                fail(s, E_OTHER);
+                return -1;
+            }
             olen += (size_t)snprintf(out + olen, sizeof out - olen, "%u, %u\r\n", q->sport,
                                      q->cport);
         }
@@ -164,6 +173,10 @@ static void start(struct slot *s) {
     }
     int one = 1;
     if (keep) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* pipelined */
+    if (segments) {
+        int size = 1 << 20; /* a whole segment in one send() */
+        setsockopt(s->fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    }
     s->t0 = now();
     s->st = CONNECTING;
     if (connect(s->fd, (struct sockaddr *)&addr, sizeof addr) != 0 && errno != EINPROGRESS) {
@@ -277,7 +290,11 @@ static void on_event(struct slot *s, uint32_t events) {
         drop(s, 1);
         return;
     }
-    send_queries(s, answered);
+    if (!segments) {
+        send_queries(s, answered);
+    } else if (s->count == 0) {
+        send_queries(s, (unsigned)depth);
+    }
 }
 
 /* Read FILE's "QUERY<TAB>ANSWER" lines into entries[]; returns 0 on success. */
@@ -334,8 +351,9 @@ static double pct(double p) {
 int main(int argc, char **argv) {
     if (argc != 7 && argc != 8) {
         fprintf(stderr, "usage: %s HOST PORT conn|keep CONCURRENCY SECONDS USER [DEPTH]\n"
-                        "       %s HOST PORT list|keeplist CONCURRENCY SECONDS FILE [DEPTH]\n",
-                argv[0], argv[0]);
+                        "       %s HOST PORT list|keeplist CONCURRENCY SECONDS FILE [DEPTH]\n"
+                        "       %s HOST PORT segment CONCURRENCY SECONDS USER DEPTH\n",
+                argv[0], argv[0], argv[0]);
         return 2;
     }
     memset(&addr, 0, sizeof addr);
@@ -346,10 +364,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     int keeplist = strcmp(argv[3], "keeplist") == 0;
-    keep = strcmp(argv[3], "keep") == 0 || keeplist;
+    segments = strcmp(argv[3], "segment") == 0;
+    keep = strcmp(argv[3], "keep") == 0 || keeplist || segments;
     int list = strcmp(argv[3], "list") == 0 || keeplist;
     if (!keep && !list && strcmp(argv[3], "conn") != 0) {
-        fprintf(stderr, "loadgen: mode must be conn, keep, list or keeplist\n");
+        fprintf(stderr, "loadgen: mode must be conn, keep, segment, list or keeplist\n");
         return 2;
     }
     int conc = atoi(argv[4]);

@@ -1,8 +1,8 @@
 """``make bench`` measures what it says: every server in its line-up answers every query the
 load generator checks, in every kind of traffic, and holds idle connections.
 
-A short run of ``benchmarks/bench_server.py``'s own code (cases 1 and 4 for a fraction of a
-second, case 5 with a few connections): no figure is asserted (speed is judged in the
+A short run of ``benchmarks/bench_server.py``'s own code (cases 1, 4 and 6 for a fraction of
+a second, case 5 with a few connections): no figure is asserted (speed is judged in the
 benchmark, not here), only that each server gave right answers and no errors, so that the
 benchmark does not rot while the server changes under it. Twisted's column runs where the
 ``bench`` extra is installed (``make bench``); the test extra does not have it.
@@ -31,13 +31,18 @@ def test_every_server_answers_every_checked_query(tmp_path: Path) -> None:
     )
     assert {"ours", "ours+uvloop", "oidentd", "C limit"} <= set(lineup.columns)
     env = bench_server.server_env()
-    fresh, pipelined = (c for c in bench_server.CASES if c.number in (1, 4))
-    assert pipelined.depth == 8
+    cases = [c for c in bench_server.CASES if c.name in ("1", "4", "6.256")]
+    assert [(c.mode, c.connections, c.depth) for c in cases] == [
+        ("conn", 50, 1),
+        ("keep", 20, 8),
+        ("segment", 1, 256),
+    ]
 
-    load = bench_server.run_load(lineup, [fresh, pipelined], env, loadgen, 1, 0.3, 0.1)
+    load = bench_server.run_load(lineup, cases, env, loadgen, 1, 0.3, 0.1)
 
-    expected = {(1, c) for c in lineup.columns} | {(4, c) for c in lineup.columns}
-    assert set(load) == expected - {(4, "oidentd")}  # one query per connection: no case 4
+    expected = {(c.name, column) for c in cases for column in lineup.columns}
+    # oidentd answers one query per connection: no kept-open cases
+    assert set(load) == expected - {("4", "oidentd"), ("6.256", "oidentd")}
     for (case, column), result in load.items():
         assert result.ok > 0 and result.errors == 0, (case, column, result.error_text)
 
