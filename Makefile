@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit bench bench-daemon bench-claims bench-forward deps venv clean
+.PHONY: run test lint typecheck unit man bench bench-daemon bench-claims bench-forward deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,11 @@ run: venv
 	$(BIN)/aioidentd serve --no-config --host 127.0.0.1 --port $(PORT) --multiple
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/ruff format --check src tests benchmarks examples scripts
 
 typecheck: venv
-	$(BIN)/mypy --strict src examples tests
+	$(BIN)/mypy --strict src examples tests scripts
 
 unit: venv
 	$(BIN)/python -m pytest -q
@@ -60,6 +60,10 @@ bench-claims: venv
 ## against oidentd 2.5's forward, in one run (needs root)
 bench-forward: venv deps
 	$(BIN)/python benchmarks/bench_forward.py $(BENCH_ARGS)
+
+## The man pages, from the argument parser and docs/config.md (tests/test_manpages.py checks them)
+man: venv
+	$(BIN)/python scripts/make_manpages.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ PACKAGES=(
   util-linux
   nftables                            # the README's port 113 redirect, proven in a namespace
   gcc                                 # builds the benchmark load generator (benchmarks/loadgen.c)
+  groff-base                          # renders the man pages (tests/test_manpages.py)
   systemd                             # systemd-analyze verify / security for examples/systemd (tests/test_install.py)
 )
 

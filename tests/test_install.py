@@ -132,6 +132,7 @@ aioidentd serve --version >> "$scratch/version.txt"
 systemd-analyze verify /etc/systemd/system/aioidentd.service /etc/systemd/system/aioidentd.socket \
   > "$scratch/verify.txt" 2>&1 || { cat "$scratch/verify.txt" >&2; exit 1; }
 cp -r /opt/aioidentd/share/aioidentd/systemd "$scratch/installed-units"
+man -w aioidentd aioidentd.toml > "$scratch/man.txt"
 # The service as systemd starts it: as its user, socket on descriptor 3, LISTEN_PID our pid.
 printf '[server]\nuser = "aioidentd"\n[user.root]\nanswer = "username"\n' > /etc/aioidentd.toml
 touch "$scratch/started"
@@ -209,6 +210,12 @@ def test_readme_install_then_the_units_exec_start_serves(
     assert (scratch / "verify.txt").read_text() == ""
     for unit in UNITS.iterdir():
         assert (scratch / "installed-units" / unit.name).read_text() == unit.read_text()
+    # man finds the pages the wheel installed, through the README's links (and names
+    # the files they point to).
+    assert (scratch / "man.txt").read_text().split() == [
+        "/opt/aioidentd/share/man/man8/aioidentd.8",
+        "/opt/aioidentd/share/man/man5/aioidentd.toml.5",
+    ]
 
     # A real connection owned by root: the installed daemon finds its owner in the kernel's
     # socket table and answers by the policy of /etc/aioidentd.toml.
