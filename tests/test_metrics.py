@@ -247,3 +247,17 @@ def test_metrics_where_they_cannot_work_are_refused(tmp_path: Path) -> None:
         proc = run_aioidentd("serve", "--config", str(config), "--host", "127.0.0.1", "--port", "0")
     assert proc.returncode == 1 and "[metrics] listen" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_reload_keeps_the_metrics_as_started_and_says_so(writable_dir: Path) -> None:
+    config = writable_dir / "aioidentd.toml"  # readable after privileges are dropped
+    config.write_text('[metrics]\nlisten = "127.0.0.1:0"\n')
+    with serve_process("--config", str(config), "--host", "127.0.0.1", "--port", "0") as d:
+        metrics_port = int(d.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+        config.write_text('[metrics]\nlisten = "127.0.0.1:1"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for(r"SIGHUP: \[metrics\] changed; that takes effect after a restart")
+        d.wait_for(r"SIGHUP: configuration reloaded")
+        response = http_get(metrics_port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert "aioidentd_queries_total 0" in body_of(response)
+        assert d.stop() == 0
