@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit man bench bench-daemon bench-claims bench-forward deps venv clean
+.PHONY: run test lint typecheck unit man bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(VENV)/.bench-installed deps
 ## sockets on the host (needs root)
 bench-daemon: venv deps
 	$(BIN)/python benchmarks/bench_daemon.py $(BENCH_ARGS)
+
+## What IdentServer.stats costs per query: the server's CPU per query under load against the
+## counter updates of one query, as a ratio, in one run
+bench-stats: venv
+	$(BIN)/python benchmarks/bench_stats.py $(BENCH_ARGS)
 
 ## Queries about claimed connections with 11,000 live claims vs 1,000 vs none, in one run
 bench-claims: venv
