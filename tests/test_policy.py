@@ -389,6 +389,25 @@ def test_symlink_is_refused(
     assert caplog.records[0].levelno == logging.WARNING
 
 
+def test_a_refused_file_is_logged_once_however_often_it_is_asked_about(
+    owner: int, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other end of a user's connection may ask as often as it likes: the refusal is
+    in every decision (and so in every query's log line), its warning once per interval
+    and user, and a new reason is a new line."""
+    write_reply(home, owner, "wonder\n", mode=0o666)
+    policy = file_policy(owner, home)
+    with caplog.at_level(logging.INFO, logger="aioidentd.policy.policy"):
+        notes = {policy.decide(owner, LOCAL, IRC).note for _ in range(50)}
+        (home / REPLY_FILE).chmod(0o600)
+        notes |= {policy.decide(owner, LOCAL, IRC).note for _ in range(50)}
+    assert len(notes) == 2 and None not in notes
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2, messages
+    assert "writable by group or others" in messages[0]
+    assert "not readable by others" in messages[1]
+
+
 def test_wrong_owner_is_refused(owner: int, home: Path, caplog: pytest.LogCaptureFixture) -> None:
     require_root("to give the file to another uid")
     path = write_reply(home, owner, "wonder\n")

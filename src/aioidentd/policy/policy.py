@@ -17,11 +17,13 @@ import ipaddress
 import logging
 import os
 import pwd
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.errors import ReplyFileRefused
 from aioidentd.policy.oidentd_conf import UserFile, parse_user_file
 from aioidentd.policy.settings import (
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two log lines about the same user's file or name (see Policy._log).
+FILE_LOG_INTERVAL = 600.0
 
 
 def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:
@@ -267,6 +272,8 @@ class Policy:
         self._geteuid = geteuid
         #: (path, hash of the text) of user files whose problems were logged.
         self._reported: set[tuple[str, int]] = set()
+        self._file_log = RateLimitedLog(logger, interval=FILE_LOG_INTERVAL)
+        self._log_lock = threading.Lock()
         self._needs_groups = bool(config.groups) or any(rule.groups for rule in config.rules)
         # Per-query shortcuts, computed once: the configuration is frozen.
         tables = [
@@ -281,6 +288,15 @@ class Policy:
         self._plain: AnswerSettings | None = None
         if not config.rules and not config.groups:
             self._plain = merge_settings(config.default, BUILTIN_DEFAULT)
+
+    def _log(self, level: int, uid: int, msg: str, *args: object) -> None:
+        """A line about a user's files or name: written once per user and message per
+        :data:`FILE_LOG_INTERVAL`, then counted, because every query about that user's
+        connections (which the other end may send at will) would repeat it. Under a
+        lock: the policy may run in several threads at once."""
+        key = (uid, msg, str(args[-1]) if args else "")
+        with self._log_lock:
+            self._file_log.log(key, level, f"lines like: {msg % args}", msg, *args)
 
     @property
     def reads_files(self) -> bool:
@@ -503,13 +519,13 @@ class Policy:
         note: str | None = None
         if remote[1] < 1024 and not settings.allow_spoof_privport:
             note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
-            logger.info("not using the reply file of %s: %s", who, note)
+            self._log(logging.INFO, uid, "not using the reply file of %s: %s", who, note)
         elif self._geteuid() == 0:
             note = "the daemon runs as root and never reads users' files as root"
-            logger.warning("not using the reply file of %s: %s", who, note)
+            self._log(logging.WARNING, uid, "not using the reply file of %s: %s", who, note)
         elif not self.user_db.home_of(uid):
             note = "the user has no home directory"
-            logger.warning("not using the reply file of %s: %s", who, note)
+            self._log(logging.WARNING, uid, "not using the reply file of %s: %s", who, note)
         if note is not None:
             if trail is not None:
                 trail.append(f"reply file {where}: not read: {note}")
@@ -524,7 +540,7 @@ class Policy:
                 return None, None
             raw = self._chosen_id(uid, text, settings)
         except ReplyFileRefused as exc:
-            logger.warning("not using the reply file of %s: %s", who, exc)
+            self._log(logging.WARNING, uid, "not using the reply file of %s: %s", who, exc)
             if trail is not None:
                 trail.append(f"reply file {where}: refused: {exc}")
             return None, str(exc)
@@ -591,7 +607,7 @@ class Policy:
                 return decision, None
             raw = self._chosen_id(uid, chosen, settings)
         except ReplyFileRefused as exc:
-            logger.warning("not using the oidentd file of %s: %s", who, exc)
+            self._log(logging.WARNING, uid, "not using the oidentd file of %s: %s", who, exc)
             if trail is not None:
                 trail.append(f"oidentd file of the user: refused: {exc}")
             return None, str(exc)
@@ -645,7 +661,9 @@ class Policy:
             try:
                 raw = safe_user_id(name, charset)
             except ValueError as exc:
-                logger.warning("answering uid %d instead of its name: %s", uid, exc)
+                self._log(
+                    logging.WARNING, uid, "answering uid %d instead of its name: %s", uid, exc
+                )
                 if trail is not None:
                     trail.append(f"the user name cannot go on the wire ({exc}): the uid instead")
                 text = str(uid)
