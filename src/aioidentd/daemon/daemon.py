@@ -252,6 +252,9 @@ class Daemon:
             await metrics.close()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
+            # Removing the handler restored the default action, which for SIGUSR1 is to
+            # die: a request for the counters while the daemon finishes must not kill it.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             if lookup is not None and hasattr(lookup, "close"):
                 lookup.close()
 
