@@ -289,6 +289,7 @@ def test_command_finds_the_connection_and_prints_each_step() -> None:
             "explain", remote[0], str(remote[1]), "--local", f"{local[0]}:{local[1]}", "--json"
         )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # what the daemon would log is in the explanation
     lines = proc.stdout.splitlines()
     assert (
         lines[0] == f"connection {local[0]}:{local[1]} <-> {remote[0]}:{remote[1]}, asked by {HOST}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,9 @@ def _choose(remote: Address, local: tuple[str | None, int] | None) -> Address | 
 
 
 def run(args: argparse.Namespace) -> int:
+    # What the daemon would log (a refused reply file, a dropped privilege) is in the
+    # explanation already; only errors go to stderr.
+    logging.basicConfig(level=logging.ERROR, format="aioidentd explain: %(message)s")
     try:
         path = config_path(args)
         config = load_config(path) if path else Config()
