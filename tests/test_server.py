@@ -804,3 +804,23 @@ async def test_a_client_that_never_reads_cannot_hold_its_connection_after_the_ti
             assert time.monotonic() - started < 6
             await asyncio.sleep(0.02)
         client.writer.transport.abort()
+
+
+@pytest.mark.parametrize("own_socket", [False, True])
+async def test_served_connections_have_nagle_off(own_socket: bool) -> None:
+    # Answers to pipelined queries leave in several writes; with Nagle on, each waits for
+    # the peer's delayed ACK (40 ms a round, measured by make bench's case 6).
+    sock = None
+    if own_socket:  # made the way many callers do, without IPPROTO_TCP
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+    server = IdentServer("127.0.0.1", 0, multiple=True, default="x", sock=sock)
+    async with server:
+        client = await Client.connect(server)
+        await client.send(b"1,2\r\n")
+        assert await client.line() == b"1,2:USERID:UNIX:x\r\n"
+        (conn,) = server._connections
+        served = conn.extra("socket")
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        await client.close()

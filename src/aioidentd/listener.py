@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from aioidentd._ratelimit import RateLimitedLog
 
-__all__ = ["AtOnce", "Listener", "bind_sockets"]
+__all__ = ["AtOnce", "Listener", "bind_sockets", "nagle_off"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,10 @@ def bind_sockets(
     chosen_port = port
     try:
         for family, sockaddr in infos:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio's transports
+            # set TCP_NODELAY only on sockets that say they are TCP. Without it, answers
+            # written in several batches wait for the peer's delayed ACK (40 ms).
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
@@ -99,6 +102,14 @@ def bind_sockets(
             sock.close()
         raise
     return socks
+
+
+def nagle_off(conn: socket.socket) -> None:
+    """TCP_NODELAY on an accepted socket whose listening socket was made without
+    IPPROTO_TCP (passed in by a caller): asyncio's transports set it only on sockets that
+    say they are TCP (see bind_sockets)."""
+    if conn.proto == 0 and conn.family in (socket.AF_INET, socket.AF_INET6):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Listener:
@@ -178,6 +189,7 @@ class Listener:
     def _connect(
         self, conn: socket.socket, addr: object, protocol: asyncio.Protocol | None = None
     ) -> None:
+        nagle_off(conn)
         if protocol is None:
             try:
                 protocol = self._factory()

@@ -52,7 +52,7 @@ from aioidentd.claims import (
     PendingConnection,
     connect_claimed,
 )
-from aioidentd.listener import Listener, bind_sockets
+from aioidentd.listener import Listener, bind_sockets, nagle_off
 from aioidentd.protocol import (
     MAX_LINE,
     WHITESPACE,
@@ -769,6 +769,7 @@ class _IdentConnection(asyncio.Protocol):
             return
         self._idle_deadline = deadline  # the first-query deadline it was parked with
         sock.setblocking(False)
+        nagle_off(sock)
         server._setting_up += 1
         try:
             server._make_transport(sock, self, extra={"peername": peername})
