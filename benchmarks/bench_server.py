@@ -915,6 +915,8 @@ def explain(seconds: float, rounds: int, idle: int) -> None:
     server, bounds that figure.
   ratio ours / peer: above 1 means ours is higher: better for /s, worse for CPU,
     latency and memory.
+  goals: issue 11's, judged on this run's totals; case 6's "no more CPU per line" allows
+    10 % for noise (each larger segment's CPU per line at most 1.1 x the smallest's).
   memory: (PSS after - before) / connections held, summed over the process group, each
     server a fresh process; silent: connected, nothing sent; after one query: each
     connection sent one query, got its answer and stays open (ours with --multiple;
