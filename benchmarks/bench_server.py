@@ -748,27 +748,29 @@ def report_load(cases: list[Case], lineup: Lineup, results: dict[tuple[str, str]
                         cells.append("-")
                 print(_line(f"      {mine}", cells))
         print()
-    growth = segment_growth(results, columns)
-    if growth:
-        sizes = [f"{n:,} lines" for n in SEGMENTS[1:]]
-        print(_line(f"(6) CPU per line, / that of {SEGMENTS[0]}-line segments", columns))
-        for i, label in enumerate(sizes):
+    for fig, meaning in ((LINE_CPU, "at most 1: a line costs no more"), (LPS, "at least 1")):
+        growth = segment_growth(results, columns, fig.attr)
+        if not growth:
+            continue
+        what = fig.label.split(" (")[0]
+        print(_line(f"(6) {what}, / that of {SEGMENTS[0]}-line segments", columns))
+        for i, n in enumerate(SEGMENTS[1:]):
             cells = [f"{growth[c][i]:.2f}" if c in growth else "unsupported" for c in columns]
-            print(_line(f"  segments of {label}", cells))
-        print("  (at most 1: a line costs no more in a larger segment)\n")
+            print(_line(f"  segments of {n:,} lines", cells))
+        print(f"  ({meaning} in a larger segment)\n")
 
 
 def segment_growth(
-    results: dict[tuple[str, str], Result], columns: list[str]
+    results: dict[tuple[str, str], Result], columns: list[str], attr: str
 ) -> dict[str, list[float]]:
-    """Per server, the CPU per line in each larger segment size of case 6, divided by
-    that in the smallest."""
+    """Per server, a figure of case 6 in each larger segment size, divided by that in
+    the smallest."""
     growth: dict[str, list[float]] = {}
     for column in columns:
         figures = [results.get((f"6.{n}", column)) for n in SEGMENTS]
-        cpu = [r.server_us_per_query for r in figures if r and r.runs]
-        if len(cpu) == len(SEGMENTS) and cpu[0]:
-            growth[column] = [c / cpu[0] for c in cpu[1:]]
+        values = [float(getattr(r, attr)) for r in figures if r and r.runs]
+        if len(values) == len(SEGMENTS) and values[0]:
+            growth[column] = [v / values[0] for v in values[1:]]
     return growth
 
 
@@ -867,13 +869,21 @@ def report_goals(
     if ours4:
         v = ours4.server_us_per_query
         lines.append(("(4) server CPU <= 4 µs per query", f"{v:.1f} µs", v <= 4))
-    growth = segment_growth(load, list(OURS))
-    for column, ratios in growth.items():
+    for column, ratios in segment_growth(load, list(OURS), LINE_CPU.attr).items():
         lines.append(
             (
                 f"(6) no more CPU per line in larger segments, {column}",
                 " ".join(f"{r:.2f}" for r in ratios) + " x",
                 all(r <= 1.1 for r in ratios),
+            )
+        )
+    # Not one of the issue's goals: a stall (time, not CPU) in larger segments shows here.
+    for column, ratios in segment_growth(load, list(OURS), LPS.attr).items():
+        lines.append(
+            (
+                f"(6) lines/s no lower in larger segments, {column}",
+                " ".join(f"{r:.2f}" for r in ratios) + " x",
+                all(r >= 0.9 for r in ratios),
             )
         )
     for column in OURS:
@@ -898,7 +908,7 @@ def report_goals(
         return
     print("Goals of issue 11 (ours on the default loop unless said), in this run:")
     for label, value, met in lines:
-        print(f"  {label:44}{value:>24}   {'met' if met else 'NOT met'}")
+        print(f"  {label:58}{value:>22}   {'met' if met else 'NOT met'}")
     print()
 
 
@@ -916,7 +926,8 @@ def explain(seconds: float, rounds: int, idle: int) -> None:
   ratio ours / peer: above 1 means ours is higher: better for /s, worse for CPU,
     latency and memory.
   goals: issue 11's, judged on this run's totals; case 6's "no more CPU per line" allows
-    10 % for noise (each larger segment's CPU per line at most 1.1 x the smallest's).
+    10 % for noise (each larger segment's CPU per line at most 1.1 x the smallest's);
+    "lines/s no lower" (at least 0.9 x) is not the issue's, but shows a stall.
   memory: (PSS after - before) / connections held, summed over the process group, each
     server a fresh process; silent: connected, nothing sent; after one query: each
     connection sent one query, got its answer and stays open (ours with --multiple;
