@@ -23,6 +23,7 @@ from aioidentd.errors import (
     IdentProtocolError,
     IdentTimeout,
 )
+from aioidentd.host_claims import HostClaim, HostClaimError, HostClaims
 from aioidentd.protocol import (
     ErrorReply,
     InvalidQuery,
@@ -43,6 +44,9 @@ __all__ = [
     "Controller",
     "ErrorReply",
     "Handler",
+    "HostClaim",
+    "HostClaimError",
+    "HostClaims",
     "IdentConnectError",
     "IdentConnectionClosed",
     "IdentError",

@@ -47,9 +47,10 @@ from typing import Any
 from identcases import loopback_up
 from netns_irc import IRC_PORT, start_ircd, stop_ircd, welcome
 
+from aioidentd import HostClaimError, HostClaims
 from aioidentd.server import IdentRequest, IdentServer
 
-APP_USER, OTHER_USER, ROGUE_USER = "games", "man", "lp"
+APP_USER, OTHER_USER, ROGUE_USER, CLAIMING_USER = "games", "man", "lp", "news"
 APP_PORT = 10113
 IRC_HOST = "127.0.0.2"
 START_TIMEOUT = 15.0
@@ -57,8 +58,10 @@ CONFIG = """\
 [server]
 port = 113
 log_queries = true
-response_timeout = 1
+# Long enough for a claim made under load (the query waits for it); forwards stay short.
+response_timeout = 3
 forward_timeout = 0.5
+claims_socket = "{claims}"
 
 [user.{app}]
 answer = "forward"
@@ -69,6 +72,10 @@ forward_proxy = "v2"
 [user.{rogue}]
 answer = "forward"
 forward = "127.0.0.1:{port}"
+
+# May choose answers: claims over the claims socket.
+[user.{claiming}]
+allow_user_reply = true
 """
 
 
@@ -196,12 +203,56 @@ def plain_user(source: str) -> Callable[[int, int], None]:
     return work
 
 
+def claiming(claims_path: str, root_port: int) -> Callable[[int, int], None]:
+    """CLAIMING_USER's program: no identd; two connections claimed on the host daemon
+    (one through HostClaims.open_connection, one claimed after a plain connect, inside
+    connecting()), and an attempt to claim root's open connection from 127.0.0.12."""
+
+    def work(report: int, go: int) -> None:
+        async def main() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            with HostClaims(claims_path) as claims:
+                started = time.monotonic()
+                reader, writer = await claims.open_connection(
+                    IRC_HOST, IRC_PORT, user_id="hostclaimed", local_addr=("127.0.0.10", 0)
+                )
+                out["open_connection"] = await welcome(reader, writer, "hc1", "hc", started)
+                started = time.monotonic()
+                async with claims.connecting(IRC_HOST):
+                    reader, writer = await asyncio.open_connection(
+                        IRC_HOST, IRC_PORT, local_addr=("127.0.0.11", 0)
+                    )
+                    await asyncio.to_thread(claims.claim, writer, "claimedlate")
+                out["claim_after_connect"] = await welcome(reader, writer, "hc2", "hc", started)
+                stolen = (("127.0.0.12", root_port), (IRC_HOST, IRC_PORT))
+                try:
+                    await asyncio.to_thread(claims.claim, stolen, "stolen")
+                    out["steal"] = "accepted"
+                except HostClaimError as exc:
+                    out["steal"] = str(exc)
+            return out
+
+        os.write(report, json.dumps(asyncio.run(main())).encode() + b"\n")
+
+    return work
+
+
 def main() -> dict[str, Any]:
     output: dict[str, Any] = {"log": "", "daemon_log": ""}
     with tempfile.TemporaryDirectory(prefix="forward-") as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # the users' children reach the claims socket in it
         config = workdir / "aioidentd.toml"
-        config.write_text(CONFIG.format(app=APP_USER, rogue=ROGUE_USER, port=APP_PORT))
+        claims_path = str(workdir / "claims.sock")
+        config.write_text(
+            CONFIG.format(
+                app=APP_USER,
+                rogue=ROGUE_USER,
+                claiming=CLAIMING_USER,
+                port=APP_PORT,
+                claims=claims_path,
+            )
+        )
         ircd: subprocess.Popen[bytes] | None = None
         daemon: subprocess.Popen[bytes] | None = None
         children: list[int] = []
@@ -228,6 +279,11 @@ def main() -> dict[str, Any]:
                 pid, report, _go = as_user(user, plain_user(source))
                 children.append(pid)
                 output["others"][user] = read_report(report)
+            roots = socket.create_connection((IRC_HOST, IRC_PORT), source_address=("127.0.0.12", 0))
+            pid, report, _go = as_user(CLAIMING_USER, claiming(claims_path, roots.getsockname()[1]))
+            children.append(pid)
+            output["claims"] = read_report(report)
+            roots.close()
             os.write(app_go, b"go")
             output["app_asked"] = read_report(app_report).get("asked")
         except Exception as exc:

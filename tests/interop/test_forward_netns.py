@@ -66,3 +66,13 @@ def test_other_users_connections_never_reach_the_application(forward: dict[str, 
     asked_ports = {port for port, _, _ in forward["app_asked"]}
     assert others["man"]["port"] not in asked_ports
     assert others["lp"]["port"] not in asked_ports
+
+
+def test_claims_over_the_local_socket_show_in_ngircd(forward: dict[str, Any]) -> None:
+    """news runs no identd: it claims its connections on the daemon's claims socket."""
+    claims = forward["claims"]
+    assert "error" not in claims, claims
+    assert claims["open_connection"]["user"] == "hostclaimed", (claims, forward["daemon_log"])
+    assert claims["claim_after_connect"]["user"] == "claimedlate", claims
+    assert claims["steal"] == "the host identd refused: that connection is not yours"
+    assert "news (uid 9) replied as 'hostclaimed' (claim, claims socket)" in forward["daemon_log"]

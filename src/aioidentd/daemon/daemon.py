@@ -26,6 +26,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from aioidentd.daemon.claims_socket import ClaimsService, bind_claims_socket
 from aioidentd.daemon.metrics import DaemonMetrics, bind_metrics
 from aioidentd.daemon.privileges import Identity, drop_privileges, resolve_identity
 from aioidentd.daemon.responder import KernelResponder
@@ -56,6 +57,8 @@ class Daemon:
     default: str | None = None
     random: bool = False
     inetd: bool = False
+    #: The claims socket, bound before privileges are dropped (``[server] claims_socket``).
+    claims_sock: socket.socket | None = None
 
     @property
     def static(self) -> bool:
@@ -93,6 +96,18 @@ class Daemon:
         except ActivationError as exc:
             raise DaemonError(str(exc)) from None
         identity = self._identity()
+        if settings.claims_socket is not None and not self.static and connected is None:
+            if settings.workers > 1:
+                raise DaemonError(
+                    "claims_socket needs workers = 1: every query must see every claim"
+                )
+            try:
+                self.claims_sock = bind_claims_socket(settings.claims_socket)
+            except OSError as exc:
+                raise DaemonError(
+                    f"cannot listen on the claims socket {settings.claims_socket}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         self._loop_factory()  # imports uvloop, if asked for, while the files are readable
         workers = settings.workers if not connected else 1
         metrics_sock = self._metrics_socket(workers, connected is not None)
@@ -240,12 +255,19 @@ class Daemon:
                 return 0
             await ident.start()
             await metrics.start()
+            if responder is not None and self.claims_sock is not None:
+                service = ClaimsService(responder.lookup, lambda: responder.policy)
+                await service.start(self.claims_sock)
+                responder.claims = service
+                logger.info("claims socket on %s", self.config.daemon.claims_socket)
             where = ", ".join(f"{host}:{port}" for host, port in ident.addresses)
             mode = "static answers" if self.static else "kernel lookups"
             engine = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
             logger.info("serving ident on %s (%s, %s)", where, mode, engine)
             await stop.wait()
             logger.info("shutting down")
+            if responder is not None and responder.claims is not None:
+                await responder.claims.close()
             await ident.close()
             return 0
         finally:

@@ -10,7 +10,8 @@ from collections import Counter
 from collections.abc import Awaitable
 
 from aioidentd._ratelimit import RateLimitedLog
-from aioidentd.daemon.forward import Forwarder
+from aioidentd.daemon.claims_socket import ClaimsService, HostClaim
+from aioidentd.daemon.forward import MARGIN, Forwarder
 from aioidentd.lookup import SocketLookup, SocketLookupError
 from aioidentd.policy import Decision, Policy
 from aioidentd.protocol import Address
@@ -29,7 +30,8 @@ class KernelResponder:
     with the client port. So a host can only ask about its own connections to us.
 
     ``decisions`` counts the answers by the decision's kind (the policy's answer kinds,
-    ``user-reply``, ``forward``, ``no-socket``, ``lookup-failed``), for the metrics.
+    ``user-reply``, ``forward``, ``claim``, ``no-socket``, ``lookup-failed``), for the
+    metrics.
     """
 
     def __init__(
@@ -46,6 +48,8 @@ class KernelResponder:
         self.forwarder = Forwarder(lookup, forward_timeout)
         self.decisions: Counter[str] = Counter()
         self._failures: RateLimitedLog | None = None
+        #: Claims made over the daemon's claims socket (None: no such socket).
+        self.claims: ClaimsService | None = None
 
     def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
         local = (request.local[0], request.server_port)
@@ -54,8 +58,8 @@ class KernelResponder:
             # /proc scans and users' reply files may block: off the event loop.
             return self._answer_off_loop(request, local, remote)
         decision = self.decide(local, remote)
-        if decision.forward is not None:
-            return self._forward(request, decision)
+        if self._later(decision, remote):
+            return self._answer_later(request, decision, local, remote)
         self._send(request, decision)
         return None
 
@@ -64,6 +68,37 @@ class KernelResponder:
     ) -> None:
         loop = asyncio.get_running_loop()
         decision = await loop.run_in_executor(None, self.decide, local, remote)
+        if self._later(decision, remote):
+            await self._answer_later(request, decision, local, remote)
+            return
+        self._send(request, decision)
+
+    def _later(self, decision: Decision, remote: Address) -> bool:
+        """Whether the answer takes time: a forward, a claim on its way."""
+        return decision.forward is not None or self._expecting(decision, remote)
+
+    def _expecting(self, decision: Decision, remote: Address) -> bool:
+        """Whether the owner said it is connecting to the querier and has not claimed
+        this connection yet: its claim may be on its way (see ClaimsService.wait_for)."""
+        claims = self.claims
+        return (
+            claims is not None
+            and decision.uid is not None
+            and decision.kind != "claim"
+            and claims.expecting(decision.uid, remote[0])
+        )
+
+    async def _answer_later(
+        self, request: IdentRequest, decision: Decision, local: Address, remote: Address
+    ) -> None:
+        """The answers that take time: a claim being made, a forward."""
+        loop = asyncio.get_running_loop()
+        uid = decision.uid
+        if self.claims is not None and uid is not None and self._expecting(decision, remote):
+            budget = request.deadline - loop.time() - MARGIN
+            claim = await self.claims.wait_for(local, remote, uid, budget)
+            if claim is not None:
+                decision = self._claimed(uid, local, remote, claim)
         if decision.forward is not None:
             await self._forward(request, decision)
             return
@@ -93,7 +128,18 @@ class KernelResponder:
             uid = self.lookup.owner(local, remote)
         except (SocketLookupError, ValueError) as exc:
             return self.policy.lookup_failed(local, remote, str(exc))
+        claims = self.claims
+        if claims is not None and uid is not None and claims.active:
+            claim = claims.find(local, remote, uid)
+            if claim is not None:
+                # The owner claimed it over the claims socket.
+                return self._claimed(uid, local, remote, claim)
         return self.policy.decide(uid, local, remote, explain=explain)
+
+    def _claimed(self, uid: int, local: Address, remote: Address, claim: HostClaim) -> Decision:
+        return self.policy.claimed(
+            uid, local, remote, claim.user_id, claim.opsys, claim.charset, claim.error
+        )
 
     def _send(self, request: IdentRequest, decision: Decision) -> None:
         self.decisions[decision.kind] += 1

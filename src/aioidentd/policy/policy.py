@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two log lines about the same user's file or name (see Policy._log).
 FILE_LOG_INTERVAL = 600.0
+#: How a decision's note starts when a claim made over the claims socket was refused.
+_CLAIM_NOT_USED = "claim not used: "
 
 
 def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:
@@ -203,7 +205,7 @@ class Decision:
     @property
     def spoofed(self) -> bool:
         """The reply is not the user's real identity: worth logging with the real one."""
-        return self.kind in ("fixed", "random", "user-reply", "forward")
+        return self.kind in ("fixed", "random", "user-reply", "forward", "claim")
 
     def reply(self, server_port: int, client_port: int) -> Reply:
         """The protocol reply for the queried port pair."""
@@ -233,8 +235,11 @@ class Decision:
             what = str(self.error)
         text = f"{who} {what} ({self.why or f'{self.kind}, {self.source}'})"
         if self.note:
-            label = "forward not used" if self.forward is not None else "reply file not used"
-            text += f"; {label}: {self.note}"
+            if self.note.startswith(_CLAIM_NOT_USED):
+                text += f"; {self.note}"
+            else:
+                label = "forward not used" if self.forward is not None else "reply file not used"
+                text += f"; {label}: {self.note}"
         return text
 
 
@@ -374,6 +379,51 @@ class Policy:
                 if decision is not None:
                     return decision
         return self._from_settings(uid, name, settings, note, trail)
+
+    def claimable(
+        self, uid: int, local: Address, remote: Address, user_id: str | None
+    ) -> str | None:
+        """Why ``uid`` may not choose the answer for this connection of its own (a claim
+        over the daemon's claims socket), or None when it may: the same permission and
+        limits as a reply file (``allow_user_reply``, ``allow_spoof_privport``, the id
+        rules and ``allow_spoof_other``)."""
+        name = self.user_db.name_of(uid)
+        settings = self.settings_for(uid, name, local, remote)
+        who = f"{name} (uid {uid})" if name else f"uid {uid}"
+        if not settings.allow_user_reply:
+            return f"the policy does not let {who} choose answers (allow_user_reply)"
+        if remote[1] < 1024 and not settings.allow_spoof_privport:
+            return f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
+        if user_id is not None:
+            try:
+                self._chosen_id(uid, user_id, settings)
+            except ReplyFileRefused as exc:
+                return str(exc)
+        return None
+
+    def claimed(
+        self,
+        uid: int,
+        local: Address,
+        remote: Address,
+        user_id: bytes | None,
+        opsys: str,
+        charset: str | None,
+        error: str | None,
+    ) -> Decision:
+        """The decision for a connection its owner claimed (see :meth:`claimable`, asked
+        again here: the policy may have been reloaded since the claim was made)."""
+        text = None if user_id is None else user_id.decode(charset or "ascii", "replace")
+        reason = self.claimable(uid, local, remote, text)
+        name = self.user_db.name_of(uid)
+        if reason is not None:
+            decision = self.decide(uid, local, remote)
+            return replace(decision, note=f"{_CLAIM_NOT_USED}{reason}")
+        if error is not None:
+            return self._error("claim", "claims socket", uid, name, error)
+        assert user_id is not None
+        decision = self._user_id("claim", "claims socket", uid, name, user_id, None)
+        return replace(decision, opsys=opsys, charset=charset)
 
     def forwarded(self, own: Decision, reply: Reply | None, failure: str | None) -> Decision:
         """The decision once ``own.forward`` was asked: its answer relayed, or ``own``

@@ -239,6 +239,14 @@ def _host_port(name: str, value: str) -> tuple[str, int]:
     return host, port
 
 
+def _socket_path(name: str, value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{name} must be an absolute path, got {value!r}")
+    if len(value.encode()) > 107:
+        raise ValueError(f"{name}: a Unix socket path is at most 107 octets")
+    return value
+
+
 def _networks(name: str, value: Any) -> tuple[Network, ...]:
     networks: list[Network] = []
     for item in one_or_many(name, value):
@@ -529,6 +537,14 @@ class DaemonSettings:
     )
     log_queries: bool = key(
         False, bool, flag="log every query and its answer at INFO", group=_LOGGING
+    )
+    claims_socket: str | None = key(
+        None,
+        str,
+        _socket_path,
+        flag="Unix socket where local users claim their own connections (off by default; "
+        "see aioidentd.HostClaims)",
+        metavar="PATH",
     )
     forward_timeout: float = key(
         0.5,

@@ -1,0 +1,483 @@
+"""Claims over a local Unix socket: a process that runs no identd names the answer for
+its own connections, and the host daemon checks with the kernel that they are its own.
+
+Why: an unprivileged program (a bot, a bridge) should not need an identd of its own, a
+port, or a configuration change by root to answer per connection. The daemon already
+knows, for every query, which uid owns the connection; a claim only lets that uid pick
+the answer for one exact connection, the way a user's reply file picks it for all.
+
+Authentication is the kernel's: ``SO_PEERCRED`` gives the uid of the process at the
+other end of the Unix socket, and a claim is accepted only for a connection the socket
+lookup says that uid owns, and only where the policy lets that user choose answers
+(``allow_user_reply``, with the same limits on the id as a reply file). A claim ends when
+released, when the claiming process closes its control connection (or dies), or when the
+claimed connection is gone (checked at every query about it and by a periodic sweep), so
+nothing accumulates; every count is bounded.
+
+The wire format is one JSON object per line each way (a request, then its answer), at
+most :data:`MAX_REQUEST` octets::
+
+    {"op": "claim", "local": ["192.0.2.1", 40001], "remote": ["198.51.100.7", 6667],
+     "user_id": "alice", "opsys": "UNIX", "charset": null, "error": null}
+    {"op": "release", "local": [...], "remote": [...]}
+    {"op": "connecting", "host": "198.51.100.7"}     (queries from there may wait for a
+    {"op": "connected", "host": "198.51.100.7"}       claim until the response deadline, until this)
+    -> {"ok": true} | {"ok": false, "error": "why not"}
+
+:class:`aioidentd.HostClaims` is the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from aioidentd._ratelimit import RateLimitedLog
+from aioidentd.claims import normalise_host
+from aioidentd.errors import SocketLookupError
+from aioidentd.lookup import SocketLookup
+from aioidentd.policy import Policy
+from aioidentd.protocol import (
+    Address,
+    ErrorReply,
+    UserIdReply,
+    check_token,
+    encode_user_id,
+)
+
+__all__ = [
+    "MAX_REQUEST",
+    "ClaimsService",
+    "HostClaim",
+    "bind_claims_socket",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The longest request line read; a longer one closes the control connection.
+MAX_REQUEST: Final = 2048
+#: Claims one uid may hold at once, and control connections one uid may keep open.
+MAX_CLAIMS_PER_UID: Final = 4096
+MAX_CONNECTIONS_PER_UID: Final = 64
+MAX_CONNECTIONS: Final = 1024
+#: Hosts one control connection may have declared "connecting" at once.
+MAX_PENDING: Final = 64
+#: Seconds between sweeps that drop claims whose connection is gone.
+SWEEP_INTERVAL: Final = 30.0
+#: A control connection that sends half a line and stops is closed after this long.
+PARTIAL_LINE_TIMEOUT: Final = 10.0
+_PEERCRED: Final = struct.Struct("3i")
+
+_Key = tuple[str, int, str, int]
+
+
+def _key(local: Address, remote: Address) -> _Key:
+    return (
+        normalise_host(str(local[0])),
+        int(local[1]),
+        normalise_host(str(remote[0])),
+        int(remote[1]),
+    )
+
+
+@dataclass(slots=True, eq=False)
+class HostClaim:
+    """One accepted claim: the answer ``uid`` chose for one of its connections."""
+
+    uid: int
+    key: _Key
+    user_id: bytes | None
+    opsys: str
+    charset: str | None
+    error: str | None
+    owner: _Control = field(repr=False)
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"ERROR {self.error}"
+        assert self.user_id is not None
+        return repr(self.user_id.decode(self.charset or "ascii", "replace"))
+
+
+def bind_claims_socket(path: str, mode: int = 0o666) -> socket.socket:
+    """The listening Unix socket at ``path`` (a stale socket file there is replaced;
+    anything else is an error). Bound before privileges are dropped, so its directory
+    may be one only root can write (``/run/aioidentd``). ``mode`` is the file's: every
+    local user may connect by default, since the daemon authenticates each one itself."""
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        if not stat.S_ISSOCK(info.st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ClaimsService:
+    """The claims a host's users made over the socket, and the socket's connections."""
+
+    def __init__(
+        self,
+        lookup: SocketLookup,
+        policy: Callable[[], Policy],
+    ) -> None:
+        self.lookup = lookup
+        self._policy = policy
+        self._claims: dict[_Key, HostClaim] = {}
+        self._per_uid: dict[int, int] = {}
+        self._controls: set[_Control] = set()
+        #: (uid, remote host) -> how many control connections declared "connecting".
+        self._pending: dict[tuple[int, str], int] = {}
+        #: Queries waiting for a claim on their connection.
+        self._waiters: dict[_Key, list[asyncio.Future[None]]] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._log: RateLimitedLog | None = None
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    @property
+    def active(self) -> bool:
+        """Whether any claim exists (otherwise queries need not look)."""
+        return bool(self._claims)
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._log = RateLimitedLog(logger, call_later=loop.call_later)
+        self._server = await loop.create_unix_server(lambda: _Control(self), sock=sock)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for control in list(self._controls):
+            control.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._claims.clear()
+        self._per_uid.clear()
+        if self._log is not None:
+            self._log.close()
+
+    def _sweep(self) -> None:
+        """Drop claims whose connection no longer exists or changed hands."""
+        for key, claim in list(self._claims.items()):
+            try:
+                owner = self.lookup.owner((key[0], key[1]), (key[2], key[3]))
+            except (SocketLookupError, ValueError):
+                continue
+            if owner != claim.uid:
+                self._remove(claim)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    # -- what the responder asks --------------------------------------------------------
+
+    def find(self, local: Address, remote: Address, uid: int) -> HostClaim | None:
+        """The claim on this connection made by its owner ``uid``; a claim whose
+        connection now belongs to someone else (the ports were reused) never answers.
+        Safe to call from the responder's worker thread: it only reads."""
+        try:
+            key = _key(local, remote)
+        except ValueError:
+            return None
+        claim = self._claims.get(key)
+        if claim is None or claim.uid != uid:
+            return None  # (a stale claim of another uid is the sweep's to drop)
+        return claim
+
+    def expecting(self, uid: int, remote_host: str) -> bool:
+        """Whether ``uid`` said it is connecting to ``remote_host`` (see wait_for)."""
+        return bool(self._pending) and (uid, normalise_host(remote_host)) in self._pending
+
+    async def wait_for(
+        self, local: Address, remote: Address, uid: int, budget: float
+    ) -> HostClaim | None:
+        """Wait up to ``budget`` s (what is left before the querier's deadline) for
+        ``uid``'s claim on the connection: the owner said the claim is coming."""
+        wait = budget
+        if wait <= 0:
+            return None
+        key = _key(local, remote)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), wait)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[key]
+        return self.find(local, remote, uid)
+
+    # -- what the control connections ask -----------------------------------------------
+
+    def _add(self, claim: HostClaim) -> str | None:
+        old = self._claims.get(claim.key)
+        if old is None and self._per_uid.get(claim.uid, 0) >= MAX_CLAIMS_PER_UID:
+            return f"too many claims (at most {MAX_CLAIMS_PER_UID} per user)"
+        if old is not None:
+            self._remove(old)
+        self._claims[claim.key] = claim
+        self._per_uid[claim.uid] = self._per_uid.get(claim.uid, 0) + 1
+        claim.owner.claims.add(claim.key)
+        for waiter in self._waiters.pop(claim.key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+        return None
+
+    def _remove(self, claim: HostClaim) -> None:
+        if self._claims.get(claim.key) is not claim:
+            return
+        del self._claims[claim.key]
+        count = self._per_uid.get(claim.uid, 1) - 1
+        if count:
+            self._per_uid[claim.uid] = count
+        else:
+            self._per_uid.pop(claim.uid, None)
+        claim.owner.claims.discard(claim.key)
+
+    def _pending_change(self, uid: int, host: str, delta: int) -> None:
+        key = (uid, host)
+        count = self._pending.get(key, 0) + delta
+        if count > 0:
+            self._pending[key] = count
+        else:
+            self._pending.pop(key, None)
+
+    def handle(self, control: _Control, request: Any) -> str | None:
+        """Carry out one request; None when it succeeded, else why not."""
+        if not isinstance(request, dict):
+            return "a request is a JSON object"
+        op = request.get("op")
+        if op == "claim":
+            return self._claim(control, request)
+        if op == "release":
+            try:
+                key = _key(*_ends(request))
+            except ValueError as exc:
+                return str(exc)
+            claim = self._claims.get(key)
+            if claim is not None and claim.owner is control:
+                self._remove(claim)
+            return None
+        if op in ("connecting", "connected"):
+            host = request.get("host")
+            if not isinstance(host, str) or not host:
+                return "'host' must be an IP address"
+            try:
+                host = normalise_host(host)
+            except ValueError as exc:
+                return str(exc)
+            if op == "connecting":
+                if len(control.pending) >= MAX_PENDING:
+                    return f"too many hosts declared connecting (at most {MAX_PENDING})"
+                control.pending.append(host)
+                self._pending_change(control.uid, host, +1)
+            elif host in control.pending:
+                control.pending.remove(host)
+                self._pending_change(control.uid, host, -1)
+            return None
+        return f"unknown op {op!r} (claim, release, connecting, connected)"
+
+    def _claim(self, control: _Control, request: dict[str, Any]) -> str | None:
+        try:
+            local, remote = _ends(request)
+            key = _key(local, remote)
+            user_id, opsys, charset, error = _answer(request)
+        except ValueError as exc:
+            return str(exc)
+        uid = control.uid
+        try:
+            owner = self.lookup.owner((key[0], key[1]), (key[2], key[3]))
+        except (SocketLookupError, ValueError) as exc:
+            return f"cannot look the connection up: {exc}"
+        if owner is None:
+            return "no such connection"
+        if owner != uid:
+            return "that connection is not yours"
+        reason = self._policy().claimable(uid, (key[0], key[1]), (key[2], key[3]), user_id)
+        if reason is not None:
+            return reason
+        raw = None if user_id is None else encode_user_id(user_id, charset)
+        return self._add(HostClaim(uid, key, raw, opsys, charset, error, control))
+
+    def _closed(self, control: _Control) -> None:
+        self._controls.discard(control)
+        for key in list(control.claims):
+            claim = self._claims.get(key)
+            if claim is not None:
+                self._remove(claim)
+        for host in control.pending:
+            self._pending_change(control.uid, host, -1)
+        control.pending.clear()
+
+    def _admit(self, control: _Control) -> str | None:
+        if len(self._controls) >= MAX_CONNECTIONS:
+            return "too many connections to the claims socket"
+        same = sum(1 for other in self._controls if other.uid == control.uid)
+        if same >= MAX_CONNECTIONS_PER_UID:
+            return f"too many connections from uid {control.uid}"
+        self._controls.add(control)
+        return None
+
+    def log(self, kind: str, message: str, *args: object) -> None:
+        if self._log is not None:
+            self._log.log(kind, logging.INFO, "claims socket refusals", message, *args)
+
+
+def _ends(request: dict[str, Any]) -> tuple[Address, Address]:
+    ends = []
+    for name in ("local", "remote"):
+        value = request.get(name)
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not isinstance(value[0], str)
+            or not isinstance(value[1], int)
+            or isinstance(value[1], bool)
+            or not 1 <= value[1] <= 65535
+        ):
+            raise ValueError(f"'{name}' must be [\"ADDRESS\", PORT]")
+        ends.append((value[0], value[1]))
+    return ends[0], ends[1]
+
+
+def _answer(request: dict[str, Any]) -> tuple[str | None, str, str | None, str | None]:
+    user_id, error = request.get("user_id"), request.get("error")
+    opsys, charset = request.get("opsys", "UNIX"), request.get("charset")
+    if (user_id is None) == (error is None):
+        raise ValueError("give exactly one of 'user_id' and 'error'")
+    for name, value in (("opsys", opsys), ("charset", charset)):
+        if value is not None:
+            if not isinstance(value, str):
+                raise ValueError(f"'{name}' must be a string")
+            check_token(name, value)
+    if user_id is not None:
+        if not isinstance(user_id, str):
+            raise ValueError("'user_id' must be a string")
+        UserIdReply.from_text(1, 1, opsys or "UNIX", user_id, charset)
+    else:
+        if not isinstance(error, str):
+            raise ValueError("'error' must be a string")
+        error = ErrorReply(1, 1, error).error
+    return user_id, opsys or "UNIX", charset, error
+
+
+class _Control(asyncio.Protocol):
+    """One client of the claims socket: its uid, its claims, its requests."""
+
+    def __init__(self, service: ClaimsService) -> None:
+        self.service = service
+        self.uid = -1
+        self.claims: set[_Key] = set()
+        self.pending: list[str] = []
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            _pid, self.uid, _gid = _PEERCRED.unpack(raw)
+        except (OSError, AttributeError, struct.error):
+            self._refuse("cannot tell who is connecting (SO_PEERCRED)")
+            return
+        reason = self.service._admit(self)
+        if reason is not None:
+            self._refuse(reason)
+
+    def _refuse(self, reason: str) -> None:
+        self.service.log("admit", "claims socket: refused uid %d: %s", self.uid, reason)
+        self._reply(reason)
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+            if len(line) > MAX_REQUEST:
+                self._overlong()
+                return
+            self._request(line)
+            if self._transport is None or self._transport.is_closing():
+                return
+        if len(self._buffer) > MAX_REQUEST:
+            self._overlong()
+            return
+        self._arm()
+
+    def _overlong(self) -> None:
+        self.service.log("huge", "claims socket: uid %d sent an over-long line", self.uid)
+        self._reply(f"request longer than {MAX_REQUEST} octets")
+        self._buffer = b""
+        self.close()
+
+    def _arm(self) -> None:
+        """Half a line may not hold the connection's slot for ever; an idle connection
+        between requests (it keeps its claims alive) may."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffer and self._transport is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(PARTIAL_LINE_TIMEOUT, self.close)
+
+    def _request(self, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            self.service.log("garbage", "claims socket: uid %d sent a non-JSON line", self.uid)
+            self._reply("not a JSON object")
+            return
+        reason = self.service.handle(self, request)
+        if reason is not None:
+            self.service.log("refused", "claims socket: uid %d refused: %s", self.uid, reason)
+        self._reply(reason)
+
+    def _reply(self, reason: str | None) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        answer = {"ok": True} if reason is None else {"ok": False, "error": reason}
+        self._transport.write(json.dumps(answer).encode() + b"\n")
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+        self.service._closed(self)
