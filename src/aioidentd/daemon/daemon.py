@@ -28,6 +28,7 @@ from typing import Any
 
 from aioidentd.daemon.claims_socket import ClaimsService, bind_claims_socket
 from aioidentd.daemon.metrics import DaemonMetrics, bind_metrics
+from aioidentd.daemon.nat import ConntrackHelper, InProcess, NatResolver
 from aioidentd.daemon.privileges import Identity, drop_privileges, resolve_identity
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
@@ -59,6 +60,8 @@ class Daemon:
     inetd: bool = False
     #: The claims socket, bound before privileges are dropped (``[server] claims_socket``).
     claims_sock: socket.socket | None = None
+    #: Where ``[[nat]]`` translations come from (the privileged helper), if any.
+    nat_source: ConntrackHelper | InProcess | None = None
 
     @property
     def static(self) -> bool:
@@ -117,13 +120,19 @@ class Daemon:
 
             def work(index: int, group: Sequence[socket.socket]) -> int:
                 lookup = None if self.static else self._lookup()
+                self._start_nat(identity, group)
                 self._drop(identity)
                 return self._run_loop(self.serve(list(group), None, lookup))
 
             return supervise(groups, work, lambda: self._drop(identity))
         lookup = None if self.static else self._lookup()
+        self._start_nat(identity, [*socks, *([metrics_sock] if metrics_sock else [])])
         self._drop(identity)
-        return self._run_loop(self.serve(socks, connected, lookup, metrics_sock))
+        try:
+            return self._run_loop(self.serve(socks, connected, lookup, metrics_sock))
+        finally:
+            if self.nat_source is not None:
+                self.nat_source.close()
 
     def _metrics_socket(self, workers: int, inetd: bool) -> socket.socket | None:
         """The ``[metrics] listen`` socket, bound with the ident port (before privileges
@@ -145,6 +154,19 @@ class Daemon:
             raise DaemonError(
                 f"[metrics] listen = {metrics.listen!r}: {exc.strerror or exc}"
             ) from None
+
+    def _start_nat(self, identity: Identity | None, socks: Sequence[socket.socket]) -> None:
+        """``[[nat]]`` needs conntrack, and conntrack CAP_NET_ADMIN: a helper process
+        that keeps root is forked now, before privileges are dropped (see nat.py)."""
+        if not self.config.nat or self.static:
+            return
+        if identity is None:
+            self.nat_source = InProcess()  # not dropping privileges: ask the kernel here
+            return
+        helper = ConntrackHelper()
+        close = [*socks, *([self.claims_sock] if self.claims_sock is not None else [])]
+        helper.start(close=close)
+        self.nat_source = helper
 
     def _identity(self) -> Identity | None:
         if os.geteuid() != 0:
@@ -205,6 +227,9 @@ class Daemon:
                 forward_timeout=settings.forward_timeout,
             )
             handlers.append(responder)
+            if self.nat_source is not None:
+                resolver_of = responder
+                responder.nat = NatResolver(self.nat_source, lambda: resolver_of.policy)
         ident = IdentServer(
             None,
             0,
@@ -220,6 +245,7 @@ class Daemon:
             random=self.random,
             handlers=handlers,
             name="aioidentd",
+            trusted_proxies=[str(network) for network in settings.trusted_proxies],
         )
         return ident, responder
 

@@ -8,12 +8,15 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable
+from dataclasses import replace
 
 from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.daemon.claims_socket import ClaimsService, HostClaim
 from aioidentd.daemon.forward import MARGIN, Forwarder
+from aioidentd.daemon.nat import NatResolver
 from aioidentd.lookup import SocketLookup, SocketLookupError
 from aioidentd.policy import Decision, Policy
+from aioidentd.policy.policy import NAT_FORWARD_NOT_USED
 from aioidentd.protocol import Address
 from aioidentd.server import IdentRequest
 
@@ -50,6 +53,8 @@ class KernelResponder:
         self._failures: RateLimitedLog | None = None
         #: Claims made over the daemon's claims socket (None: no such socket).
         self.claims: ClaimsService | None = None
+        #: Connections this host translates for inner machines (None: no [[nat]]).
+        self.nat: NatResolver | None = None
 
     def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
         local = (request.local[0], request.server_port)
@@ -74,8 +79,12 @@ class KernelResponder:
         self._send(request, decision)
 
     def _later(self, decision: Decision, remote: Address) -> bool:
-        """Whether the answer takes time: a forward, a claim on its way."""
-        return decision.forward is not None or self._expecting(decision, remote)
+        """Whether the answer takes time: a forward, a claim on its way, a NAT lookup."""
+        return (
+            decision.forward is not None
+            or (self.nat is not None and decision.kind == "no-socket")
+            or self._expecting(decision, remote)
+        )
 
     def _expecting(self, decision: Decision, remote: Address) -> bool:
         """Whether the owner said it is connecting to the querier and has not claimed
@@ -99,10 +108,63 @@ class KernelResponder:
             claim = await self.claims.wait_for(local, remote, uid, budget)
             if claim is not None:
                 decision = self._claimed(uid, local, remote, claim)
+        if self.nat is not None and decision.kind == "no-socket":
+            decision = await self._translated(request, local, remote, decision)
         if decision.forward is not None:
             await self._forward(request, decision)
             return
         self._send(request, decision)
+
+    async def _translated(
+        self, request: IdentRequest, local: Address, remote: Address, none: Decision
+    ) -> Decision:
+        """No local socket: maybe a connection this host translates for an inner machine
+        (``[[nat]]``, see :mod:`.nat`); ``none`` (NO-USER) otherwise."""
+        nat = self.nat
+        assert nat is not None
+        try:
+            translation = await nat.translate(local, remote)
+        except (SocketLookupError, ValueError) as exc:
+            # Anyone can make us look up: one line per interval, then a count.
+            if self._failures is None:
+                self._failures = RateLimitedLog(
+                    logger, call_later=asyncio.get_running_loop().call_later
+                )
+            self._failures.log(
+                "conntrack-failed",
+                logging.WARNING,
+                "conntrack lookups failed",
+                "conntrack lookup of %s:%d <-> %s:%d failed: %s",
+                *local,
+                *remote,
+                exc,
+            )
+            return none
+        if translation is None:
+            return none
+        rules = nat.rules_for(translation.inner[0])
+        if not rules:
+            return none
+        first = rules[0]
+        if first.answer != "forward":
+            return nat.static(rules, translation)
+        target = nat.forward_target(first, translation)
+        loop = asyncio.get_running_loop()
+        reply, failure = await self.forwarder.ask(
+            target,
+            None,
+            translation.inner[1],
+            translation.server[1],
+            (translation.server[0], request.peer[1]),
+            (translation.inner[0], first.forward_port),
+            request.deadline - loop.time(),
+        )
+        if reply is not None:
+            decision, failure = nat.relayed(first, translation, reply)
+            if decision is not None:
+                return decision
+        fallback = nat.static(rules[1:], translation)
+        return replace(fallback, note=f"{NAT_FORWARD_NOT_USED}{target}: {failure}")
 
     async def _forward(self, request: IdentRequest, own: Decision) -> None:
         """Ask the user's identd; its answer if usable, else ``own`` (in time)."""

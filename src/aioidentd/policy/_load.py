@@ -31,6 +31,7 @@ from aioidentd.policy.settings import (
     DaemonSettings,
     ForwardTarget,
     MetricsSettings,
+    NatRule,
     ReplySettings,
     Rule,
     keys_of,
@@ -45,14 +46,15 @@ __all__ = ["load_config", "parse_config"]
 _TOP_KEYS = tuple(name for name, _, _ in keys_of(Config))
 _SETTINGS_KEYS = tuple(name for name, _, _ in keys_of(AnswerSettings))
 _CONDITION_KEYS = tuple(name for name, _, _ in keys_of(Rule))
+_NAT_KEYS = tuple(name for name, _, _ in keys_of(NatRule))
 
 
 def show(path: Path) -> str:
     """How a path reads in a message: ``[user.alice]``, ``[[rule]] #2``, ``[server] port``."""
     if not path:
         return "the top level"
-    if path[0] == "rule" and len(path) >= 2 and isinstance(path[1], int):
-        head = f"[[rule]] #{path[1] + 1}"
+    if path[0] in ("rule", "nat") and len(path) >= 2 and isinstance(path[1], int):
+        head = f"[[{path[0]}]] #{path[1] + 1}"
         return head if len(path) == 2 else f"'{'.'.join(map(str, path[2:]))}' in {head}"
     return f"[{'.'.join(map(str, path))}]"
 
@@ -132,6 +134,10 @@ class _Loader:
         rules: list[Rule] = []
         for index, value in enumerate(rules_value):
             rules.append(self.rule(value, index, reply, rules))
+        nat_value = document.get("nat", [])
+        if not isinstance(nat_value, list):
+            raise self.error(("nat",), "'nat' must be written as [[nat]] tables")
+        nat = tuple(self.nat(value, index, reply) for index, value in enumerate(nat_value))
         tables = [default, *users.values(), *groups.values(), *(r.settings for r in rules)]
         if any(table.forward for table in tables):
             self.forward_time(document)
@@ -144,6 +150,7 @@ class _Loader:
             users=MappingProxyType(users),
             groups=MappingProxyType(groups),
             rules=tuple(rules),
+            nat=nat,
         )
 
     def forward_time(self, document: dict[str, Any]) -> None:
@@ -224,6 +231,32 @@ class _Loader:
                 f"'forward' in {show(path)}: {target.host}:{target.port} is this daemon "
                 f"itself (port {self.daemon.port}); forward to the application's identd",
             )
+
+    def nat(self, value: object, index: int, reply: ReplySettings) -> NatRule:
+        path: Path = ("nat", index)
+        table = self.table(value, path)
+        self.known_keys(table, path, _NAT_KEYS)
+        values = self.keys(NatRule, table, path)
+        where = f"[[nat]] #{index + 1}"
+        if "networks" not in values:
+            raise self.error(path, f'{where} needs network = "ADDRESS/PREFIX" (the inner hosts)')
+        answer = values.get("answer", "forward")
+        if answer == "fixed":
+            if "reply" not in values:
+                raise self.error(path, f'answer = "fixed" in {where} needs reply = "..."')
+            try:
+                safe_user_id(values["reply"], reply.charset)
+            except ValueError as exc:
+                raise self.error((*path, "reply"), f"'reply' in {where}: {exc}") from None
+        elif "reply" in values:
+            raise self.error((*path, "reply"), f"'reply' in {where} needs answer = \"fixed\"")
+        if answer != "forward":
+            for name in ("forward_port", "forward_proxy"):
+                if name in table:
+                    raise self.error(
+                        (*path, name), f"'{name}' in {where} needs answer = \"forward\""
+                    )
+        return NatRule(index + 1, self.locator.line_of(path), **values)
 
     def rule(self, value: object, index: int, reply: ReplySettings, earlier: list[Rule]) -> Rule:
         path: Path = ("rule", index)

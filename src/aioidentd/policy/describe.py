@@ -61,6 +61,14 @@ def describe(config: Config) -> str:
             lines.append(f"  [{label}.{key}] {settings.describe()}")
     effective = merge_settings(config.default, BUILTIN_DEFAULT)
     lines.append(f"  [default] {effective.describe()}")
+    if config.nat:
+        lines.append("NAT (connections this host translates, found in conntrack; first match):")
+        for entry in config.nat:
+            where = f" (line {entry.line})" if entry.line else ""
+            lines.append(f"  {entry.number}.{where} {entry.describe()}")
+    if daemon.trusted_proxies:
+        trusted = ", ".join(str(network) for network in daemon.trusted_proxies)
+        lines.append(f"PROXY headers accepted from {trusted}")
     tables = [config.default, *config.users.values(), *config.groups.values()]
     if any(table.allow_user_reply for table in [*tables, *(r.settings for r in config.rules)]):
         lines.append(

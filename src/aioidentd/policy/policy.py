@@ -32,6 +32,7 @@ from aioidentd.policy.settings import (
     AnswerSettings,
     Config,
     ForwardTarget,
+    NatRule,
     Network,
     Rule,
 )
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 FILE_LOG_INTERVAL = 600.0
 #: How a decision's note starts when a claim made over the claims socket was refused.
 _CLAIM_NOT_USED = "claim not used: "
+#: ... and when a [[nat]] forward gave no usable answer.
+NAT_FORWARD_NOT_USED = "nat forward not used: "
 
 
 def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:
@@ -205,7 +208,7 @@ class Decision:
     @property
     def spoofed(self) -> bool:
         """The reply is not the user's real identity: worth logging with the real one."""
-        return self.kind in ("fixed", "random", "user-reply", "forward", "claim")
+        return self.kind in ("fixed", "random", "user-reply", "forward", "claim", "nat-forward")
 
     def reply(self, server_port: int, client_port: int) -> Reply:
         """The protocol reply for the queried port pair."""
@@ -218,7 +221,7 @@ class Decision:
         if self.kind == "lookup-failed":
             who = "lookup failed:"
         elif self.uid is None:
-            who = "no socket"
+            who = self.user_name or "no socket"
         elif self.user_name is None:
             who = f"uid {self.uid}"
         else:
@@ -235,12 +238,17 @@ class Decision:
             what = str(self.error)
         text = f"{who} {what} ({self.why or f'{self.kind}, {self.source}'})"
         if self.note:
-            if self.note.startswith(_CLAIM_NOT_USED):
+            if self.note.startswith((_CLAIM_NOT_USED, NAT_FORWARD_NOT_USED)):
                 text += f"; {self.note}"
             else:
                 label = "forward not used" if self.forward is not None else "reply file not used"
                 text += f"; {label}: {self.note}"
         return text
+
+
+def _inner(inner: Address) -> str:
+    host = f"[{inner[0]}]" if ":" in inner[0] else inner[0]
+    return f"inner host {host}:{inner[1]}"
 
 
 def _address_in(address: str, networks: Sequence[Network]) -> bool:
@@ -424,6 +432,39 @@ class Policy:
         assert user_id is not None
         decision = self._user_id("claim", "claims socket", uid, name, user_id, None)
         return replace(decision, opsys=opsys, charset=charset)
+
+    # -- NAT: connections of machines behind this host ---------------------------------
+
+    def nat_decision(self, rule: NatRule, inner: Address) -> Decision:
+        """A ``[[nat]]`` entry's static answer for the inner machine's connection."""
+        source = f"[[nat]] #{rule.number}"
+        if rule.answer in ("hidden", "no-user"):
+            error = "HIDDEN-USER" if rule.answer == "hidden" else "NO-USER"
+            return self.nat_error(inner, error, source)
+        text = rule.reply if rule.answer == "fixed" and rule.reply else random_user_id()
+        raw = safe_user_id(text, self.config.reply.charset)
+        return self.nat_user(rule, inner, raw, self.config.reply.charset, kind=rule.answer)
+
+    def nat_user(
+        self,
+        rule: NatRule,
+        inner: Address,
+        raw: bytes,
+        charset: str | None,
+        kind: str = "nat-forward",
+    ) -> Decision:
+        return Decision(
+            kind=kind,
+            source=f"[[nat]] #{rule.number}",
+            user_name=_inner(inner),
+            user_id=raw,
+            opsys=self.config.reply.opsys,
+            charset=charset,
+        )
+
+    def nat_error(self, inner: Address, error: str, source: str) -> Decision:
+        decision = self._error("nat", source, None, None, error)
+        return replace(decision, user_name=_inner(inner))
 
     def forwarded(self, own: Decision, reply: Reply | None, failure: str | None) -> Decision:
         """The decision once ``own.forward`` was asked: its answer relayed, or ``own``

@@ -38,6 +38,8 @@ __all__ = [
     "ForwardTarget",
     "Key",
     "MetricsSettings",
+    "NatAnswer",
+    "NatRule",
     "Network",
     "PortRange",
     "ReplySettings",
@@ -450,6 +452,47 @@ class Rule:
         return " and ".join(parts)
 
 
+#: What a ``[[nat]]`` entry answers for a connection of a machine behind this gateway.
+NatAnswer = Literal["forward", "fixed", "random", "hidden", "no-user"]
+
+
+def _nat_answer(name: str, value: str) -> str:
+    return _choice(get_args(NatAnswer))(name, value)  # type: ignore[no-any-return]
+
+
+def _forward_port(name: str, value: int) -> int:
+    check_port(name, value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NatRule:
+    """A ``[[nat]]``: connections this host translates for inner machines in
+    ``networks`` (their addresses as the inner side sees them), and what they answer:
+    the inner machine's own identd (``forward``, on ``forward_port``) or a static answer
+    (oidentd_masq.conf's job)."""
+
+    number: int
+    line: int | None
+    networks: tuple[Network, ...] = key((), None, _networks, name="network")
+    answer: NatAnswer = key("forward", str, _nat_answer)
+    reply: str | None = key(None, str)
+    forward_port: int = key(113, int, _forward_port)
+    forward_proxy: ForwardProxy = key("none", str, _choice(get_args(ForwardProxy)))
+
+    def describe(self) -> str:
+        where = " or ".join(str(network) for network in self.networks)
+        if self.answer == "forward":
+            what = f"forward to the inner host's port {self.forward_port}"
+            if self.forward_proxy != "none":
+                what += f" (PROXY {self.forward_proxy})"
+        elif self.answer == "fixed":
+            what = f"fixed {self.reply!r}"
+        else:
+            what = self.answer
+        return f"inner {where}: {what}"
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     """``[server]``: how the daemon listens and runs. ``listen`` is ``None`` for every
@@ -537,6 +580,16 @@ class DaemonSettings:
     )
     log_queries: bool = key(
         False, bool, flag="log every query and its answer at INFO", group=_LOGGING
+    )
+    #: Addresses or networks allowed to send a PROXY header before their query (the
+    #: gateway of a NAT whose daemon forwards with forward_proxy; see docs/config.md).
+    trusted_proxies: tuple[Network, ...] = key(
+        (),
+        None,
+        _networks,
+        flag="an address or network that may send a PROXY header before its query (this "
+        "host's NAT gateway; the file takes an array)",
+        metavar="NET",
     )
     claims_socket: str | None = key(
         None,
@@ -626,3 +679,4 @@ class Config:
     users: Mapping[str | int, AnswerSettings] = key(_no_tables, dict, name="user")
     groups: Mapping[str, AnswerSettings] = key(_no_tables, dict, name="group")
     rules: tuple[Rule, ...] = key((), list, name="rule")
+    nat: tuple[NatRule, ...] = key((), list)
