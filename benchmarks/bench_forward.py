@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The forwarded path against a direct answer, and our forward against oidentd 2.5's.
 
-    python benchmarks/bench_forward.py            # about 40 seconds
-    python benchmarks/bench_forward.py --quick    # about 15 seconds
+    python benchmarks/bench_forward.py            # about a minute
+    python benchmarks/bench_forward.py --quick    # about 25 seconds
 
 Run as root (oidentd binds and drops privileges; ours drops to nobody). Everything is on
 127.0.0.1 with ephemeral ports. The connection asked about is one this script holds
@@ -28,6 +28,11 @@ configuration, ``forward_timeout = 0.5`` and ``response_timeout = 1`` in ours): 
 target that answers correctly, answers about other ports, sends garbage, hangs, or is not
 listening. Printed per case: what the querier got and after how long, from each daemon,
 and what the target was sent (query line and source address).
+
+**3. The NAT path** (in network namespaces of its own: a gateway with ``[[nat]]``, an
+inner host with ``aioidentd serve`` trusting the gateway's PROXY header): queries from
+outside to the gateway about its own socket (direct), about an inner connection answered
+by forwarding to the inner daemon, and about one answered by a static ``[[nat]]`` entry.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import pwd
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -192,6 +198,118 @@ async def failures(
     )
 
 
+NAT_GATEWAY = """\
+[server]
+response_timeout = 3
+forward_timeout = 2
+[user.root]
+answer = "username"
+
+[[nat]]
+network = "10.0.0.2/32"
+forward_proxy = "v2"
+[[nat]]
+network = "10.0.0.3/32"
+answer = "fixed"
+reply = "natstatic"
+"""
+NAT_INNER = """\
+[server]
+trusted_proxies = ["10.0.0.1"]
+[user.root]
+answer = "username"
+"""
+HOLD = (
+    "import socket, sys, time; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+    "source_address=(sys.argv[3], 0)); print(s.getsockname()[1], flush=True); time.sleep(600)"
+)
+
+
+async def nat_paths(rounds: int, n: int) -> None:
+    """Run inside a fresh network namespace (the outer host): a gateway and an inner
+    host in namespaces of their own (tests/interop/netns_nat.py's topology)."""
+    sys.path.insert(0, str(ROOT / "tests" / "interop"))
+    from netns_nat import GW_OUT4, OUTER4, Namespace, daemon, topology, wait_port
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    gateway, inner = Namespace(), Namespace()
+    holders: list[subprocess.Popen[str]] = []
+    accepted_sockets: list[socket.socket] = []  # the outer ends, held open
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        topology(gateway, inner)
+        inner.run("ip", "addr", "add", "10.0.0.3/24", "dev", "i0")
+        with tempfile.TemporaryDirectory(prefix="bench-nat-") as tmpname:
+            tmp = Path(tmpname)
+            tmp.chmod(0o755)
+            (tmp / "gateway.toml").write_text(NAT_GATEWAY)
+            (tmp / "inner.toml").write_text(NAT_INNER)
+            procs.append(daemon(inner, tmp / "inner.toml", tmp / "inner.log"))
+            wait_port(inner, "10.0.0.2", 113, procs[-1])
+            procs.append(daemon(gateway, tmp / "gateway.toml", tmp / "gateway.log"))
+            wait_port(gateway, GW_OUT4, 113, procs[-1])
+            listener = socket.create_server((OUTER4, 0))
+            port = listener.getsockname()[1]
+            pairs: dict[str, tuple[int, int]] = {}
+            for name, namespace, source in (
+                ("direct (a gateway socket)", gateway, GW_OUT4),
+                ("NAT, forwarded (PROXY v2)", inner, "10.0.0.2"),
+                ("NAT, static map", inner, "10.0.0.3"),
+            ):
+                holder = subprocess.Popen(
+                    namespace.argv(sys.executable, "-c", HOLD, OUTER4, str(port), source),
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                holders.append(holder)
+                assert holder.stdout is not None
+                holder.stdout.readline()
+                accepted, peer = listener.accept()
+                accepted_sockets.append(accepted)
+                pairs[name] = (peer[1], port)  # the gateway's port, as the outside sees it
+            times: dict[str, list[float]] = {name: [] for name in pairs}
+            answers: dict[str, set[str]] = {name: set() for name in pairs}
+            for _ in range(rounds):
+                for name, (gateway_port, server_port) in pairs.items():
+                    for _ in range(n):
+                        text, seconds = await ask_at(GW_OUT4, gateway_port, server_port)
+                        times[name].append(seconds)
+                        answers[name].add(text)
+            base = statistics.median(times["direct (a gateway socket)"])
+            print(f"\n3. NAT path ({rounds} rounds x {n} sequential queries to the gateway)")
+            print(f"{'':30}{'queries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}   answers")
+            for name, values in times.items():
+                rate = len(values) / sum(values)
+                direct = len(times["direct (a gateway socket)"]) / sum(
+                    times["direct (a gateway socket)"]
+                )
+                print(
+                    f"{name:30}{rate:10.0f}{latency(values, 0.5):9.2f}"
+                    f"{latency(values, 0.99):9.2f}{rate / direct:10.2f}x   {sorted(answers[name])}"
+                )
+            print(f"  median direct latency {base * 1000:.2f} ms")
+    finally:
+        for sock in accepted_sockets:
+            sock.close()
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+        for namespace in (gateway, inner):
+            namespace.close()
+
+
+async def ask_at(host: str, lport: int, rport: int) -> tuple[str, float]:
+    started = time.perf_counter()
+    try:
+        text = str(await aioidentd.query(host, lport, rport, timeout=10))
+    except IdentError as exc:
+        text = type(exc).__name__
+    return text, time.perf_counter() - started
+
+
 async def main(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         sys.exit("bench_forward: run as root (oidentd binds and drops privileges)")
@@ -284,6 +402,17 @@ async def main(args: argparse.Namespace) -> int:
                 server.wait_ready()
             await cost(servers, lport, rport, args.rounds, args.queries)
             await failures(ours, theirs, scripted, lport, rport)
+            for server in (*servers.values(), *others, target):
+                server.stop()
+            servers.clear()
+            others.clear()
+            # The NAT path needs namespaces of its own: the same script, in one.
+            argv = [sys.executable, __file__, "--nat", "--rounds", str(args.rounds)]
+            argv += ["--queries", str(args.queries)]
+            done = subprocess.run(["unshare", "-n", *argv], env=env, timeout=600)
+            if done.returncode != 0:
+                print("bench_forward: the NAT part failed", file=sys.stderr)
+                return 1
         finally:
             await scripted.close()
             for server in (*servers.values(), *others, target):
@@ -298,7 +427,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--queries", type=int, default=200, help="queries per round and server")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 100 queries")
+    parser.add_argument("--nat", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.rounds, arguments.queries = 2, 100
+    if arguments.nat:
+        asyncio.run(nat_paths(arguments.rounds, arguments.queries))
+        sys.exit(0)
     sys.exit(asyncio.run(main(arguments)))
