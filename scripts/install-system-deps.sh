@@ -12,7 +12,8 @@ PACKAGES=(
   inspircd
   iproute2                            # ip netns / unshare for port 113 in a namespace
   util-linux
-  nftables                            # the README's port 113 redirect, proven in a namespace
+  nftables                            # the README's port 113 redirect, and NAT, in namespaces
+  znc                                 # its identfile module writes ~/.oidentd.conf for us to read
   gcc                                 # builds the benchmark load generator (benchmarks/loadgen.c)
   groff-base                          # renders the man pages (tests/test_manpages.py)
   systemd                             # systemd-analyze verify / security for examples/systemd (tests/test_install.py)
@@ -35,7 +36,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}" >/dev/null
 # The packaged daemons must not hold ports or run in the background on the test machine.
-for svc in oidentd ngircd inspircd; do
+for svc in oidentd ngircd inspircd znc; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
   if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
 done
