@@ -27,7 +27,7 @@ from aioidentd import HostClaimError, HostClaims, IdentServer
 from aioidentd.daemon import KernelResponder
 from aioidentd.daemon.claims_socket import MAX_REQUEST, ClaimsService, bind_claims_socket
 from aioidentd.lookup import default_lookup
-from aioidentd.policy import Policy, parse_config
+from aioidentd.policy import ConfigError, Policy, parse_config
 from support import needs_root, wait_until_async
 
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -258,3 +258,14 @@ def test_a_claim_needs_an_existing_connection() -> None:
         claims.claim(sock, "x")
     with pytest.raises(HostClaimError, match="cannot reach the host identd's claims socket"):
         claims.claim((("127.0.0.1", 1), ("127.0.0.1", 2)), "x")
+
+
+def test_check_config_names_the_claims_socket() -> None:
+    from aioidentd.policy import describe
+
+    config = parse_config('[server]\nclaims_socket = "/run/aioidentd/claims.sock"\n', "t")
+    assert "claims socket /run/aioidentd/claims.sock: users allowed to choose" in describe(config)
+    with pytest.raises(
+        ConfigError, match="t:2: 'claims_socket' in \\[server\\] must be an absolute"
+    ):
+        parse_config('[server]\nclaims_socket = "claims.sock"\n', "t")

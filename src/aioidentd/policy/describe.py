@@ -69,6 +69,11 @@ def describe(config: Config) -> str:
     if daemon.trusted_proxies:
         trusted = ", ".join(str(network) for network in daemon.trusted_proxies)
         lines.append(f"PROXY headers accepted from {trusted}")
+    if daemon.claims_socket is not None:
+        lines.append(
+            f"claims socket {daemon.claims_socket}: users allowed to choose may claim their "
+            "own connections (aioidentd.HostClaims)"
+        )
     tables = [config.default, *config.users.values(), *config.groups.values()]
     if any(table.allow_user_reply for table in [*tables, *(r.settings for r in config.rules)]):
         lines.append(
