@@ -6,6 +6,7 @@ inode), with one when it is not."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -83,3 +84,24 @@ def test_plain_lines_keep_their_timestamp_when_stderr_is_not_the_journal() -> No
     with serve_into_pipe(journal=False) as lines:
         wait_until(lambda: any("serving ident on" in line for line in lines), within=15)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO \[\d+\] aioidentd\.", lines[0])
+
+
+def test_a_traceback_stays_inside_its_json_object_and_its_journal_priority() -> None:
+    from aioidentd.daemon.logs import JsonFormatter, _JournalFormatter
+
+    try:
+        raise RuntimeError("a handler bug")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "aioidentd.server", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    document = json.loads(line)
+    assert document["level"] == "error" and document["event"] == "message"
+    assert "RuntimeError: a handler bug" in document["exception"]
+    journal = _JournalFormatter("<%(priority)d>%(levelname)s %(name)s: %(message)s").format(record)
+    assert all(part.startswith("<3>") for part in journal.splitlines())
+    assert journal.splitlines()[0] == "<3>ERROR aioidentd.server: failed"

@@ -19,11 +19,18 @@ import pytest
 
 from aioidentd import IdentRequest, IdentServer
 from aioidentd.daemon import metrics as metrics_module
-from aioidentd.daemon.metrics import MetricsEndpoint, summary
+from aioidentd.daemon.metrics import MetricsEndpoint, bind_metrics, summary
 from aioidentd.prometheus import render
 from aioidentd.stats import LATENCY_BOUNDS
 from peers import NOBODY, unavailable
-from support import ask, run_aioidentd, serve_process, wait_until, wait_until_async
+from support import (
+    ask,
+    require_ipv6,
+    run_aioidentd,
+    serve_process,
+    wait_until,
+    wait_until_async,
+)
 
 
 def parse(text: str) -> dict[str, float]:
@@ -261,3 +268,25 @@ def test_a_reload_keeps_the_metrics_as_started_and_says_so(writable_dir: Path) -
         response = http_get(metrics_port, b"GET /metrics HTTP/1.1\r\n\r\n")
         assert "aioidentd_queries_total 0" in body_of(response)
         assert d.stop() == 0
+
+
+async def test_the_endpoint_listens_on_ipv6_too() -> None:
+    require_ipv6()
+    sock = bind_metrics("[::1]:0")
+    endpoint = MetricsEndpoint(sock, lambda: "# TYPE x counter\nx_total 2\n")
+    await endpoint.start()
+    try:
+        host, port = endpoint.address
+        assert host == "::1"
+
+        def get() -> bytes:
+            with socket.create_connection(("::1", port), timeout=10) as client:
+                client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+                data = b""
+                while chunk := client.recv(65536):
+                    data += chunk
+                return data
+
+        assert parse(body_of(await asyncio.to_thread(get))) == {"x_total": 2.0}
+    finally:
+        await endpoint.close()
