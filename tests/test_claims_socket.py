@@ -269,3 +269,36 @@ def test_check_config_names_the_claims_socket() -> None:
         ConfigError, match="t:2: 'claims_socket' in \\[server\\] must be an absolute"
     ):
         parse_config('[server]\nclaims_socket = "claims.sock"\n', "t")
+
+
+async def test_half_a_line_left_hanging_closes_that_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aioidentd.daemon.claims_socket as claims_socket
+
+    monkeypatch.setattr(claims_socket, "PARTIAL_LINE_TIMEOUT", 0.2)
+    async with host(tmp_path) as (_port, path, service):
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b'{"op": "conn')
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the daemon
+        writer.close()
+        await wait_until_async(lambda: not service._controls, what="control connection gone")
+
+
+async def test_claims_per_user_are_bounded(
+    tmp_path: Path, connection: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aioidentd.daemon.claims_socket as claims_socket
+
+    monkeypatch.setattr(claims_socket, "MAX_CLAIMS_PER_UID", 1)
+    client, accepted = connection
+    async with host(tmp_path) as (port, path, service):
+        with HostClaims(path) as claims:
+            await call(claims.claim, client, "first")
+            # Claiming the same connection again replaces the claim: still one.
+            await call(claims.claim, client, "again")
+            with pytest.raises(HostClaimError, match="too many claims"):
+                await call(claims.claim, accepted, "second")
+            assert len(service) == 1
+            assert await ask(port, client) == "USERID UNIX again"
