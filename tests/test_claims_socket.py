@@ -302,3 +302,15 @@ async def test_claims_per_user_are_bounded(
                 await call(claims.claim, accepted, "second")
             assert len(service) == 1
             assert await ask(port, client) == "USERID UNIX again"
+
+
+async def test_connecting_takes_a_host_name(tmp_path: Path) -> None:
+    """``connecting("localhost")`` declares the addresses the name resolves to."""
+    async with host(tmp_path) as (_port, path, service):
+        with HostClaims(path) as claims:
+            pending = claims.connecting("localhost")
+            await call(pending.__enter__)
+            assert "127.0.0.1" in pending.hosts
+            assert service.expecting(os.getuid(), "127.0.0.1")
+            await call(pending.done)
+            assert not service.expecting(os.getuid(), "127.0.0.1")

@@ -140,7 +140,8 @@ class _Connecting:
                 self._owner._request({"op": "connected", "host": host})
 
     def __enter__(self) -> _Connecting:
-        self._declare([self._host])
+        infos = socket.getaddrinfo(self._host, None, type=socket.SOCK_STREAM)
+        self._declare([_host(info[4]) for info in infos])
         return self
 
     def __exit__(self, *exc_info: object) -> None:
