@@ -462,6 +462,7 @@ class _IdentConnection(asyncio.Protocol):
                 start = 0
                 out: list[bytes] = []
                 overlong = more = False
+                instant = 0  # static answers in this batch, counted once at its end
                 now = self._loop.time()
                 while not self._write_paused:
                     if len(pending) >= limit or len(out) >= limit:
@@ -499,16 +500,17 @@ class _IdentConnection(asyncio.Protocol):
                         else:
                             pending.append(IdentRequest._decided(self, answer))
                     else:
-                        stats.queries += 1
                         if static and not pending:
-                            stats.fallbacks += 1
-                            stats._observe_instant()
+                            instant += 1
                             out.append(server._fallback_line(server_port, client_port))
                         else:
+                            stats.queries += 1
                             self._dispatch(server_port, client_port, now)
                     transport = self._transport
                     if self._closing or transport is None or transport.is_closing():
                         break
+                if instant:
+                    stats._instant_fallbacks(instant)
                 if self._transport is None:
                     self._buffer = b""
                     return

@@ -95,10 +95,13 @@ class ServerStats:
         self.latency_sum += seconds
         self.latency_count += 1
 
-    def _observe_instant(self) -> None:
-        """An answer decided and sent as its query was read (latency 0, first bucket)."""
-        self.latency_buckets[0] += 1
-        self.latency_count += 1
+    def _instant_fallbacks(self, count: int) -> None:
+        """``count`` queries answered with the fallback as they were read (no handler, no
+        claim): counted once per batch of pipelined queries, not once per query."""
+        self.queries += count
+        self.fallbacks += count
+        self.latency_buckets[0] += count
+        self.latency_count += count
 
     def snapshot(self) -> dict[str, int | float | list[int]]:
         """Every counter by name, as plain values (a copy)."""
