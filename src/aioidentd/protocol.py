@@ -41,6 +41,7 @@ __all__ = [
     "check_port",
     "check_seconds",
     "check_token",
+    "check_user_id_text",
     "encode_reply",
     "encode_reply_tail",
     "encode_user_id",
@@ -146,10 +147,48 @@ def check_token(name: str, value: str) -> None:
         )
 
 
+#: Characters no user id given as text may contain, by class: each either ends a line for
+#: some reader (CR, LF, NEL, LS, PS), drives a terminal (ESC, the 8-bit CSI U+009B), or
+#: makes the id display as something else than it is (the bidirectional controls, which
+#: can make ``evil`` read as ``live`` in a log or an IRC client).
+_REFUSED_CHARACTERS: Final = (
+    ("\x00-\x1f\x7f", "control characters (CR, LF, ...)"),
+    ("\x80-\x9f", "C1 control characters (U+0080-U+009F: NEL, CSI, ...)"),
+    ("\u2028\u2029", "line or paragraph separators (U+2028, U+2029)"),
+    (
+        "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069",
+        "bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)",
+    ),
+)
+_REFUSED_RE: Final = re.compile("[" + "".join(chars for chars, _ in _REFUSED_CHARACTERS) + "]")
+_REFUSED_CLASSES: Final = tuple(
+    (re.compile(f"[{chars}]"), what) for chars, what in _REFUSED_CHARACTERS
+)
+
+
+def check_user_id_text(text: str) -> None:
+    """Raise ValueError if ``text`` contains a character no user id may carry: C0 and C1
+    controls, DEL, the Unicode line and paragraph separators, bidirectional controls.
+
+    The one rule for every id this package sends from text (a fixed answer, ``serve
+    --default``, a user's reply file, a claim, ``IdentRequest.reply``): a querier logs the
+    id and shows it to people, so nothing in it may break a line, start a terminal
+    sequence or reorder what is displayed. Ids given as bytes are the caller's octets and
+    are only held to the wire's rule (no CR, LF or NUL).
+    """
+    found = _REFUSED_RE.search(text)
+    if found is None:
+        return
+    for pattern, what in _REFUSED_CLASSES:  # pragma: no branch - one of them matched
+        if pattern.match(found.group()):
+            raise ValueError(f"user id must not contain {what}: {text!r}")
+
+
 def encode_user_id(user_id: str | bytes, charset: str | None = None) -> bytes:
     """The octets a USERID reply carries for ``user_id``; ValueError says why it cannot
     be sent (not encodable by ``charset``, US-ASCII by default; empty; over 512 octets;
-    CR, LF or NUL), TypeError when it is neither text nor bytes."""
+    CR, LF or NUL; for text, any character :func:`check_user_id_text` refuses),
+    TypeError when it is neither text nor bytes."""
     if isinstance(user_id, str):
         try:
             raw = user_id.encode(charset or "ascii")
@@ -160,12 +199,13 @@ def encode_user_id(user_id: str | bytes, charset: str | None = None) -> bytes:
             ) from None
         except LookupError:
             raise ValueError(f"unknown charset {charset!r}") from None
-    elif isinstance(user_id, bytes):
-        raw = user_id
-    else:
-        raise TypeError(f"user id must be str or bytes, not {type(user_id).__name__}")
-    _check_raw_user_id(raw)
-    return raw
+        _check_raw_user_id(raw)
+        check_user_id_text(user_id)
+        return raw
+    if isinstance(user_id, bytes):
+        _check_raw_user_id(user_id)
+        return user_id
+    raise TypeError(f"user id must be str or bytes, not {type(user_id).__name__}")
 
 
 def _check_raw_user_id(raw: bytes) -> None:
@@ -181,10 +221,11 @@ def safe_user_id(text: str, charset: str | None = None) -> bytes:
     """The octets to send for an id an administrator or a user chose (a fixed answer,
     ``serve --default``, a reply file); ValueError says why not.
 
-    Stricter than :func:`encode_user_id`, which allows any octets but CR, LF and NUL: a
-    colon breaks clients that count colons (InspIRCd), surrounding blanks are stripped by
-    most parsers (so the id would not be what was configured), and control characters
-    have no business in a name that ends up in logs.
+    Stricter than :func:`encode_user_id`, which takes colons and blanks (an embedding
+    application's handler may mean them): a colon breaks clients that count colons
+    (InspIRCd), and surrounding blanks are stripped by most parsers (so the id would not
+    be what was configured). Control characters are refused by both
+    (:func:`check_user_id_text`).
     """
     if not text:
         raise ValueError("user id must not be empty")
@@ -192,8 +233,7 @@ def safe_user_id(text: str, charset: str | None = None) -> bytes:
         raise ValueError(f"user id must not start or end with blanks: {text!r}")
     if ":" in text:
         raise ValueError(f"user id must not contain ':' (clients count colons): {text!r}")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
-        raise ValueError(f"user id must not contain control characters (CR, LF, ...): {text!r}")
+    check_user_id_text(text)
     return encode_user_id(text, charset)
 
 
