@@ -509,6 +509,43 @@ def test_other_users_name_is_refused_unless_allowed(
     assert user_id(allowed.decide(owner, LOCAL, IRC)) == "Bob"
 
 
+@pytest.mark.parametrize(
+    ("content", "other"),
+    [("991\n", "carol (uid 991)"), ("0\n", "root (uid 0)"), ("00991\n", "carol (uid 991)")],
+)
+def test_other_users_uid_is_refused_unless_allowed(
+    owner: int, home: Path, caplog: pytest.LogCaptureFixture, content: str, other: str
+) -> None:
+    """With ``answer = "uid"`` for carol, a reply file "991" would make two users answer
+    the same id: a number naming another existing uid is another user's name."""
+    write_reply(home, owner, content)
+    db = FakeUserDB(
+        {
+            0: ("root", "/root", ["root"]),
+            owner: ("alice", str(home), ["alice"]),
+            991: ("carol", None, ["carol"]),
+        }
+    )
+    with caplog.at_level(logging.INFO):
+        decision = make_policy(ALLOW, db).decide(owner, LOCAL, IRC)
+    assert user_id(decision) == "alice"
+    name = other.split(" (uid ")[0]
+    assert decision.note == (
+        f"{content.strip()!r} is the uid of another user ({name}) and allow_spoof_other is off"
+    )
+    allowed = make_policy(ALLOW + "allow_spoof_other = true\n", db)
+    assert user_id(allowed.decide(owner, LOCAL, IRC)) == content.strip()
+
+
+@pytest.mark.parametrize("number", ["own", "4242", "99999999999999999999"])
+def test_own_uid_and_numbers_no_user_has_are_fine(owner: int, home: Path, number: str) -> None:
+    text = str(owner) if number == "own" else number
+    write_reply(home, owner, text + "\n")
+    db = FakeUserDB({0: ("root", "/root", ["root"]), owner: ("alice", str(home), ["alice"])})
+    decision = make_policy(ALLOW, db).decide(owner, LOCAL, IRC)
+    assert (decision.kind, user_id(decision), decision.note) == ("user-reply", text, None)
+
+
 def test_own_name_is_fine(owner: int, home: Path) -> None:
     write_reply(home, owner, "alice\n")
     decision = file_policy(owner, home).decide(owner, LOCAL, IRC)

@@ -63,6 +63,9 @@ FILE_LOG_INTERVAL = 600.0
 _CLAIM_NOT_USED = "claim not used: "
 #: ... and when a [[nat]] forward gave no usable answer.
 NAT_FORWARD_NOT_USED = "nat forward not used: "
+#: The largest uid there can be (uid_t is 32 bits; (uid_t)-1 means "no uid"); a bigger
+#: number cannot name a user, and the passwd lookup would overflow on it.
+_MAX_UID = 2**32 - 2
 
 
 def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:
@@ -507,15 +510,10 @@ class Policy:
         except ValueError as exc:
             return f"its id is refused: {exc}", None, None
         if not own.spoof_other:
-            for candidate in dict.fromkeys((text, text.lower())):
-                other = self.user_db.uid_of(candidate)
-                if other is not None and other != own.uid:
-                    return (
-                        f"{text!r} is the name of another user (uid {other}) and "
-                        f"allow_spoof_other is off",
-                        None,
-                        None,
-                    )
+            try:
+                self._check_not_another_user(text, -1 if own.uid is None else own.uid)
+            except ReplyFileRefused as exc:
+                return str(exc), None, None
         return None, raw, charset
 
     def settings_for(
@@ -641,19 +639,13 @@ class Policy:
 
     def _chosen_id(self, uid: int, text: str, settings: AnswerSettings) -> bytes:
         """The octets of an id a user chose, or ReplyFileRefused saying why not: the wire
-        rules, and not another user's name unless ``allow_spoof_other``."""
+        rules, and not another user's name or uid unless ``allow_spoof_other``."""
         try:
             raw = safe_user_id(text, self.config.reply.charset)
         except ValueError as exc:
             raise ReplyFileRefused(f"invalid reply: {exc}") from None
         if not settings.allow_spoof_other:
-            for candidate in dict.fromkeys((text, text.lower())):
-                other = self.user_db.uid_of(candidate)
-                if other is not None and other != uid:
-                    raise ReplyFileRefused(
-                        f"{text!r} is the name of another user (uid {other}) and "
-                        f"allow_spoof_other is off"
-                    )
+            self._check_not_another_user(text, uid)
         return raw
 
     def _oidentd_choice(
@@ -720,6 +712,26 @@ class Policy:
         logger.warning(
             "%s: parts of %s are not understood: %s", who, path, "; ".join(parsed.problems)
         )
+
+    def _check_not_another_user(self, text: str, uid: int) -> None:
+        """Raise :class:`ReplyFileRefused` if ``text`` names another existing user: by
+        login name (exactly, or in lower case), or by number, since ``answer = "uid"``
+        answers the uid as text and "991" must not be claimable by anyone but uid 991
+        (leading zeros too: a reader that takes the number sees the same uid)."""
+        for candidate in dict.fromkeys((text, text.lower())):
+            other = self.user_db.uid_of(candidate)
+            if other is not None and other != uid:
+                raise ReplyFileRefused(
+                    f"{text!r} is the name of another user (uid {other}) and "
+                    f"allow_spoof_other is off"
+                )
+        if text.isascii() and text.isdigit():
+            number = int(text)
+            if number != uid and number <= _MAX_UID and self.user_db.name_of(number) is not None:
+                raise ReplyFileRefused(
+                    f"{text!r} is the uid of another user ({self.user_db.name_of(number)}) "
+                    f"and allow_spoof_other is off"
+                )
 
     def _from_settings(
         self,
