@@ -235,13 +235,14 @@ def test_not_used_unless_the_policy_lets_the_user_choose(owner: int, home: Path)
     [(0o664, "writable by group or others"), (0o600, "not readable by others")],
 )
 def test_unsafe_files_are_refused_as_reply_files_are(
-    owner: int, home: Path, mode: int, reason: str, caplog: pytest.LogCaptureFixture
+    owner: int, home: Path, mode: int, reason: str
 ) -> None:
     write(home, owner, ".oidentd.conf", ZNC.replace("alice", "chosen"), mode)
-    with caplog.at_level(logging.WARNING):
-        assert answer(policy(owner, home), owner) == "alice"
-    assert "not using the oidentd file of alice" in caplog.text
-    assert reason in caplog.text
+    decision = policy(owner, home).decide(owner, (LOCAL, 45678), IRC)
+    assert decision.user_id == b"alice"
+    # Logged by the responder, rate-limited per user, like a refused reply file.
+    assert decision.note is not None and decision.note.startswith("oidentd file: ")
+    assert reason in decision.note
 
 
 def test_a_symbolic_link_and_a_fifo_are_refused(owner: int, home: Path, tmp_path: Path) -> None:

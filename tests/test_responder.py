@@ -4,11 +4,15 @@ database. What a querier sees on the wire, and what the log says."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import re
 import textwrap
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +21,7 @@ from aioidentd import ErrorReply, IdentServer, UserIdReply
 from aioidentd.daemon import KernelResponder
 from aioidentd.errors import SocketLookupError
 from aioidentd.lookup import StaticLookup
-from aioidentd.policy import Policy, parse_config
+from aioidentd.policy import REPLY_FILE, Policy, parse_config
 from aioidentd.protocol import Address, Reply
 from support import FakeUserDB
 
@@ -172,3 +176,86 @@ async def test_the_query_log_says_which_rule_decided_and_why_a_lookup_failed(
     assert lines[2].endswith(
         "asked 6667,40001: lookup failed: UNKNOWN-ERROR (lookup-failed, sock_diag went away)"
     )
+
+
+async def _flood(server: IdentServer, server_port: int, client_port: int, count: int) -> set[bytes]:
+    """``count`` queries on one connection, as fast as the server reads them; the set of
+    answer lines (without their port pairs)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.addresses[0][1])
+    writer.write(b"%d,%d\r\n" % (server_port, client_port) * count)
+    answers = set()
+    for _ in range(count):
+        line = await asyncio.wait_for(reader.readline(), 10)
+        answers.add(line.partition(b":")[2])
+    writer.close()
+    await writer.wait_closed()
+    return answers
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the policy and the responder logged (not the server's own start and stop),
+    the querier's port written as PORT."""
+    return [
+        re.sub(rf"^{QUERIER}:\d+ ", f"{QUERIER}:PORT ", record.getMessage())
+        for record in caplog.records
+        if record.name != "aioidentd.server"
+    ]
+
+
+async def test_a_local_user_cannot_flood_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user who queries their own connection over and over, with a reply file that is
+    refused and then with one that is used (a spoofed answer, logged with the real user
+    even with log_queries off), gets the first line of each kind in full and then a
+    count; another user's first line still comes through in full. Before the rate limit,
+    600 queries wrote 600 lines."""
+    alice = 1000 if os.geteuid() == 0 else os.getuid()
+    bob = alice + 1
+    home = tmp_path / "alice"
+    home.mkdir()
+    home.chmod(0o711)
+    reply_file = home / REPLY_FILE
+
+    def write_reply(text: str) -> None:
+        reply_file.write_text(text)
+        reply_file.chmod(0o644)
+        if os.geteuid() == 0:
+            os.chown(reply_file, alice, -1)
+
+    write_reply("bad:id\n")
+    db = FakeUserDB({alice: ("alice", str(home), ["alice"]), bob: ("bob", None, ["bob"])})
+    config = parse_config("[default]\nallow_user_reply = true\n")
+    policy = Policy(config, user_db=db, geteuid=lambda: 65534)
+    lookup = StaticLookup({connection(6667, 40001): alice, connection(6667, 40002): bob})
+    responder = KernelResponder(lookup, policy)
+    floods = 300
+    with caplog.at_level(logging.INFO):
+        async with IdentServer(
+            "127.0.0.1", 0, handlers=[responder], multiple=True, response_timeout=10
+        ) as server:
+            assert await _flood(server, 6667, 40001, floods) == {b"USERID:UNIX:alice\r\n"}
+            # A new reason (the file's content is in it) is counted too, not a new line.
+            write_reply("other:id\n")
+            assert await _flood(server, 6667, 40001, 1) == {b"USERID:UNIX:alice\r\n"}
+            assert await ask(server, 6667, 40002) == UserIdReply(6667, 40002, "UNIX", b"bob")
+            write_reply("wonder\n")
+            assert await _flood(server, 6667, 40001, floods) == {b"USERID:UNIX:wonder\r\n"}
+        during = _lines(caplog)
+        responder.close()
+    after = _lines(caplog)[len(during) :]
+    who = f"alice (uid {alice})"
+    assert during == [
+        f"not using the reply file of {who}: invalid reply: user id must not contain ':' "
+        f"(clients count colons): 'bad:id'",
+        f"not using the reply file of bob (uid {bob}): the user has no home directory",
+        f"{QUERIER}:PORT asked 6667,40001: {who} replied as 'wonder' "
+        f"(user-reply, ~/.aioidentd-reply allowed by built-in default)",
+    ]
+    # What was not written is counted, per user and kind, when the interval ends (here:
+    # at close), so the administrator still learns how often.
+    assert {re.sub(r"in the last \d+ s", "in the last N s", line) for line in after} == {
+        f"{floods} more 'reply file not used' lines for {who} in the last N s (one line per 10 s)",
+        f"{floods - 1} more spoofed-answer lines for {who} in the last N s (one line per 10 s)",
+    }
+    assert len(after) == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 
 __all__ = ["LOG_INTERVAL", "RateLimitedLog"]
@@ -67,9 +67,11 @@ class RateLimitedLog:
         msg: str,
         *args: Any,
         exc_info: Any = None,
+        extra: Mapping[str, object] | None = None,
     ) -> bool:
-        """Write ``msg % args`` unless a line of this kind was written less than an
-        interval ago; returns whether it was written."""
+        """Write ``msg % args`` (with the record's ``extra`` fields, for structured logs)
+        unless a line of this kind was written less than an interval ago; returns whether
+        it was written."""
         logger = self._logger
         if not logger.isEnabledFor(level):
             return False
@@ -89,7 +91,7 @@ class RateLimitedLog:
             if len(self._windows) >= self._max_kinds:
                 self.close()
             window = self._windows[kind] = _Window(now, summary, level)
-        logger.log(level, msg, *args, exc_info=exc_info)
+        logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return True
 
     def _due(self, window: _Window) -> None:

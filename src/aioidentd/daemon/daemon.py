@@ -303,6 +303,8 @@ class Daemon:
             # Removing the handler restored the default action, which for SIGUSR1 is to
             # die: a request for the counters while the daemon finishes must not kill it.
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            if responder is not None:
+                responder.close()
             if lookup is not None and hasattr(lookup, "close"):
                 lookup.close()
 

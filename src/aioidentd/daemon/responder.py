@@ -35,6 +35,13 @@ class KernelResponder:
     ``decisions`` counts the answers by the decision's kind (the policy's answer kinds,
     ``user-reply``, ``forward``, ``claim``, ``no-socket``, ``lookup-failed``), for the
     metrics.
+
+    What anyone can make happen on every query is logged at a bounded rate
+    (:class:`~aioidentd._ratelimit.RateLimitedLog`: the first line in full, then a count
+    per interval): failed lookups, and per local user why their reply file was not used
+    and the spoofed answers (fixed, random, their own reply, a forwarded one) with the
+    real user. ``log_queries`` logs every query in full instead, as the administrator
+    asked. :meth:`close` writes the counts still owed.
     """
 
     def __init__(
@@ -50,11 +57,23 @@ class KernelResponder:
         self.log_queries = log_queries
         self.forwarder = Forwarder(lookup, forward_timeout)
         self.decisions: Counter[str] = Counter()
-        self._failures: RateLimitedLog | None = None
         #: Claims made over the daemon's claims socket (None: no such socket).
         self.claims: ClaimsService | None = None
         #: Connections this host translates for inner machines (None: no [[nat]]).
         self.nat: NatResolver | None = None
+        self._limited: RateLimitedLog | None = None
+
+    def _log(self) -> RateLimitedLog:
+        """The rate-limited log, made on the event loop the first time it is needed (its
+        summaries are timers on that loop)."""
+        if self._limited is None:
+            self._limited = RateLimitedLog(logger, call_later=asyncio.get_running_loop().call_later)
+        return self._limited
+
+    def close(self) -> None:
+        """Write the counts of lines still owed (at shutdown)."""
+        if self._limited is not None:
+            self._limited.close()
 
     def __call__(self, request: IdentRequest) -> Awaitable[None] | None:
         local = (request.local[0], request.server_port)
@@ -126,11 +145,7 @@ class KernelResponder:
             translation = await nat.translate(local, remote)
         except (SocketLookupError, ValueError) as exc:
             # Anyone can make us look up: one line per interval, then a count.
-            if self._failures is None:
-                self._failures = RateLimitedLog(
-                    logger, call_later=asyncio.get_running_loop().call_later
-                )
-            self._failures.log(
+            self._log().log(
                 "conntrack-failed",
                 logging.WARNING,
                 "conntrack lookups failed",
@@ -208,27 +223,42 @@ class KernelResponder:
         request.answer(decision.reply(request.server_port, request.client_port))
         if decision.kind == "lookup-failed":
             # Anyone can make us look up: one line per interval, then a count.
-            if self._failures is None:
-                loop = asyncio.get_running_loop()
-                self._failures = RateLimitedLog(logger, call_later=loop.call_later)
-            self._failures.log(
+            self._log().log(
                 "lookup-failed", logging.WARNING, "lookups failed", "%s", decision.reasons[0]
             )
-        if self.log_queries or decision.spoofed or decision.forward is not None:
-            # Spoofed answers are always logged with the real user, for abuse handling.
-            peer, server_port, client_port = request.peer, request.server_port, request.client_port
-            logger.info(
+        if decision.note is not None and decision.refused_file:
+            # A local user can make every query refuse their file: per user, bounded.
+            who = decision.who
+            self._log().log(
+                ("reply file", decision.uid),
+                decision.note_level,
+                f"'reply file not used' lines for {who}",
+                "not using the reply file of %s: %s",
+                who,
+                decision.note,
+            )
+        if not (self.log_queries or decision.spoofed or decision.forward is not None):
+            return
+        # Spoofed answers are always logged with the real user, for abuse handling.
+        peer, server_port, client_port = request.peer, request.server_port, request.client_port
+        args = (*peer, server_port, client_port, decision.describe())
+        extra = {
+            "event": "query",
+            "peer": f"{peer[0]}:{peer[1]}",
+            "ports": [server_port, client_port],
+            "uid": decision.uid,
+            "answer": str(decision.reply(server_port, client_port)),
+            "reason": decision.why,
+        }
+        if self.log_queries:
+            logger.info("%s:%d asked %d,%d: %s", *args, extra=extra)
+        else:
+            # The user can ask as often as they like: per user, bounded.
+            self._log().log(
+                ("spoofed", decision.uid),
+                logging.INFO,
+                f"spoofed-answer lines for {decision.who}",
                 "%s:%d asked %d,%d: %s",
-                *peer,
-                server_port,
-                client_port,
-                decision.describe(),
-                extra={
-                    "event": "query",
-                    "peer": f"{peer[0]}:{peer[1]}",
-                    "ports": [server_port, client_port],
-                    "uid": decision.uid,
-                    "answer": str(decision.reply(server_port, client_port)),
-                    "reason": decision.why,
-                },
+                *args,
+                extra=extra,
             )

@@ -181,7 +181,11 @@ class Decision:
     set. ``kind`` is what produced it: one of the config's answer kinds,
     ``"user-reply"`` (the user's own file) or ``"no-socket"`` (the lookup found nothing).
     ``unmasked_error`` keeps the real error when ``mask_errors`` replaced it; ``note``
-    says why a user's reply file was not used.
+    says why a user's reply file (or oidentd file, or forward) was not used, and
+    ``note_level`` how loud that is (INFO for a privileged remote port, which is normal;
+    WARNING otherwise). The policy does not log notes: a local user can make every
+    query refuse their file, so the layer that serves queries logs them, rate-limited
+    per user (:class:`~aioidentd.daemon.responder.KernelResponder`).
 
     ``reasons`` is every step that led here, in words and in order (when asked for:
     ``decide(..., explain=True)``), and ``why`` the decisive one in a few words
@@ -200,6 +204,7 @@ class Decision:
     error: str | None = None
     unmasked_error: str | None = None
     note: str | None = None
+    note_level: int = logging.WARNING
     #: Ask this identd first (``answer = "forward"``); this decision is what goes out
     #: when it gives no usable answer (:meth:`Policy.forwarded`).
     forward: ForwardTarget | None = None
@@ -219,16 +224,28 @@ class Decision:
             return UserIdReply(server_port, client_port, self.opsys, self.user_id, self.charset)
         return ErrorReply(server_port, client_port, self.error or "UNKNOWN-ERROR")
 
+    @property
+    def refused_file(self) -> bool:
+        """``note`` says why a user's reply or oidentd file was not used (not a claim, a
+        forward or a NAT forward, whose notes are part of the query's line)."""
+        return (
+            self.note is not None
+            and self.forward is None
+            and not self.note.startswith((_CLAIM_NOT_USED, NAT_FORWARD_NOT_USED))
+        )
+
+    @property
+    def who(self) -> str:
+        """The real user, for the log: ``alice (uid 1000)``, ``uid 1003``, ``no socket``."""
+        if self.uid is None:
+            return self.user_name or "no socket"  # a NAT'd inner machine has a name only
+        if self.user_name is None:
+            return f"uid {self.uid}"
+        return f"{self.user_name} (uid {self.uid})"
+
     def describe(self) -> str:
         """One log line: ``alice (uid 1000) replied as 'foo' (user-reply, ...)``."""
-        if self.kind == "lookup-failed":
-            who = "lookup failed:"
-        elif self.uid is None:
-            who = self.user_name or "no socket"
-        elif self.user_name is None:
-            who = f"uid {self.uid}"
-        else:
-            who = f"{self.user_name} (uid {self.uid})"
+        who = "lookup failed:" if self.kind == "lookup-failed" else self.who
         if self.user_id is not None:
             try:
                 shown = repr(self.user_id.decode(self.charset or "ascii"))
@@ -389,7 +406,11 @@ class Policy:
                 decision, note = self._oidentd_choice(uid, name, settings, local, remote, trail)
                 if decision is not None:
                     return decision
-        return self._from_settings(uid, name, settings, note, trail)
+        decision = self._from_settings(uid, name, settings, note, trail)
+        if note is not None and remote[1] < 1024 and not settings.allow_spoof_privport:
+            # Normal (a user's IRC id is not for their mail): INFO, not WARNING.
+            return replace(decision, note_level=logging.INFO)
+        return decision
 
     def claimable(
         self, uid: int, local: Address, remote: Address, user_id: str | None
@@ -602,19 +623,16 @@ class Policy:
         remote: Address,
         trail: list[str] | None = None,
     ) -> tuple[bytes | None, str | None]:
-        """The user's own reply, or None and why not (already logged, and in ``trail``)."""
-        who = f"{name} (uid {uid})" if name else f"uid {uid}"
+        """The user's own reply, or None and why not (in ``trail`` too; not logged here:
+        see :class:`Decision`)."""
         where = f"~{name}/{REPLY_FILE}" if name else REPLY_FILE
         note: str | None = None
         if remote[1] < 1024 and not settings.allow_spoof_privport:
             note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
-            self._log(logging.INFO, uid, "not using the reply file of %s: %s", who, note)
         elif self._geteuid() == 0:
             note = "the daemon runs as root and never reads users' files as root"
-            self._log(logging.WARNING, uid, "not using the reply file of %s: %s", who, note)
         elif not self.user_db.home_of(uid):
             note = "the user has no home directory"
-            self._log(logging.WARNING, uid, "not using the reply file of %s: %s", who, note)
         if note is not None:
             if trail is not None:
                 trail.append(f"reply file {where}: not read: {note}")
@@ -623,13 +641,11 @@ class Policy:
         try:
             text = read_reply_file(home, uid)
             if text is None:
-                logger.debug("%s has no %s", who, REPLY_FILE)
                 if trail is not None:
                     trail.append(f"reply file {where}: there is none")
                 return None, None
             raw = self._chosen_id(uid, text, settings)
         except ReplyFileRefused as exc:
-            self._log(logging.WARNING, uid, "not using the reply file of %s: %s", who, exc)
             if trail is not None:
                 trail.append(f"reply file {where}: refused: {exc}")
             return None, str(exc)
@@ -658,7 +674,7 @@ class Policy:
         trail: list[str] | None = None,
     ) -> tuple[Decision | None, str | None]:
         """What the user's oidentd file says for this connection (see
-        :mod:`.oidentd_conf`), or None and why not (already logged). Called only where
+        :mod:`.oidentd_conf`), or None and why not. Called only where
         the user may choose and has no ``~/.aioidentd-reply``; the same limits apply."""
         who = f"{name} (uid {uid})" if name else f"uid {uid}"
         home = self.user_db.home_of(uid)
@@ -690,10 +706,9 @@ class Policy:
                 return decision, None
             raw = self._chosen_id(uid, chosen, settings)
         except ReplyFileRefused as exc:
-            self._log(logging.WARNING, uid, "not using the oidentd file of %s: %s", who, exc)
             if trail is not None:
                 trail.append(f"oidentd file of the user: refused: {exc}")
-            return None, str(exc)
+            return None, f"oidentd file: {exc}"
         if trail is not None:
             trail.append(f"oidentd file {source}: used, it says {chosen!r}")
         return self._user_id("user-reply", source, uid, name, raw, None, trail, why), None
