@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real peer programs the test suite talks to (Debian packages).
+# Installs the real peer programs the test suite talks to (Debian packages), and the
+# daemon's system user.
 # Idempotent: installs only what is missing. Needs root (CI runs as root); without root
 # it says what is missing and leaves the suite to skip those tests with a reason.
 set -euo pipefail
@@ -18,6 +19,18 @@ PACKAGES=(
   groff-base                          # renders the man pages (tests/test_manpages.py)
   systemd                             # systemd-analyze verify / security for examples/systemd (tests/test_install.py)
 )
+
+# The daemon's own system user (its default [server] user; the README's install steps
+# create it the same way). The daemon tests run as root and drop to it.
+if ! getent passwd aioidentd >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "install-system-deps: creating the system user aioidentd" >&2
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin aioidentd
+  else
+    echo "install-system-deps: not root; the system user aioidentd is missing" >&2
+  fi
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

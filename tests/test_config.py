@@ -42,7 +42,7 @@ def test_empty_file_gives_the_defaults() -> None:
     assert config.daemon.port == 113
     assert config.daemon.multiple is False
     assert config.daemon.response_timeout == 1.0
-    assert config.daemon.user == "nobody"
+    assert config.daemon.user == "aioidentd"
     assert config.reply.opsys == "UNIX"
     assert config.reply.charset is None
     assert config.reply.mask_errors is False

@@ -1,7 +1,8 @@
 """``aioidentd serve`` as the host's identd: real lookups of real connections.
 
-These tests need root (CI runs as root): the daemon drops privileges to nobody, and the
-connections it is asked about are made by processes of other users. Without root they are
+These tests need root (CI runs as root): the daemon drops privileges to its own system
+user (``aioidentd``, created by scripts/install-system-deps.sh), and the connections it is
+asked about are made by processes of other users (nobody). Without root they are
 skipped with the reason, except in CI, where that is a failure.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
 import signal
 import socket
@@ -25,11 +27,22 @@ from typing import Any
 
 import pytest
 
-from peers import require_root
+from aioidentd.daemon.privileges import CREATE_SERVICE_USER
+from aioidentd.policy.settings import SERVICE_USER
+from peers import require_root, unavailable
 from support import ENV, ask, run_aioidentd, wait_until
 from support import serve_process as daemon
 
 NOBODY = 65534
+
+
+def service_uid() -> int:
+    """The uid of the daemon's default user (scripts/install-system-deps.sh creates it)."""
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        unavailable(f"no system user {SERVICE_USER!r}: run scripts/install-system-deps.sh")
+        raise
 
 
 def need_root() -> None:
@@ -236,12 +249,75 @@ def _uids(pid: int) -> list[int]:
     raise AssertionError("no Uid line")
 
 
+def _status(pid: int, field: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return line.split()[1]
+    raise AssertionError(f"no {field} line")
+
+
 def test_drops_privileges_after_binding() -> None:
     need_root()
+    uid = service_uid()
     with daemon("--port", "0") as d:
         d.port  # noqa: B018 - started
-        assert _uids(d.proc.pid) == [NOBODY] * 4
-        assert "dropped privileges to nobody" in d.log
+        assert _uids(d.proc.pid) == [uid] * 4
+        assert f"dropped privileges to {SERVICE_USER}:" in d.log
+        # Nothing it could execute may gain privileges again: no set-uid, no file
+        # capabilities (NoNewPrivs), and no capability left to gain (CapBnd).
+        assert _status(d.proc.pid, "NoNewPrivs") == "1"
+        assert _status(d.proc.pid, "CapBnd") == "0000000000000000"
+        assert _status(d.proc.pid, "CapPrm") == "0000000000000000"
+        assert "running on without it" not in d.log
+
+
+def test_another_nobody_process_cannot_signal_the_daemon() -> None:
+    """Run as its own user, not as the nobody that many programs share, the daemon
+    cannot be stopped (nor traced) by another process running as nobody."""
+    need_root()
+    with daemon("--port", "0") as d:
+        port = d.port
+        pid = d.proc.pid
+
+        def kill() -> dict[str, Any]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except PermissionError:
+                return {"sent": False}
+            return {"sent": True}
+
+        with as_nobody(kill) as child:
+            assert child == {"sent": False}
+        assert ask(port, b"1,2\r\n") == b"1,2:ERROR:NO-USER\r\n"
+        assert d.proc.poll() is None
+        assert d.stop() == 0
+
+
+def test_a_missing_default_user_is_a_clear_error_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started as root without the aioidentd user, the daemon does not fall back to the
+    shared nobody: it refuses to start and says how to create the user or choose one."""
+    from aioidentd.daemon import Daemon
+    from aioidentd.errors import DaemonError
+    from aioidentd.policy import Config
+
+    real = pwd.getpwnam
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name == SERVICE_USER:
+            raise KeyError(name)
+        return real(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # the check runs before anything changes
+    with pytest.raises(DaemonError) as info:
+        Daemon(Config())._identity()
+    assert str(info.value) == (
+        f"no such user: '{SERVICE_USER}': the daemon runs as this system user of its own by "
+        f"default; create it ({CREATE_SERVICE_USER}), or choose another user with --user "
+        f"or [server] user"
+    )
 
 
 def test_refuses_to_run_as_root_unless_allowed() -> None:
@@ -378,6 +454,43 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_old_policy(
         assert d.stop() == 0
 
 
+def test_a_root_only_config_is_said_at_start_and_at_sighup(
+    listener: socket.socket, config_dir: Path
+) -> None:
+    """The daemon re-reads its file as its own user, so a root-only file (0600) cannot be
+    reloaded: that is said at start, with the fix, and again at SIGHUP (the running
+    policy stays); the fix it names makes the next SIGHUP work."""
+    need_root()
+    service_uid()
+    config = config_dir / "aioidentd.toml"
+    config.write_text(_fixed("first"))
+    config.chmod(0o600)
+    lport = listener.getsockname()[1]
+    fix = f"chgrp {SERVICE_USER} {config} && chmod 640 {config}"
+    with (
+        daemon("--config", str(config)) as d,
+        as_nobody(connect_from_nobody("127.0.0.1", lport)) as child,
+    ):
+        port = d.port
+        query = b"%d,%d\r\n" % (child["port"], lport)
+        warning = d.wait_for(r"WARNING .*SIGHUP will not be able to re-read .*").group()
+        assert warning.endswith(
+            f"SIGHUP will not be able to re-read {config} (Permission denied) as "
+            f"{SERVICE_USER}: make it readable by that user ({fix}), or restart the "
+            f"daemon to apply changes"
+        )
+        config.write_text(_fixed("second"))
+        d.proc.send_signal(signal.SIGHUP)
+        line = d.wait_for("SIGHUP: keeping the running configuration: .*").group()
+        assert "cannot read: Permission denied" in line and fix in line
+        assert ask(port, query).endswith(b":USERID:UNIX:first\r\n")
+        subprocess.run(fix, shell=True, check=True)
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("configuration reloaded")
+        assert ask(port, query).endswith(b":USERID:UNIX:second\r\n")
+        assert d.stop() == 0
+
+
 def test_bad_config_at_start_is_one_line_and_status_1(config_dir: Path) -> None:
     config = config_dir / "bad.toml"
     config.write_text('[server]\nport = 113\nlisen = "*"\n')
@@ -439,9 +552,13 @@ def test_workers_share_the_port_and_stop_together() -> None:
         wait_until(lambda: d.count(r"stats: \d+ queries") == 2, what="two stats lines")
         counts = [int(n) for n in re.findall(r"stats: (\d+) queries", d.log)]
         assert sum(counts) == 40, d.log
+        uid = service_uid()
         for pid in workers:
-            assert _uids(pid) == [NOBODY] * 4
-        assert _uids(d.proc.pid)[0] == NOBODY  # the supervisor dropped root too
+            assert _uids(pid) == [uid] * 4
+            assert _status(pid, "NoNewPrivs") == "1"
+            assert _status(pid, "CapBnd") == "0000000000000000"
+        assert _uids(d.proc.pid)[0] == uid  # the supervisor dropped root too
+        assert _status(d.proc.pid, "CapBnd") == "0000000000000000"
         # A worker that dies is replaced by an unprivileged one, which still looks up
         # connections, and the port keeps answering.
         os.kill(workers[0], signal.SIGKILL)

@@ -331,7 +331,7 @@ def test_without_root_it_says_what_it_could_not_see(monkeypatch: pytest.MonkeyPa
     result = explain(config(), (HOST, 1), (HOST, 2))
     (privileges,) = topics(result, "privileges")
     assert "not root" in privileges and "other network namespaces cannot be searched" in privileges
-    assert "reads them as 'nobody'" in privileges
+    assert "reads them as 'aioidentd'" in privileges  # the daemon's default user
     (hint,) = topics(result, "hint")
     assert hint.endswith("(run explain as root to search them)")
 

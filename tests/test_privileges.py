@@ -79,6 +79,13 @@ def _ids() -> dict[str, Any]:
     }
 
 
+def _status() -> dict[str, str]:
+    """NoNewPrivs and the capability sets of this process, as the kernel reports them."""
+    with open("/proc/self/status") as file:
+        fields = dict(line.split(":", 1) for line in file if ":" in line)
+    return {name: fields[name].strip() for name in ("NoNewPrivs", "CapBnd", "CapPrm", "CapEff")}
+
+
 def test_not_root_has_nothing_to_drop() -> None:
     """Without root the process keeps its identity, whatever it was asked to become."""
 
@@ -89,9 +96,17 @@ def test_not_root_has_nothing_to_drop() -> None:
             os.setuid(NOBODY.pw_uid)
         before = _ids()
         changed = drop_privileges(Identity("root", 0, "root", 0))
-        return {"changed": changed, "same": _ids() == before}
+        return {"changed": changed, "same": _ids() == before, **_status()}
 
-    assert in_child(action) == {"changed": False, "same": True}
+    # Nothing to drop, but no set-uid program it might run can raise its privileges.
+    assert in_child(action) == {
+        "changed": False,
+        "same": True,
+        "NoNewPrivs": "1",
+        "CapBnd": in_child(_status)["CapBnd"],  # an unprivileged process cannot lower it
+        "CapPrm": "0000000000000000",
+        "CapEff": "0000000000000000",
+    }
 
 
 def test_root_becomes_the_user_with_no_supplementary_groups() -> None:
@@ -100,7 +115,7 @@ def test_root_becomes_the_user_with_no_supplementary_groups() -> None:
 
     def action() -> dict[str, Any]:
         os.setgroups([0, 1])
-        return {"changed": drop_privileges(nobody), **_ids()}
+        return {"changed": drop_privileges(nobody), **_ids(), **_status()}
 
     assert in_child(action) == {
         "changed": True,
@@ -108,6 +123,10 @@ def test_root_becomes_the_user_with_no_supplementary_groups() -> None:
         "euid": nobody.uid,
         "gid": nobody.gid,
         "groups": [],
+        "NoNewPrivs": "1",
+        "CapBnd": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "CapEff": "0000000000000000",
     }
 
 

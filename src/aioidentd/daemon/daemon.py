@@ -19,8 +19,10 @@ import concurrent.futures.thread  # noqa: F401  (run_in_executor's pool)
 import contextlib
 import dataclasses
 import encodings.idna  # noqa: F401  (getaddrinfo() of a str host: a restarted worker's probe)
+import grp
 import logging
 import os
+import pwd
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Sequence
@@ -29,13 +31,19 @@ from typing import Any
 from aioidentd.daemon.claims_socket import ClaimsService, bind_claims_socket
 from aioidentd.daemon.metrics import DaemonMetrics, bind_metrics
 from aioidentd.daemon.nat import ConntrackHelper, InProcess, NatResolver
-from aioidentd.daemon.privileges import Identity, drop_privileges, resolve_identity
+from aioidentd.daemon.privileges import (
+    CREATE_SERVICE_USER,
+    Identity,
+    drop_privileges,
+    resolve_identity,
+)
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
 from aioidentd.daemon.supervisor import supervise
 from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
 from aioidentd.policy import Config, DaemonSettings, Policy, load_config
+from aioidentd.policy.settings import SERVICE_USER
 from aioidentd.server import IdentServer
 
 __all__ = ["Daemon", "DaemonError"]
@@ -124,10 +132,15 @@ class Daemon:
                 self._drop(identity)
                 return self._run_loop(self.serve(list(group), None, lookup))
 
-            return supervise(groups, work, lambda: self._drop(identity))
+            def drop_in_supervisor() -> None:
+                self._drop(identity)
+                self._check_reloadable()  # once, not once per worker
+
+            return supervise(groups, work, drop_in_supervisor)
         lookup = None if self.static else self._lookup()
         self._start_nat(identity, [*socks, *([metrics_sock] if metrics_sock else [])])
         self._drop(identity)
+        self._check_reloadable()
         try:
             return self._run_loop(self.serve(socks, connected, lookup, metrics_sock))
         finally:
@@ -175,11 +188,19 @@ class Daemon:
         try:
             identity = resolve_identity(settings.user, settings.group)
         except PrivilegeError as exc:
+            if settings.user == SERVICE_USER and str(exc).startswith("no such user"):
+                # Not a fallback to nobody: that is the shared account this default exists
+                # to avoid, and a warning in a log is easy to miss.
+                raise DaemonError(
+                    f"{exc}: the daemon runs as this system user of its own by default; "
+                    f"create it ({CREATE_SERVICE_USER}), or choose another user with "
+                    f"--user or [server] user"
+                ) from None
             raise DaemonError(str(exc)) from None
         if identity.uid == 0 and not settings.allow_root:
             raise DaemonError(
                 "refusing to run as root: set [server] user to an unprivileged user "
-                "(default nobody), or allow_root = true / --allow-root"
+                f"(default {SERVICE_USER}), or allow_root = true / --allow-root"
             )
         return identity
 
@@ -190,6 +211,29 @@ class Daemon:
             drop_privileges(identity, allow_root=self.config.daemon.allow_root)
         except (PrivilegeError, OSError) as exc:
             raise DaemonError(f"cannot drop privileges: {exc}") from None
+
+    def _check_reloadable(self) -> None:
+        """Warn at start when SIGHUP will not be able to read the configuration file.
+
+        The file is read again as the unprivileged user, so it must be readable by that
+        user (``chgrp aioidentd; chmod 640`` keeps it private from everyone else). Not
+        re-opened before the drop and kept open instead: editors, ``sed -i`` and
+        configuration managers replace a file by renaming a new one over it, and a kept
+        descriptor would go on reading the old file while saying "reloaded"; a failure
+        that is said at start, and again at each SIGHUP, is better than a silent one.
+        """
+        if self.config_path is None:
+            return
+        try:
+            with open(self.config_path, "rb"):
+                pass
+        except OSError as exc:
+            logger.warning(
+                "SIGHUP will not be able to re-read %s (%s) %s",
+                self.config_path,
+                exc.strerror or exc,
+                _readable_hint(self.config_path),
+            )
 
     def _lookup(self) -> SocketLookup:
         try:
@@ -316,7 +360,10 @@ class Daemon:
         try:
             fresh = _with_overrides(load_config(self.config_path), self.overrides)
         except ConfigError as exc:
-            logger.warning("SIGHUP: keeping the running configuration: %s", exc)
+            hint = ""
+            if not os.access(self.config_path, os.R_OK):
+                hint = " " + _readable_hint(self.config_path)
+            logger.warning("SIGHUP: keeping the running configuration: %s%s", exc, hint)
             return
         if responder is not None:
             responder.policy = Policy(fresh)
@@ -339,6 +386,22 @@ class Daemon:
                 ", ".join(changed),
             )
         logger.info("SIGHUP: configuration reloaded from %s", self.config_path)
+
+
+def _readable_hint(path: str) -> str:
+    """How to let this process's user read ``path``, naming that user and group."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    try:
+        group = grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        group = str(os.getegid())
+    return (
+        f"as {user}: make it readable by that user (chgrp {group} {path} && chmod 640 "
+        f"{path}), or restart the daemon to apply changes"
+    )
 
 
 def _with_overrides(config: Config, overrides: dict[str, Any]) -> Config:

@@ -493,6 +493,13 @@ class NatRule:
         return f"inner {where}: {what}"
 
 
+#: The user the daemon runs as unless told otherwise: a system user of its own, so that
+#: no other program's process (``nobody`` is shared by many) may signal or trace it. The
+#: install instructions create it; without it, a daemon started as root refuses to start
+#: and says how to create it.
+SERVICE_USER: Final = "aioidentd"
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     """``[server]``: how the daemon listens and runs. ``listen`` is ``None`` for every
@@ -557,10 +564,10 @@ class DaemonSettings:
         False, bool, flag="run on uvloop (the 'uvloop' extra): about a third more connections/s"
     )
     user: str = key(
-        "nobody",
+        SERVICE_USER,
         str,
         _not_empty,
-        flag="user to run as after binding (nobody)",
+        flag=f"user to run as after binding (default {SERVICE_USER}, a system user of its own)",
         group=_PRIVILEGES,
         metavar="USER",
     )
