@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -20,9 +21,10 @@ import pytest
 from aioidentd import IdentRequest, IdentServer
 from aioidentd.daemon import metrics as metrics_module
 from aioidentd.daemon.metrics import MetricsEndpoint, bind_metrics, summary
+from aioidentd.policy.settings import SERVICE_USER
 from aioidentd.prometheus import render
 from aioidentd.stats import LATENCY_BOUNDS
-from peers import NOBODY, unavailable
+from peers import unavailable
 from support import (
     ask,
     require_ipv6,
@@ -184,10 +186,12 @@ async def test_too_many_clients_at_once_are_closed_and_the_endpoint_stays_up(
 
 @pytest.fixture
 def writable_dir() -> Iterator[Path]:
-    """A directory the daemon can write after dropping to nobody (tmp_path is root's)."""
+    """A directory the daemon can write after dropping to its own user (tmp_path is
+    root's)."""
     path = Path(tempfile.mkdtemp(prefix="aioidentd-metrics-"))
     if os.geteuid() == 0:
-        os.chown(path, NOBODY, NOBODY)
+        service = pwd.getpwnam(SERVICE_USER)
+        os.chown(path, service.pw_uid, service.pw_gid)
     try:
         yield path
     finally:
