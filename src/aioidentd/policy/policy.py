@@ -57,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two log lines about the same user's file or name (see Policy._log).
+#: Seconds between two log lines about the same user's name (see Policy._log).
 FILE_LOG_INTERVAL = 600.0
 #: How a decision's note starts when a claim made over the claims socket was refused.
 _CLAIM_NOT_USED = "claim not used: "
@@ -323,10 +323,12 @@ class Policy:
             self._plain = merge_settings(config.default, BUILTIN_DEFAULT)
 
     def _log(self, level: int, uid: int, msg: str, *args: object) -> None:
-        """A line about a user's files or name: written once per user and message per
-        :data:`FILE_LOG_INTERVAL`, then counted, because every query about that user's
-        connections (which the other end may send at will) would repeat it. Under a
-        lock: the policy may run in several threads at once."""
+        """A line about a user's name (one that cannot go on the wire): written once per
+        user and message per :data:`FILE_LOG_INTERVAL`, then counted, because every query
+        about that user's connections (which the other end may send at will) would
+        repeat it. Under a lock: the policy may run in several threads at once. (Refused
+        reply and oidentd files are not logged here but by the responder, per user
+        whatever the reason: the reason can carry the file's content.)"""
         key = (uid, msg, str(args[-1]) if args else "")
         with self._log_lock:
             self._file_log.log(key, level, f"lines like: {msg % args}", msg, *args)
