@@ -17,7 +17,8 @@ Cases, one after the other (the gateway's daemon and the inner identd restarted 
   the gateway forwards with ``forward_proxy = "v2"`` (IPv4 and IPv6);
 * ``oidentd``: the inner identd is Debian's oidentd 2.5 with ``-P 10.0.0.1`` (its
   forwarding-proxy mode); the gateway forwards without a header;
-* ``static``: no inner identd; the gateway answers from a static ``[[nat]]`` entry.
+* ``static``: no inner identd; the gateway answers from a static ``[[nat]]`` entry;
+* ``workers``: as ``ours``, with the gateway's daemon in two worker processes.
 
 Prints JSON ``{"cases": {case: {"v4": welcome result, "v6": ...}}, "logs": {...}}``.
 """
@@ -58,6 +59,7 @@ GATEWAY_CONFIG = """\
 log_queries = true
 response_timeout = 3
 forward_timeout = 2
+workers = {workers}
 
 [[nat]]
 network = ["10.0.0.0/24", "fd00:10::/64"]
@@ -72,6 +74,8 @@ NAT = {
     "ours": 'answer = "forward"\nforward_proxy = "v2"',
     "oidentd": 'answer = "forward"',
     "static": 'answer = "fixed"\nreply = "innerstatic"',
+    # Two worker processes sharing port 113: each forks its own conntrack helper.
+    "workers": 'answer = "forward"\nforward_proxy = "v2"',
 }
 
 
@@ -228,12 +232,13 @@ def one_case(
     case: str, gateway: Namespace, inner: Namespace, workdir: Path, number: int
 ) -> dict[str, Any]:
     gw_conf = workdir / f"gateway-{case}.toml"
-    gw_conf.write_text(GATEWAY_CONFIG.format(nat=NAT[case]))
+    workers = 2 if case == "workers" else 1
+    gw_conf.write_text(GATEWAY_CONFIG.format(nat=NAT[case], workers=workers))
     inner_proc: subprocess.Popen[bytes] | None = None
     gw_proc: subprocess.Popen[bytes] | None = None
     results: dict[str, Any] = {}
     try:
-        if case == "ours":
+        if case in ("ours", "workers"):
             conf = workdir / "inner.toml"
             conf.write_text(INNER_CONFIG)
             inner_proc = daemon(inner, conf, workdir / "inner.log")
@@ -264,6 +269,9 @@ def one_case(
         results["v4"] = inner_user(inner, INNER4, OUTER4, f"i{number}a")
         if case != "oidentd":  # oidentd's -P proxy mode is IPv4 only
             results["v6"] = inner_user(inner, INNER6, OUTER6, f"i{number}b")
+        if case == "workers":  # more queries, for the kernel to spread over both
+            for extra in range(4):
+                results[f"v4-{extra}"] = inner_user(inner, INNER4, OUTER4, f"i{number}c{extra}")
     finally:
         stop(gw_proc)
         stop(inner_proc)

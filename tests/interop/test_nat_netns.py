@@ -45,3 +45,10 @@ def test_the_inner_identd_oidentd_answers_through_the_gateway(nat: dict[str, Any
 
 def test_a_static_map_answers_without_an_inner_identd(nat: dict[str, Any]) -> None:
     assert users(nat, "static") == {"v4": "innerstatic", "v6": "innerstatic"}, nat["logs"]
+
+
+def test_worker_processes_each_find_translations(nat: dict[str, Any]) -> None:
+    """Every query through a gateway of two worker processes (each with its own conntrack
+    helper) gets the inner user, whichever worker the kernel gave it to."""
+    found = users(nat, "workers")
+    assert len(found) == 6 and set(found.values()) == {"games"}, nat["logs"]
