@@ -149,14 +149,18 @@ _NOTICE = re.compile(rb"^(:\S+ )?NOTICE ")
 _WELCOME = re.compile(rb"^:\S+ 001 \S+ :.*?(\S+)!(\S+)@(\S+)\s*$")
 
 
-async def register(spec: str, nick: str, source: str, ports: dict[int, str]) -> dict[str, Any]:
+async def register(
+    spec: str, nick: str, source: str, ports: dict[tuple[str, int], str]
+) -> dict[str, Any]:
     """Connect from ``source``, register, and return what the server said."""
     started = time.monotonic()
     # Bind first and record the source port before connecting: the IRC server's ident
     # lookup can reach our handler before open_connection() returns here.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((source, 0))
-    ports[sock.getsockname()[1]] = spec
+    # Keyed by address and port: clients bound to different source addresses may be
+    # given the same ephemeral port.
+    ports[(source, sock.getsockname()[1])] = spec
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", IRC_PORT))
     reader, writer = await asyncio.open_connection(sock=sock)
@@ -211,9 +215,9 @@ async def main(kind: str, specs: list[str]) -> dict[str, Any]:
     case_of = {spec: spec.partition(":")[0] for spec in specs}
     styles = {spec: spec.partition(":")[2] or "compact" for spec in specs}
     sources = {spec: f"127.0.0.{i + 2}" for i, spec in enumerate(specs)}
-    ports: dict[int, str] = {}  # IRC client's source port -> spec
+    ports: dict[tuple[str, int], str] = {}  # IRC client's (source, port) -> spec
     seen: list[dict[str, Any]] = []
-    handler = make_handler(lambda r: case_of.get(ports.get(r.server_port, "")), seen)
+    handler = make_handler(lambda r: case_of.get(ports.get((r.local[0], r.server_port), "")), seen)
     idents = [
         IdentServer(
             sorted(sources[spec] for spec in specs if styles[spec] == style),
@@ -241,12 +245,14 @@ async def main(kind: str, specs: list[str]) -> dict[str, Any]:
                     ),
                     return_exceptions=True,
                 )
-            by_port = {spec: port for port, spec in ports.items()}
+            end_of = {spec: end for end, spec in ports.items()}
             for spec, res in zip(specs, results, strict=True):
                 if isinstance(res, BaseException):
                     res = {"user": None, "notices": [], "error": repr(res)}
                 res["style"] = styles[spec]
-                res["lookups"] = [s for s in seen if s["server_port"] == by_port.get(spec)]
+                res["lookups"] = [
+                    s for s in seen if (s["local"][0], s["server_port"]) == end_of.get(spec)
+                ]
                 output["cases"][spec] = res
         except Exception as exc:
             output["error"] = repr(exc)
