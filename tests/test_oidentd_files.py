@@ -267,6 +267,23 @@ def test_problems_are_logged_once_per_version_of_the_file(
     assert caplog.text.count("are not understood: line 3: 'spoof_all'") == 1
 
 
+def test_a_user_rewriting_the_file_cannot_flood_the_log(
+    owner: int, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once per version is not enough: the user can write a new version before every
+    query. The lines are bounded per user too (the first in full, then counted)."""
+    p = policy(owner, home)
+    with caplog.at_level(logging.WARNING):
+        for n in range(50):
+            write(home, owner, ".oidentd.conf", f'global {{\n  reply "chosen"\n  bogus{n}\n}}\n')
+            assert answer(p, owner) == "chosen"
+    lines = [r.getMessage() for r in caplog.records if "are not understood" in r.getMessage()]
+    assert lines == [
+        f"alice (uid {owner}): parts of {home}/.oidentd.conf are not understood: "
+        "line 3: 'bogus0' is not understood (ignored)"
+    ]
+
+
 def test_check_config_explains_a_user_file(tmp_path: Path) -> None:
     config = tmp_path / "aioidentd.toml"
     config.write_text(ALLOW)

@@ -690,7 +690,7 @@ class Policy:
                 return None, None
             path, text = found
             parsed = parse_user_file(text)
-            self._report_problems(who, path, text, parsed)
+            self._report_problems(uid, who, path, text, parsed)
             entry = parsed.choose(local, remote)
             if entry is None:
                 if trail is not None:
@@ -715,9 +715,11 @@ class Policy:
             trail.append(f"oidentd file {source}: used, it says {chosen!r}")
         return self._user_id("user-reply", source, uid, name, raw, None, trail, why), None
 
-    def _report_problems(self, who: str, path: str, text: str, parsed: UserFile) -> None:
+    def _report_problems(self, uid: int, who: str, path: str, text: str, parsed: UserFile) -> None:
         """Log what a user file says that is not understood, once per version of the
-        file (every query reads it; the log must not repeat it per query)."""
+        file (every query reads it; the log must not repeat it per query), and at most
+        once per user and :data:`FILE_LOG_INTERVAL`, then counted (the user can write a
+        new version before every query)."""
         if not parsed.problems:
             return
         key = (path, hash(text))
@@ -726,9 +728,16 @@ class Policy:
         if len(self._reported) >= 1024:
             self._reported.clear()
         self._reported.add(key)
-        logger.warning(
-            "%s: parts of %s are not understood: %s", who, path, "; ".join(parsed.problems)
-        )
+        with self._log_lock:
+            self._file_log.log(
+                ("not understood", uid),
+                logging.WARNING,
+                f"versions of {who}'s files with parts not understood",
+                "%s: parts of %s are not understood: %s",
+                who,
+                path,
+                "; ".join(parsed.problems),
+            )
 
     def _check_not_another_user(self, text: str, uid: int) -> None:
         """Raise :class:`ReplyFileRefused` if ``text`` names another existing user: by
