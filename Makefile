@@ -25,8 +25,13 @@ deps:
 	bash scripts/install-system-deps.sh
 
 ## Run an ident server on 127.0.0.1:$(PORT): kernel lookups, built-in policy (not /etc/aioidentd.toml)
+# Run as root on a machine where the 'aioidentd' system user has not been created yet
+# (scripts/install-system-deps.sh or the README's install section create it), the daemon
+# would refuse to start; make run then drops privileges to nobody instead.
+RUN_USER := $(if $(shell id -u aioidentd 2>/dev/null),,--user nobody)
+
 run: venv
-	$(BIN)/aioidentd serve --no-config --host 127.0.0.1 --port $(PORT) --multiple
+	$(BIN)/aioidentd serve --no-config --host 127.0.0.1 --port $(PORT) --multiple $(RUN_USER)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples scripts
