@@ -617,10 +617,11 @@ class _IdentConnection(asyncio.Protocol):
             del pending[:ready]
         if not lines:
             return
-        if len(lines) == 1:
-            transport.write(lines[0])
-        else:
-            transport.writelines(lines)
+        # One write() of the joined lines, not writelines(): asyncio's selector transport
+        # on Python 3.12.0-3.12.8 and 3.13.0-3.13.1 never pauses the protocol from
+        # writelines() (CPython gh-127655), so a peer that does not read would grow the
+        # buffer without bound. (3.11's writelines() is this join.)
+        transport.write(lines[0] if len(lines) == 1 else b"".join(lines))
         if self._transport is None:
             return  # the write failed and the connection is gone
         self._idle_deadline = self._loop.time() + self.server.idle_timeout
