@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit man bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
+.PHONY: run test lint typecheck unit man schema test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,23 @@ typecheck: venv
 unit: venv
 	$(BIN)/python -m pytest -q
 
-## The whole suite: system peers, lint, types, tests
-test: deps lint typecheck unit
+## The whole suite: system peers, lint, types, tests; then the tests but the interop ones
+## (tests/interop) on the other Pythons the package claims, each in its own venv
+test: deps lint typecheck unit test-pythons
+
+OTHER_PYTHONS ?= 3.12 3.13
+test-pythons:
+	@for v in $(OTHER_PYTHONS); do \
+	  py=$$(bash scripts/find-python.sh $$v) || { \
+	    case "$${CI:-}" in ""|0|false|no) echo "test-pythons: no Python $$v, skipped"; continue;; esac; \
+	    exit 1; }; \
+	  if [ ! .venv-$$v/.installed -nt pyproject.toml ]; then \
+	    $$py -m venv .venv-$$v && .venv-$$v/bin/python -m pip install -q --upgrade pip && \
+	    .venv-$$v/bin/python -m pip install -q -e '.[test]' && touch .venv-$$v/.installed || exit 1; \
+	  fi; \
+	  echo "test-pythons: Python $$v ($$py)"; \
+	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/interop || exit 1; \
+	done
 
 ## Our server (static answer, asyncio and uvloop) against Twisted's, oidentd -R and a C epoll
 ## server (the limit), issue 11's five cases in one run, with ratios. BENCH_ARGS: --quick (under
@@ -75,5 +90,9 @@ bench-forward: venv deps
 man: venv
 	$(BIN)/python scripts/make_manpages.py
 
+## The configuration's JSON Schema, from the validator's definitions (tests/test_schema.py checks it)
+schema: venv
+	$(BIN)/python scripts/make_schema.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,21 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return {}
 
 
+def _usage(parser: argparse.ArgumentParser) -> str:
+    """The usage, wrapped here at 80 columns between whole ``[...]`` groups: argparse's own
+    wrapping differs between Python versions, and the page must not."""
+    text = " ".join(parser.format_usage().removeprefix("usage: ").split())
+    words = re.findall(r"\[(?:[^\[\]]|\[[^\]]*\])*\]|\S+", text)
+    indent = " " * (len(parser.prog) + 1)
+    lines = [parser.prog]
+    for word in words[len(parser.prog.split()) :]:
+        if len(lines[-1]) + 1 + len(word) > 80:
+            lines.append(indent + word)
+        else:
+            lines[-1] += " " + word
+    return "\n".join(lines)
+
+
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     formatter = parser._get_formatter()
     lines: list[str] = []
@@ -100,7 +115,7 @@ def aioidentd_page() -> str:
     lines.append(".nf")
     lines.append(escape("aioidentd --version"))
     for sub in commands.values():
-        lines.append(escape(sub.format_usage().removeprefix("usage: ").rstrip("\n")))
+        lines.append(escape(_usage(sub)))
     lines.append(".fi")
     lines.append(".SH DESCRIPTION")
     lines.append(
