@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit man schema test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
+.PHONY: run test lint typecheck unit man schema docs test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ bench-forward: venv deps
 ## The man pages, from the argument parser and docs/config.md (tests/test_manpages.py checks them)
 man: venv
 	$(BIN)/python scripts/make_manpages.py
+
+## The documentation site in build/site (mkdocs, warnings as errors)
+docs: venv
+	$(BIN)/python -m mkdocs build --strict
 
 ## The configuration's JSON Schema, from the validator's definitions (tests/test_schema.py checks it)
 schema: venv
