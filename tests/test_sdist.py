@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,34 @@ def test_the_tests_collect_and_run_from_the_unpacked_sdist(sdist: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert re.search(r"\d+ passed", proc.stdout)
+
+
+def test_a_wheel_built_from_the_sdist_carries_units_man_pages_and_schema(
+    sdist: Path, tmp_path: Path
+) -> None:
+    """The packager's path (sdist, then wheel) gives the administrator's files too."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(sdist)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("aioidentd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    data = f"aioidentd-{sdist.name.split('-', 1)[1]}.data/data/share/"
+    expected = [
+        "aioidentd/aioidentd.toml",
+        "aioidentd/aioidentd.schema.json",
+        "aioidentd/systemd/aioidentd.service",
+        "aioidentd/systemd/aioidentd.socket",
+        "aioidentd/systemd/aioidentd-inetd@.service",
+        "aioidentd/systemd/aioidentd-inetd.socket",
+        "man/man8/aioidentd.8",
+        "man/man5/aioidentd.toml.5",
+    ]
+    missing = [name for name in expected if data + name not in names]
+    assert not missing, (missing, sorted(names))
 
 
 def test_metadata_names_the_tested_pythons(sdist: Path) -> None:
