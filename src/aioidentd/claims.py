@@ -145,9 +145,7 @@ class Claim:
         "_released",
         "charset",
         "error",
-        "local",
         "opsys",
-        "remote",
         "user_id",
     )
 
@@ -172,13 +170,20 @@ class Claim:
         self.charset = charset
         #: The error answered instead of an id (``HIDDEN-USER``, ...), or ``None``.
         self.error = error
-        #: ``(host, port)`` of our end (host ``None``: any local address) and of the
-        #: remote end, normalised; ``None`` when the socket was already closed.
-        self.local: tuple[str | None, int] | None = None
-        self.remote: Address | None = None
-        if key is not None:
-            self.local = (key[0], key[1])
-            self.remote = (key[2], key[3])
+
+    @property
+    def local(self) -> tuple[str | None, int] | None:
+        """``(host, port)`` of our end, normalised (host ``None``: any local address);
+        ``None`` when the socket was already closed."""
+        key = self._key
+        return None if key is None else (key[0], key[1])
+
+    @property
+    def remote(self) -> Address | None:
+        """``(host, port)`` of the remote end, normalised; ``None`` when the socket was
+        already closed."""
+        key = self._key
+        return None if key is None else (key[2], key[3])
 
     @property
     def active(self) -> bool:
@@ -242,6 +247,13 @@ class Claim:
             where = f"{local} -> {self.remote[0]}:{self.remote[1]}"
         state = "active" if self.active else "inactive"
         return f"<Claim {where} {answer} {state}>"
+
+
+def _answer(request: IdentRequest, claim: Claim) -> None:
+    """Send ``claim``'s answer to ``request``, in the style of the server it came to."""
+    conn = request._conn
+    style = conn.server.reply_style if conn is not None else "compact"
+    request._set_line(claim._line(request.server_port, request.client_port, style))
 
 
 class _Waiter:
@@ -368,7 +380,6 @@ class ClaimRegistry:
                 return
             self._entries[exact] = claim
             claim._key = exact
-            claim.local = (local_host, key[1])
             self._drop(key)
 
     # -- keys ---------------------------------------------------------------------------
@@ -502,9 +513,7 @@ class ClaimRegistry:
                 keys += redirected
                 claim = self._find(redirected)
         if claim is not None:
-            conn = request._conn
-            style = conn.server.reply_style if conn is not None else "compact"
-            request._set_line(claim._line(request.server_port, request.client_port, style))
+            _answer(request, claim)
             return True
         conn = request._conn
         if (
@@ -544,11 +553,8 @@ class ClaimRegistry:
             return True
         claim = self._find(waiter.keys)
         if claim is not None:
-            conn = request._conn
-            style = conn.server.reply_style if conn is not None else "compact"
-            if conn is not None:
-                conn.server.stats.claimed += 1
-            request._set_line(claim._line(request.server_port, request.client_port, style))
+            request._conn.server.stats.claimed += 1
+            _answer(request, claim)
             return True
         if proceed:
             waiter.proceed(request)

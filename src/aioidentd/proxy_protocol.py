@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from aioidentd.errors import AioidentdError
-from aioidentd.protocol import Address
+from aioidentd.protocol import Address, unmapped
 
 __all__ = [
     "MAX_V1",
@@ -190,7 +190,5 @@ def encode_proxy_header(version: ProxyVersion, source: Address, destination: Add
 
 
 def _plain(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    address = ipaddress.ip_address(host.partition("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    """The address of ``host`` without its scope, v4-mapped as IPv4 (:func:`unmapped`)."""
+    return ipaddress.ip_address(unmapped(host).partition("%")[0])

@@ -17,6 +17,7 @@ __all__ = [
     "Endpoint",
     "endpoint",
     "normalise_packed",
+    "owned",
     "query_pair",
 ]
 
@@ -27,6 +28,13 @@ TCP_TIME_WAIT = 6
 TCP_CLOSE = 7
 TCP_LISTEN = 10
 DEAD_STATES = frozenset({TCP_TIME_WAIT, TCP_CLOSE, TCP_LISTEN})
+
+
+def owned(state: int, uid: int, inode: int) -> bool:
+    """Whether a socket table entry names a connection someone holds: the one rule of every
+    back end. Live, and not an orphan: uid 0 with inode 0 means that nobody holds the socket
+    any more (a TIME_WAIT remnant or an orphan), not root."""
+    return state not in DEAD_STATES and not (uid == 0 and inode == 0)
 
 
 class Endpoint(NamedTuple):

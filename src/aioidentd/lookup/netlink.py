@@ -16,11 +16,11 @@ from typing import NamedTuple, Self
 
 from aioidentd.errors import SocketLookupError
 from aioidentd.lookup._endpoints import (
-    DEAD_STATES,
     TCP_CLOSE,
     TCP_TIME_WAIT,
     Endpoint,
     normalise_packed,
+    owned,
     query_pair,
 )
 from aioidentd.protocol import V4_MAPPED_PREFIX, Address
@@ -125,7 +125,7 @@ def _owner_from_entry(entry: DiagEntry | None, local: Endpoint, remote: Endpoint
     The kernel's exact lookup may hand back a listener (or a socket in a dead state) rather than
     the connection asked about, so the 4-tuple is checked again before trusting the uid.
     """
-    if entry is None or entry.state in DEAD_STATES:
+    if entry is None or not owned(entry.state, entry.uid, entry.inode):
         return None
     if (entry.local, entry.local_port, entry.remote, entry.remote_port) != (
         local.packed,
@@ -133,8 +133,6 @@ def _owner_from_entry(entry: DiagEntry | None, local: Endpoint, remote: Endpoint
         remote.packed,
         remote.port,
     ):
-        return None
-    if entry.uid == 0 and entry.inode == 0:
         return None
     return entry.uid
 

@@ -9,7 +9,7 @@ import socket
 import struct
 
 from aioidentd.errors import SocketLookupError
-from aioidentd.lookup._endpoints import DEAD_STATES, query_pair
+from aioidentd.lookup._endpoints import owned, query_pair
 from aioidentd.protocol import V4_MAPPED_PREFIX, Address
 
 __all__ = ["ProcNetLookup", "scan_proc_table"]
@@ -39,7 +39,7 @@ def scan_proc_table(table: bytes, local: bytes, remote: bytes) -> int | None:
             state, uid, inode = int(fields[3], 16), int(fields[7]), int(fields[9])
         except (IndexError, ValueError):
             raise SocketLookupError(f"malformed /proc/net/tcp line: {fields!r}") from None
-        if state not in DEAD_STATES and not (uid == 0 and inode == 0):
+        if owned(state, uid, inode):
             return uid
         pos = table.find(needle, pos + 1)
     return None

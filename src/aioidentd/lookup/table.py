@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Final, NamedTuple
 
-from aioidentd.lookup._endpoints import DEAD_STATES, normalise_packed
+from aioidentd.lookup._endpoints import normalise_packed, owned
 from aioidentd.protocol import Address
 
 __all__ = ["STATE_NAMES", "TableEntry", "read_table"]
@@ -50,9 +50,8 @@ class TableEntry(NamedTuple):
 
     @property
     def owned(self) -> bool:
-        """Whether a lookup would report an owner: live, and not an orphan (uid 0 and
-        inode 0 mean that nobody holds the socket any more, not root)."""
-        return self.state not in DEAD_STATES and not (self.uid == 0 and self.inode == 0)
+        """Whether a lookup would report an owner (:func:`owned`)."""
+        return owned(self.state, self.uid, self.inode)
 
 
 def _address(text: str) -> Address:
