@@ -329,7 +329,7 @@ class _IdentConnection(asyncio.Protocol):
             self._stopping = True
         elif parked:
             pass
-        elif len(connections) >= server.max_connections and not server._make_room(self):
+        elif len(connections) >= server.max_connections and not server._make_room():
             server.stats.connections_refused += 1
             transport.close()
             self._transport = None
@@ -428,17 +428,14 @@ class _IdentConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        stop = not self._closing and (self._write_paused or self._full())
+        full = len(self._pending) >= self.server.max_pending
+        stop = not self._closing and (self._write_paused or full)
         if stop != self._paused:
             self._paused = stop
             if stop:
                 transport.pause_reading()
             else:
                 transport.resume_reading()
-
-    def _full(self) -> bool:
-        """max_pending queries wait for their answers: read no more until one leaves."""
-        return len(self._pending) >= self.server.max_pending
 
     def _process(self) -> None:
         """Parse and dispatch complete lines while the pending-query limit and the write
@@ -722,8 +719,8 @@ class _IdentConnection(asyncio.Protocol):
         """The server is closing: queries waiting for a handler get the fallback now;
         queries already sent but not yet read will be read and answered (see
         :meth:`drained`); nothing new is waited for."""
-        if self._transport is None and self._sock is not None:  # parked
-            if _unread_socket(self._sock):
+        if self in self.server._parked:
+            if _unread(self._sock):
                 self._unpark()  # its connection_made() sees the server closing
             else:
                 self._close_parked()
@@ -744,12 +741,12 @@ class _IdentConnection(asyncio.Protocol):
             return True
         if self._pending or (not self._closing and b"\n" in self._buffer):
             return False
-        return _unread(transport) == 0
+        return _unread(transport.get_extra_info("socket")) == 0
 
     def evict(self) -> None:
         """Closed to make room for a new connection (see IdentServer._make_room)."""
         self.server._connections.pop(self, None)
-        if self._transport is None and self._sock is not None:
+        if self in self.server._parked:
             self._close_parked()
         else:
             self._close()
@@ -773,7 +770,7 @@ class _IdentConnection(asyncio.Protocol):
         self._idle_deadline = deadline  # the first-query deadline it was parked with
         sock.setblocking(False)
         nagle_off(sock)
-        server._setting_up += 1
+        server._handed(self)
         try:
             server._make_transport(sock, self, extra={"peername": peername})
         except Exception:
@@ -851,12 +848,7 @@ def _defer_accept(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, option, 1)
 
 
-def _unread(transport: asyncio.BaseTransport) -> int:
-    """Octets the kernel has received on the transport's socket and nobody has read."""
-    return _unread_socket(transport.get_extra_info("socket"))
-
-
-def _unread_socket(sock: Any) -> int:
+def _unread(sock: Any) -> int:
     """Octets the kernel has received on ``sock`` and nobody has read."""
     if sock is None:
         return 0
@@ -1148,8 +1140,7 @@ class IdentServer:
         self._log = RateLimitedLog(logger, call_later=self._loop.call_later)
 
         def factory() -> _IdentConnection:
-            self._setting_up += 1
-            return _IdentConnection(self)
+            return self._handed(_IdentConnection(self))
 
         socks: list[socket.socket]
         if self._sock is None:
@@ -1252,10 +1243,9 @@ class IdentServer:
         lost = self._loop.create_future()
 
         def factory() -> _IdentConnection:
-            self._setting_up += 1
             conn = _IdentConnection(self)
             conn._lost = lost
-            return conn
+            return self._handed(conn)
 
         sock.setblocking(False)
         await self._loop.connect_accepted_socket(factory, sock)
@@ -1326,31 +1316,29 @@ class IdentServer:
         read and the query already waiting for its answer handed over (see
         connection_made).
         """
-        self._setting_up += 1  # until connection_made(), or until done here
         conn = _IdentConnection(self)
         if self._closing or (self._trusted_proxies and self._trusts(_address(addr)[0])):
-            return conn  # a trusted forwarder's PROXY header is read by _ProxiedConnection
+            # A trusted forwarder's PROXY header is read by _ProxiedConnection.
+            return self._handed(conn)
         try:
             data = sock.recv(MAX_LINE + 2, socket.MSG_DONTWAIT)
         except BlockingIOError:
             if self._make_transport is not None:
                 self._park(conn, sock, addr)
                 return None
-            return conn
+            return self._handed(conn)
         except OSError:
             data = b""  # reset before its first octet: nothing to answer
         if not data:
-            self._setting_up -= 1
             sock.close()  # connected and closed (or reset) without a query
             return None
         if self.multiple or data.find(b"\n") != len(data) - 1:
             conn._buffer = data  # not one whole query: the connection's own rules apply
-            return conn
+            return self._handed(conn)
         conn.peer = _address(addr)
         try:
             conn.local = _address(sock.getsockname())
         except OSError:
-            self._setting_up -= 1
             sock.close()
             return None
         conn._buffer = data
@@ -1361,8 +1349,8 @@ class IdentServer:
         request = pending[0]
         answer = request._answer
         if answer is None:
-            return conn  # its connection_made() adopts the query waiting for its answer
-        self._setting_up -= 1
+            # Its connection_made() adopts the query waiting for its answer.
+            return self._handed(conn)
         pending.clear()
         conn._drop_tasks()  # a handler still running after the answer: its connection is gone
         stats = self.stats
@@ -1376,6 +1364,12 @@ class IdentServer:
         sock.close()
         return None
 
+    def _handed(self, conn: _IdentConnection) -> _IdentConnection:
+        """``conn`` goes to a transport: close() waits for its connection_made(), which
+        counts it off again (``_setting_up``)."""
+        self._setting_up += 1
+        return conn
+
     def _park(self, conn: _IdentConnection, sock: socket.socket, addr: Any) -> None:
         """A connection with nothing to read yet waits as a bare socket watched by the
         selector: no transport, no buffer, no timer of its own (one timer serves every
@@ -1383,9 +1377,8 @@ class IdentServer:
         first octet arrives (_IdentConnection._unpark). An idle connection costs less than
         half as much memory this way, which is what a flood of silent connections, or a
         hundred thousand clients keeping connections open, is made of."""
-        self._setting_up -= 1
         loop = self._loop_or_raise()
-        if len(self._connections) >= self.max_connections and not self._make_room(conn):
+        if len(self._connections) >= self.max_connections and not self._make_room():
             self.stats.connections_refused += 1
             sock.close()
             return
@@ -1423,19 +1416,19 @@ class IdentServer:
         if connections.pop(conn, 0) is None:
             connections[conn] = None
 
-    def _make_room(self, new: _IdentConnection) -> bool:
-        """The connection limit is reached and ``new`` arrives: close the connection that
-        has sent no query for the longest, unless every connection has a query waiting
-        for its answer (then ``new`` is refused). A flood of silent connections thus
+    def _make_room(self) -> bool:
+        """The connection limit is reached and a new connection arrives: close the one
+        that has sent no query for the longest, unless every connection has a query
+        waiting for its answer (then the new one is refused). A flood of silent connections thus
         costs the flooder its own oldest slots, never a querier its answer."""
         # Oldest first; a connection whose query already waits in the kernel (sent, not
-        # yet read: it may have been accepted in the same batch as ``new``) is passed
+        # yet read: it may have been accepted in the same batch as the new one) is passed
         # over while a silent one is left.
         spare: _IdentConnection | None = None
         for conn in self._connections:
             if conn._pending:
                 continue
-            if _unread_socket(conn.extra("socket")):
+            if _unread(conn.extra("socket")):
                 spare = spare or conn
                 continue
             self._evict(conn)
