@@ -85,6 +85,13 @@ asyncio.run(main())
 """
 
 
+def serve_config(name: str, conf: Path, env: dict[str, str]) -> Server:
+    """``aioidentd serve --config conf`` on a free loopback port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "aioidentd", "serve", "--config", str(conf)]
+    return Server(name, [*argv, "--host", HOST, "--port", str(port)], port, env)
+
+
 async def ask(port: int, lport: int, rport: int) -> tuple[str, float]:
     started = time.perf_counter()
     try:
@@ -356,48 +363,14 @@ async def main(args: argparse.Namespace) -> int:
                 conf.write_text(
                     SERVER.format(me=me) + extra.format(me=me, target=f"{HOST}:{target_port}")
                 )
-                port = free_port()
-                servers[name] = Server(
-                    name,
-                    [
-                        sys.executable,
-                        "-m",
-                        "aioidentd",
-                        "serve",
-                        "--config",
-                        str(conf),
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                    ],
-                    port,
-                    env,
-                )
+                servers[name] = serve_config(name, conf, env)
             # The failure cases: ours and oidentd forwarding to the scripted target.
             conf = tmp / "fail.toml"
             conf.write_text(
                 SERVER.format(me=me)
                 + CONFIGS["forwarded"].format(me=me, target=f"{HOST}:{script_port}")
             )
-            port = free_port()
-            ours = Server(
-                "ours",
-                [
-                    sys.executable,
-                    "-m",
-                    "aioidentd",
-                    "serve",
-                    "--config",
-                    str(conf),
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                ],
-                port,
-                env,
-            )
+            ours = serve_config("ours", conf, env)
             others.append(ours)
             oconf = tmp / "oidentd.conf"
             oconf.write_text(

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -242,6 +243,29 @@ def enter_own_network_namespace() -> None:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, siocgifflags, request))[1]
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on (bound, then released), for a
+    connect that must be refused."""
+    with socket.socket() as free:
+        free.bind((host, 0))
+        port: int = free.getsockname()[1]
+    return port
+
+
+@contextmanager
+def world_readable_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory that other users (the daemon after dropping root, nobody) can
+    read; pytest's tmp_path is private to root. Removed afterwards with its files."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
 
 
 def wait_until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:

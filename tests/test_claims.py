@@ -26,7 +26,7 @@ from aioidentd import IdentRequest, IdentServer, UserIdReply
 from aioidentd.claims import normalise_host
 from aioidentd.protocol import Reply
 from peers import unavailable
-from support import require_ipv6
+from support import closed_port, require_ipv6
 
 
 class Asker:
@@ -469,11 +469,8 @@ async def test_open_connection_over_tls(tmp_path: Path) -> None:
 
 async def test_open_connection_failure_leaves_no_claim_or_socket() -> None:
     async with IdentServer("127.0.0.1", 0) as ident:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            closed_port = free.getsockname()[1]
         with pytest.raises(ConnectionRefusedError):
-            await ident.open_connection("127.0.0.1", closed_port, user_id="alice")
+            await ident.open_connection("127.0.0.1", closed_port(), user_id="alice")
         assert len(ident._claims) == 0
 
 
@@ -640,11 +637,8 @@ async def test_open_connection_from_a_chosen_local_address() -> None:
 
 async def test_connect_failure_on_every_address_says_so() -> None:
     async with IdentServer("127.0.0.1", 0) as ident:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            closed_port = free.getsockname()[1]
         with pytest.raises(OSError):
-            await ident.connect_socket("localhost", closed_port, user_id="alice")
+            await ident.connect_socket("localhost", closed_port(), user_id="alice")
         assert len(ident._claims) == 0
 
 

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ import pytest
 from aioidentd.daemon.privileges import CREATE_SERVICE_USER
 from aioidentd.policy.settings import SERVICE_USER
 from peers import require_root, unavailable
-from support import ENV, ask, run_aioidentd, wait_until
+from support import ENV, ask, run_aioidentd, wait_until, world_readable_dir
 from support import serve_process as daemon
 
 NOBODY = 65534
@@ -407,14 +406,8 @@ def test_inetd_mode_refuses_a_terminal_or_file() -> None:
 @pytest.fixture
 def config_dir() -> Iterator[Path]:
     # Readable by nobody: the daemon reads the file again on SIGHUP after dropping root.
-    path = Path(tempfile.mkdtemp(prefix="aioidentd-test-"))
-    path.chmod(0o755)
-    try:
+    with world_readable_dir("aioidentd-test-") as path:
         yield path
-    finally:
-        for child in path.iterdir():
-            child.unlink()
-        path.rmdir()
 
 
 def _fixed(reply: str) -> str:

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from support import (
     run_aioidentd,
     serve_process,
     wait_until,
+    world_readable_dir,
 )
 
 HOST = "127.0.0.1"
@@ -232,14 +232,8 @@ def nobody_home() -> Iterator[Path]:
     """A home directory that nobody's files can live in, readable by the daemon's user
     (pytest's tmp_path is private to root)."""
     require_root("to make files owned by nobody")
-    home = Path(tempfile.mkdtemp(prefix="aioidentd-home-"))
-    home.chmod(0o755)
-    try:
+    with world_readable_dir("aioidentd-home-") as home:
         yield home
-    finally:
-        for item in home.iterdir():
-            item.unlink()
-        home.rmdir()
 
 
 def test_a_reply_file_is_used_or_refused_with_the_reason(nobody_home: Path) -> None:

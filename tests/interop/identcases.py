@@ -8,7 +8,10 @@ can carry every case at once.
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -89,3 +92,31 @@ def loopback_up() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def wait_port(
+    host: str, port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15.0
+) -> None:
+    """Return once ``host:port`` accepts a connection; fail at once if ``proc`` (the
+    program that should listen there) has exited, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {host}:{port}")
+
+
+def stop(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """SIGTERM ``proc`` if it still runs; SIGKILL it after ``grace`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

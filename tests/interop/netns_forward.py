@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from identcases import loopback_up
+from identcases import loopback_up, stop, wait_port
 from netns_irc import IRC_PORT, start_ircd, stop_ircd, welcome
 
 from aioidentd import HostClaimError, HostClaims
@@ -53,7 +53,6 @@ from aioidentd.server import IdentRequest, IdentServer
 APP_USER, OTHER_USER, ROGUE_USER, CLAIMING_USER = "games", "man", "lp", "news"
 APP_PORT = 10113
 IRC_HOST = "127.0.0.2"
-START_TIMEOUT = 15.0
 CONFIG = """\
 [server]
 port = 113
@@ -77,19 +76,6 @@ forward = "127.0.0.1:{port}"
 [user.{claiming}]
 allow_user_reply = true
 """
-
-
-def wait_port(host: str, port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
 def as_user(name: str, work: Callable[[int, int], None]) -> tuple[int, int, int]:
@@ -293,13 +279,7 @@ def main() -> dict[str, Any]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-            if daemon is not None:
-                daemon.send_signal(signal.SIGTERM)
-                try:
-                    daemon.wait(5)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+            stop(daemon)
             daemon_log.close()
             output["daemon_log"] = (workdir / "daemon.log").read_text(errors="replace")[-6000:]
             stop_ircd(ircd, workdir, output)

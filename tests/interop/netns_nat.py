@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from identcases import loopback_up
+from identcases import loopback_up, stop
 from netns_irc import IRC_PORT, start_ircd, stop_ircd, welcome
 
 INNER_USER = "games"
@@ -216,16 +216,6 @@ def daemon(namespace: Namespace, config: Path, log: Path) -> subprocess.Popen[by
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def one_case(

@@ -25,8 +25,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,13 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from identcases import loopback_up
+from identcases import loopback_up, stop, wait_port
 from netns_irc import IRC_PORT, start_ircd, stop_ircd
 
 ZNC_USER = "games"
 IRC_HOST = "127.0.0.2"
 IDENT = "zncident"
-START_TIMEOUT = 15.0
 ZNC_CONF = """\
 Version = 1.8.2
 LoadModule = identfile
@@ -76,19 +73,6 @@ response_timeout = 3
 [user.{user}]
 allow_user_reply = true
 """
-
-
-def wait_port(host: str, port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
 async def whois(nick: str, timeout: float = 30.0) -> str | None:
@@ -164,13 +148,7 @@ def main() -> dict[str, Any]:
             output["error"] = repr(exc)
         finally:
             for proc in (znc, daemon):
-                if proc is not None and proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop(proc)
             stop_ircd(ircd, workdir, output)
             for name in ("daemon", "znc"):
                 path = workdir / f"{name}.log"
