@@ -220,7 +220,8 @@ class KernelResponder:
 
     def _send(self, request: IdentRequest, decision: Decision) -> None:
         self.decisions[decision.kind] += 1
-        request.answer(decision.reply(request.server_port, request.client_port))
+        reply = decision.reply(request.server_port, request.client_port)
+        request.answer(reply)
         if decision.kind == "lookup-failed":
             # Anyone can make us look up: one line per interval, then a count.
             self._log().log(
@@ -247,7 +248,7 @@ class KernelResponder:
             "peer": f"{peer[0]}:{peer[1]}",
             "ports": [server_port, client_port],
             "uid": decision.uid,
-            "answer": str(decision.reply(server_port, client_port)),
+            "answer": str(reply),
             "reason": decision.why,
         }
         if self.log_queries:

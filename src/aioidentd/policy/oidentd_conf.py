@@ -222,21 +222,10 @@ def parse_user_file(text: str) -> UserFile:
     index = 0
     while index < len(tokens):
         start = tokens[index][2]
-        head: list[tuple[str, str, int]] = []
-        while index < len(tokens) and tokens[index][:2] != ("brace", "{"):
-            if tokens[index][0] == "brace":
-                raise ReplyFileRefused(f"line {tokens[index][2]}: '}}' without a block")
-            head.append(tokens[index])
-            index += 1
+        head, index = _until(tokens, index, "{", "'}' without a block")
         if index == len(tokens):
             raise ReplyFileRefused(f"line {start}: text after the last block: {head[0][1]!r}")
-        index += 1
-        body: list[tuple[str, str, int]] = []
-        while index < len(tokens) and tokens[index][:2] != ("brace", "}"):
-            if tokens[index][0] == "brace":
-                raise ReplyFileRefused(f"line {tokens[index][2]}: '{{' inside a block")
-            body.append(tokens[index])
-            index += 1
+        body, index = _until(tokens, index + 1, "}", "'{' inside a block")
         if index == len(tokens):
             raise ReplyFileRefused(f"line {start}: block not closed with '}}'")
         index += 1
@@ -244,6 +233,20 @@ def parse_user_file(text: str) -> UserFile:
         if entry is not None:
             entries.append(entry)
     return UserFile(tuple(entries), tuple(problems))
+
+
+def _until(
+    tokens: list[tuple[str, str, int]], index: int, brace: str, stray: str
+) -> tuple[list[tuple[str, str, int]], int]:
+    """The tokens from ``index`` up to the next ``brace`` (or the end), and where they
+    stop; the other brace on the way is the structural error ``stray``."""
+    taken: list[tuple[str, str, int]] = []
+    while index < len(tokens) and tokens[index][:2] != ("brace", brace):
+        if tokens[index][0] == "brace":
+            raise ReplyFileRefused(f"line {tokens[index][2]}: {stray}")
+        taken.append(tokens[index])
+        index += 1
+    return taken, index
 
 
 def _entry(

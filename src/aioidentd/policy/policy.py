@@ -271,6 +271,15 @@ def _inner(inner: Address) -> str:
     return f"inner host {host}:{inner[1]}"
 
 
+def _privileged_port(remote: Address, settings: AnswerSettings) -> str | None:
+    """Why a user may not choose the id for a connection to a privileged remote port
+    (``allow_spoof_privport`` off), or None: one limit for reply files, oidentd files,
+    claims and forwards, so that all of them say it alike."""
+    if remote[1] < 1024 and not settings.allow_spoof_privport:
+        return f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
+    return None
+
+
 def _address_in(address: str, networks: Sequence[Network]) -> bool:
     """Whether an address is in any network, seeing ``::ffff:a.b.c.d`` and ``a.b.c.d``
     as the same host (a dual-stack socket reports IPv4 peers in the mapped form)."""
@@ -321,6 +330,8 @@ class Policy:
         self._plain: AnswerSettings | None = None
         if not config.rules and not config.groups:
             self._plain = merge_settings(config.default, BUILTIN_DEFAULT)
+        #: What settings_for() gives root when no table of its own sets an answer.
+        self._root = merge_settings(BUILTIN_ROOT, BUILTIN_DEFAULT)
 
     def _log(self, level: int, uid: int, msg: str, *args: object) -> None:
         """A line about a user's name (one that cannot go on the wire): written once per
@@ -372,9 +383,9 @@ class Policy:
         decision = self._decide(uid, name, settings, local, remote, trail)
         if target is None:
             return decision
-        if remote[1] < 1024 and not settings.allow_spoof_privport:
+        note = _privileged_port(remote, settings)
+        if note is not None:
             # The forward target chooses the id: the same limit as a user's own reply.
-            note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
             if trail is not None:
                 decision = replace(decision, reasons=(*decision.reasons, f"no forward: {note}"))
             return replace(decision, note=note)
@@ -409,7 +420,7 @@ class Policy:
                 if decision is not None:
                     return decision
         decision = self._from_settings(uid, name, settings, note, trail)
-        if note is not None and remote[1] < 1024 and not settings.allow_spoof_privport:
+        if note is not None and _privileged_port(remote, settings) is not None:
             # Normal (a user's IRC id is not for their mail): INFO, not WARNING.
             return replace(decision, note_level=logging.INFO)
         return decision
@@ -426,8 +437,9 @@ class Policy:
         who = f"{name} (uid {uid})" if name else f"uid {uid}"
         if not settings.allow_user_reply:
             return f"the policy does not let {who} choose answers (allow_user_reply)"
-        if remote[1] < 1024 and not settings.allow_spoof_privport:
-            return f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
+        privileged = _privileged_port(remote, settings)
+        if privileged is not None:
+            return privileged
         if user_id is not None:
             try:
                 self._chosen_id(uid, user_id, settings)
@@ -563,7 +575,7 @@ class Policy:
                     "uid 0 is root and no [user.root] or [user.0] table sets an answer: "
                     "the built-in root rule hides it"
                 )
-            return merge_settings(BUILTIN_ROOT, BUILTIN_DEFAULT)
+            return self._root
         if self._plain is not None and not user_tables:
             if trail is not None:
                 trail.append("no [user.X] table for this user; no [group.X] or [[rule]] tables")
@@ -628,12 +640,10 @@ class Policy:
         """The user's own reply, or None and why not (in ``trail`` too; not logged here:
         see :class:`Decision`)."""
         where = f"~{name}/{REPLY_FILE}" if name else REPLY_FILE
-        note: str | None = None
-        if remote[1] < 1024 and not settings.allow_spoof_privport:
-            note = f"remote port {remote[1]} is privileged and allow_spoof_privport is off"
-        elif self._geteuid() == 0:
+        note = _privileged_port(remote, settings)
+        if note is None and self._geteuid() == 0:
             note = "the daemon runs as root and never reads users' files as root"
-        elif not self.user_db.home_of(uid):
+        elif note is None and not self.user_db.home_of(uid):
             note = "the user has no home directory"
         if note is not None:
             if trail is not None:
