@@ -46,6 +46,7 @@ __all__ = [
     "encode_reply_tail",
     "encode_user_id",
     "error_line",
+    "ip_of",
     "parse_ports",
     "parse_query",
     "parse_reply",
@@ -241,6 +242,13 @@ def random_user_id() -> str:
     """A fresh random user id (:data:`RANDOM_ALPHABET`, :data:`RANDOM_LENGTH` long), drawn
     with :mod:`secrets` so that one answer says nothing about the next."""
     return "".join(secrets.choice(RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``host`` as an IP address to compare or to put on the wire: v4-mapped hosts as
+    IPv4 (:func:`unmapped`), an IPv6 scope (``%eth0``) dropped. Raises :class:`ValueError`
+    for a host that is not an IP address."""
+    return ipaddress.ip_address(unmapped(host).partition("%")[0])
 
 
 def unmapped(host: str) -> str:

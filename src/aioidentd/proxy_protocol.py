@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from aioidentd.errors import AioidentdError
-from aioidentd.protocol import Address, unmapped
+from aioidentd.protocol import Address, ip_of
 
 __all__ = [
     "MAX_V1",
@@ -171,8 +171,8 @@ def encode_proxy_header(version: ProxyVersion, source: Address, destination: Add
     Both must be IP addresses of one family (a v4-mapped IPv6 address counts as IPv4).
     Raises ValueError otherwise.
     """
-    src = _plain(source[0])
-    dst = _plain(destination[0])
+    src = ip_of(source[0])
+    dst = ip_of(destination[0])
     if src.version != dst.version:
         raise ValueError(f"{src} and {dst} are not of one address family")
     sport, dport = int(source[1]), int(destination[1])
@@ -187,8 +187,3 @@ def encode_proxy_header(version: ProxyVersion, source: Address, destination: Add
     family = _FAMILY_TCP4 if src.version == 4 else _FAMILY_TCP6
     body = src.packed + dst.packed + struct.pack("!HH", sport, dport)
     return _V2_FIXED.pack(SIGNATURE_V2, _COMMAND_PROXY, family, len(body)) + body
-
-
-def _plain(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The address of ``host`` without its scope, v4-mapped as IPv4 (:func:`unmapped`)."""
-    return ipaddress.ip_address(unmapped(host).partition("%")[0])

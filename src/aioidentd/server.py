@@ -67,6 +67,7 @@ from aioidentd.protocol import (
     encode_reply_tail,
     encode_user_id,
     error_line,
+    ip_of,
     parse_ports,
     port_pair,
     random_user_id,
@@ -978,7 +979,7 @@ class IdentServer:
     def _trusts(self, host: str) -> bool:
         """Whether ``host`` may send a PROXY header (see ``trusted_proxies``)."""
         try:
-            address = ipaddress.ip_address(unmapped(host).partition("%")[0])
+            address = ip_of(host)
         except ValueError:
             return False
         return any(address in network for network in self._trusted_proxies)

@@ -32,7 +32,14 @@ from aioidentd.errors import SocketLookupError
 from aioidentd.lookup.conntrack import ConntrackLookup, Translation
 from aioidentd.policy import Decision, Policy
 from aioidentd.policy.settings import ForwardTarget, NatRule
-from aioidentd.protocol import Address, ErrorReply, Reply, UserIdReply, safe_user_id, unmapped
+from aioidentd.protocol import (
+    Address,
+    ErrorReply,
+    Reply,
+    UserIdReply,
+    ip_of,
+    safe_user_id,
+)
 
 __all__ = ["ConntrackHelper", "NatResolver", "TranslationSource"]
 
@@ -54,7 +61,7 @@ class TranslationSource:
 
 
 def _pack_address(host: str) -> bytes:
-    address = ipaddress.ip_address(unmapped(host).partition("%")[0])
+    address = ip_of(host)
     if isinstance(address, ipaddress.IPv4Address):
         return address.packed + b"\0" * 12
     return address.packed
@@ -93,7 +100,7 @@ class ConntrackHelper(TranslationSource):
         self._sock, self._pid = ours, pid
 
     def translation(self, outer: Address, server: Address) -> Translation | None:
-        v4 = ipaddress.ip_address(unmapped(outer[0]).partition("%")[0]).version == 4
+        v4 = ip_of(outer[0]).version == 4
         request = _REQUEST.pack(
             _pack_address(outer[0]), outer[1], _pack_address(server[0]), server[1]
         )
@@ -186,7 +193,7 @@ class NatResolver:
     def rules_for(self, inner: str) -> list[NatRule]:
         """The ``[[nat]]`` entries whose networks hold ``inner``, in file order."""
         try:
-            address = ipaddress.ip_address(unmapped(inner).partition("%")[0])
+            address = ip_of(inner)
         except ValueError:
             return []
         return [

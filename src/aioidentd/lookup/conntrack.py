@@ -22,7 +22,7 @@ import struct
 from typing import Final, NamedTuple
 
 from aioidentd.errors import SocketLookupError
-from aioidentd.protocol import Address, unmapped
+from aioidentd.protocol import Address, ip_of
 
 __all__ = [
     "ConntrackLookup",
@@ -65,14 +65,10 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return header + payload + padding
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(unmapped(host).partition("%")[0])
-
-
 def encode_get_request(outer: Address, server: Address, seq: int) -> tuple[int, bytes]:
     """``(address family, message)``: the GET of the entry whose *reply* tuple is
     ``server`` -> ``outer`` (what the outside sees of the connection)."""
-    src, dst = _ip(server[0]), _ip(outer[0])
+    src, dst = ip_of(server[0]), ip_of(outer[0])
     if src.version != dst.version:
         raise ValueError(f"{src} and {dst} are not of one address family")
     if src.version == 4:
@@ -159,7 +155,7 @@ def parse_conntrack_reply(data: bytes, seq: int) -> Translation | None:
 def scan_nf_conntrack(text: str, outer: Address, server: Address) -> Translation | None:
     """The same from ``/proc/net/nf_conntrack``'s lines: the TCP entry whose second
     (reply) tuple is ``server`` -> ``outer``."""
-    src, dst = str(_ip(server[0])), str(_ip(outer[0]))
+    src, dst = str(ip_of(server[0])), str(ip_of(outer[0]))
     want = (f"src={src}", f"dst={dst}", f"sport={server[1]}", f"dport={outer[1]}")
     for line in text.splitlines():
         fields = line.split()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from aioidentd.errors import ReplyFileRefused
-from aioidentd.protocol import Address, random_user_id, unmapped
+from aioidentd.protocol import Address, ip_of, random_user_id, unmapped
 
 __all__ = ["MAX_REPLIES", "Choice", "Entry", "UserFile", "parse_user_file"]
 
@@ -154,7 +154,7 @@ class UserFile:
 
 def _in(host: str, network: _Network) -> bool:
     try:
-        address = ipaddress.ip_address(unmapped(host).partition("%")[0])
+        address = ip_of(host)
     except ValueError:
         return False
     return address in network

@@ -42,9 +42,9 @@ from aioidentd.protocol import (
     ErrorReply,
     Reply,
     UserIdReply,
+    ip_of,
     random_user_id,
     safe_user_id,
-    unmapped,
 )
 
 __all__ = [
@@ -284,7 +284,7 @@ def _address_in(address: str, networks: Sequence[Network]) -> bool:
     """Whether an address is in any network, seeing ``::ffff:a.b.c.d`` and ``a.b.c.d``
     as the same host (a dual-stack socket reports IPv4 peers in the mapped form)."""
     try:
-        ip = ipaddress.ip_address(unmapped(address).partition("%")[0])
+        ip = ip_of(address)
     except ValueError:
         return False
     candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
