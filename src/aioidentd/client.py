@@ -32,6 +32,7 @@ from aioidentd.protocol import (
     check_port,
     check_seconds,
     parse_reply,
+    show_address,
     split_lines,
     unmapped,
 )
@@ -40,11 +41,6 @@ __all__ = ["IDENT_PORT", "query", "query_connection"]
 
 #: The ident service's well-known port.
 IDENT_PORT = 113
-
-
-def _display(host: str, port: int) -> str:
-    """``host:port``, bracketing IPv6 literals so the port is not read as part of them."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _IdentClientProtocol(asyncio.Protocol):
@@ -59,7 +55,7 @@ class _IdentClientProtocol(asyncio.Protocol):
         #: Sent before the query in the same write (a forwarder's PROXY header).
         self._prefix = prefix
         self._address = address
-        self._where = _display(*address)
+        self._where = show_address(address)
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -188,7 +184,7 @@ async def query(
     if timeout is not None:
         check_seconds("timeout", timeout)
     address = (host, port)
-    where = _display(host, port)
+    where = show_address((host, port))
     loop = asyncio.get_running_loop()
     protocol: _IdentClientProtocol | None = None
     connected = False
@@ -215,7 +211,9 @@ async def query(
                         f"connecting to ident server {where} timed out", address=address
                     ) from exc
                 detail = exc.strerror or str(exc)
-                source = f" from {_display(*local_addr[:2])}" if local_addr else ""
+                source = (
+                    f" from {show_address((local_addr[0], local_addr[1]))}" if local_addr else ""
+                )
                 raise IdentConnectError(
                     f"cannot connect to ident server {where}{source}: {detail}", address=address
                 ) from exc

@@ -53,6 +53,7 @@ __all__ = [
     "port_pair",
     "random_user_id",
     "safe_user_id",
+    "show_address",
     "split_lines",
     "unmapped",
 ]
@@ -242,6 +243,13 @@ def random_user_id() -> str:
     """A fresh random user id (:data:`RANDOM_ALPHABET`, :data:`RANDOM_LENGTH` long), drawn
     with :mod:`secrets` so that one answer says nothing about the next."""
     return "".join(secrets.choice(RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
+
+
+def show_address(address: Address) -> str:
+    """``host:port`` for people (logs, messages, explain), IPv6 hosts in brackets as in
+    URLs (``[::1]:113``) so that the port is not read as part of the address."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -71,6 +71,7 @@ from aioidentd.protocol import (
     parse_ports,
     port_pair,
     random_user_id,
+    show_address,
     unmapped,
 )
 from aioidentd.proxy_protocol import InvalidProxyHeader, parse_proxy_header
@@ -108,12 +109,6 @@ def _networks(
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
     return tuple(networks)
-
-
-def _show(address: Address) -> str:
-    """``host:port``, with IPv6 hosts in brackets as in URLs (``[::1]:113``)."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _address(sockaddr: Any) -> Address:
@@ -818,7 +813,7 @@ class _ProxiedConnection(_IdentConnection):
                 "invalid PROXY headers",
                 "%s: invalid PROXY header from %s: %s",
                 server,
-                _show(self.peer),
+                show_address(self.peer),
                 exc,
             )
             self._buffer = b""
@@ -986,7 +981,7 @@ class IdentServer:
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
-        where = ", ".join(_show(a) for a in self.addresses) or "not listening"
+        where = ", ".join(show_address(a) for a in self.addresses) or "not listening"
         return f"<IdentServer{label} {where}>"
 
     __str__ = __repr__
@@ -1458,7 +1453,7 @@ class IdentServer:
             "silent longest, to serve a new one",
             self,
             self.max_connections,
-            _show(conn.peer),
+            show_address(conn.peer),
         )
         conn.evict()
 

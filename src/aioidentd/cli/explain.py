@@ -18,10 +18,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from aioidentd.cli._arguments import add_config_options, config_path, port
-from aioidentd.daemon.explain import explain, find_connections, show
+from aioidentd.daemon.explain import explain, find_connections
 from aioidentd.errors import ConfigError, SocketLookupError
 from aioidentd.policy import Config, load_config
-from aioidentd.protocol import Address
+from aioidentd.protocol import Address, show_address
 
 if TYPE_CHECKING:
     from aioidentd.cli._arguments import SubParsers
@@ -100,11 +100,13 @@ def _choose(remote: Address, local: tuple[str | None, int] | None) -> Address | 
     which = f" from local port {local_port}" if local_port is not None else ""
     if not ends:
         return (
-            f"no connection to {show(remote)}{which} in this network namespace; "
+            f"no connection to {show_address(remote)}{which} in this network namespace; "
             f"give --local ADDR:PORT to explain the answer for one anyway"
         )
-    listed = ", ".join(show(end) for end in ends[:10])
-    return f"{len(ends)} connections to {show(remote)}{which} ({listed}): choose with --local"
+    listed = ", ".join(show_address(end) for end in ends[:10])
+    return (
+        f"{len(ends)} connections to {show_address(remote)}{which} ({listed}): choose with --local"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     else:
-        print(f"connection {show(local)} <-> {show(remote)}, asked by {result.querier}")
+        ends = f"{show_address(local)} <-> {show_address(remote)}"
+        print(f"connection {ends}, asked by {result.querier}")
         for step in result.steps:
             print(f"{step.topic}: {step.text}")
     return 0 if result.decision.user_id is not None else 1

@@ -30,7 +30,7 @@ from aioidentd.errors import PrivilegeError, SocketLookupError
 from aioidentd.lookup import NetlinkLookup, ProcNetLookup, SocketLookup, default_lookup
 from aioidentd.lookup.table import TableEntry, read_table
 from aioidentd.policy import Config, Decision, Policy, UserDB
-from aioidentd.protocol import Address, encode_reply, unmapped
+from aioidentd.protocol import Address, encode_reply, show_address, unmapped
 
 __all__ = ["Explanation", "Step", "explain", "find_connections"]
 
@@ -78,11 +78,6 @@ class Explanation:
             },
             "answer": self.answer,
         }
-
-
-def show(address: Address) -> str:
-    host = address[0]
-    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
 def _same_host(a: str, b: str) -> bool:
@@ -144,9 +139,9 @@ def explain(
         steps.append(
             Step(
                 "query",
-                f"a query from {querier} names the connection {show(local)} <-> "
-                f"{show(asked_remote)}, not this one: only {remote[0]}, the other end, can "
-                f"ask about it (RFC 1413: the querier's own address is the remote end)",
+                f"a query from {querier} names the connection {show_address(local)} <-> "
+                f"{show_address(asked_remote)}, not this one: only {remote[0]}, the other end, "
+                f"can ask about it (RFC 1413: the querier's own address is the remote end)",
             )
         )
     if lookup is None:
@@ -174,7 +169,8 @@ def explain(
         steps.append(
             Step(
                 "connection",
-                f"{show(local)} <-> {show(asked_remote)}: {found}, owner {_owner(decision.uid)}",
+                f"{show_address(local)} <-> {show_address(asked_remote)}: {found}, "
+                f"owner {_owner(decision.uid)}",
             )
         )
     for reason in own.reasons:
@@ -357,7 +353,8 @@ def _near_misses(local: Address, remote: Address, proc: str) -> list[Step]:
             steps.append(
                 Step(
                     "connection",
-                    f"{show(local)} <-> {show(remote)} is {entry.state_name} with no owner: "
+                    f"{show_address(local)} <-> {show_address(remote)} is {entry.state_name} "
+                    f"with no owner: "
                     f"the connection is closed (or not yet accepted) and nobody owns it now",
                 )
             )
@@ -370,7 +367,7 @@ def _near_misses(local: Address, remote: Address, proc: str) -> list[Step]:
         steps.append(
             Step(
                 "connection",
-                f"local port {local[1]} is connected to {show(entry.remote)} instead "
+                f"local port {local[1]} is connected to {show_address(entry.remote)} instead "
                 f"({entry.state_name}, {_owner(entry.uid)}): a query about it must come from "
                 f"{entry.remote[0]}",
             )
@@ -382,9 +379,9 @@ def _near_misses(local: Address, remote: Address, proc: str) -> list[Step]:
         steps.append(
             Step(
                 "connection",
-                f"{show(remote)} is connected from local port {entry.local[1]} instead "
-                f"({show(entry.local)}, {entry.state_name}, {_owner(entry.uid)}): were the "
-                f"ports swapped or out of date?",
+                f"{show_address(remote)} is connected from local port {entry.local[1]} instead "
+                f"({show_address(entry.local)}, {entry.state_name}, {_owner(entry.uid)}): were "
+                f"the ports swapped or out of date?",
             )
         )
     if steps:
@@ -396,9 +393,9 @@ def _near_misses(local: Address, remote: Address, proc: str) -> list[Step]:
         Step(
             "hint",
             f"nothing in this network namespace has local port {local[1]} or talks to "
-            f"{show(remote)}: if the client runs in a container (docker, podman, a netns), "
-            f"its connection lives in another network namespace, which this identd does not "
-            f"see; run an identd inside it, or have it forward to one"
+            f"{show_address(remote)}: if the client runs in a container (docker, podman, a "
+            f"netns), its connection lives in another network namespace, which this identd "
+            f"does not see; run an identd inside it, or have it forward to one"
             + ("" if os.geteuid() == 0 else " (run explain as root to search them)"),
         )
     ]
@@ -432,8 +429,8 @@ def _other_namespaces(local: Address, remote: Address, proc: str) -> list[Step] 
                 return [
                     Step(
                         "connection",
-                        f"{show(local)} <-> {show(remote)} exists in another network "
-                        f"namespace ({namespace}, that of pid {pid}), owned by "
+                        f"{show_address(local)} <-> {show_address(remote)} exists in another "
+                        f"network namespace ({namespace}, that of pid {pid}), owned by "
                         f"{_owner(entry.uid)}: the daemon sees only its own namespace, so it "
                         f"answers NO-USER; run an identd inside that namespace, or have it "
                         f"forward to one",
@@ -445,7 +442,7 @@ def _other_namespaces(local: Address, remote: Address, proc: str) -> list[Step] 
         Step(
             "hint",
             f"nothing in this network namespace has local port {local[1]} or talks to "
-            f"{show(remote)}, and none of the {len(seen) - 1} other network namespaces has "
-            f"this connection: are the addresses and ports right, is it still open?",
+            f"{show_address(remote)}, and none of the {len(seen) - 1} other network namespaces "
+            f"has this connection: are the addresses and ports right, is it still open?",
         )
     ]

@@ -24,6 +24,7 @@ from typing import Final
 from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.policy.settings import MetricsSettings, parse_listen
 from aioidentd.prometheus import CONTENT_TYPE, render
+from aioidentd.protocol import show_address
 from aioidentd.stats import LATENCY_BOUNDS, ServerStats
 
 __all__ = [
@@ -214,9 +215,7 @@ class DaemonMetrics:
     async def start(self) -> None:
         if self.endpoint is not None:
             await self.endpoint.start()
-            host, port = self.endpoint.address
-            shown = f"[{host}]" if ":" in host else host
-            logger.info("metrics on http://%s:%d/metrics", shown, port)
+            logger.info("metrics on http://%s/metrics", show_address(self.endpoint.address))
         if self.settings.textfile is not None:
             await self.write()
             self._writer = asyncio.ensure_future(self._write_every())

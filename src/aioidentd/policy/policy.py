@@ -45,6 +45,7 @@ from aioidentd.protocol import (
     ip_of,
     random_user_id,
     safe_user_id,
+    show_address,
 )
 
 __all__ = [
@@ -364,8 +365,9 @@ class Policy:
         if uid is None:
             if explain:
                 trail = [
-                    f"no live connection {_show(local)} <-> {_show(remote)} in the socket "
-                    f"table (the lookup found none, or only a closed one that nobody owns)"
+                    f"no live connection {show_address(local)} <-> {show_address(remote)} in "
+                    f"the socket table (the lookup found none, or only a closed one that nobody "
+                    f"owns)"
                 ]
             return self._error(
                 "no-socket", "lookup found no connection", None, None, "NO-USER", trail=trail
@@ -877,14 +879,11 @@ class Policy:
             error="UNKNOWN-ERROR",
             opsys=self.config.reply.opsys,
             charset=self.config.reply.charset,
-            reasons=(f"the lookup of {_show(local)} <-> {_show(remote)} failed: {error}",),
+            reasons=(
+                f"the lookup of {show_address(local)} <-> {show_address(remote)} failed: {error}",
+            ),
             why=f"lookup-failed, {error}",
         )
-
-
-def _show(address: Address) -> str:
-    host = address[0]
-    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
 def _who(uid: int, name: str | None) -> str:

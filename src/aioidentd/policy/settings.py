@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias, get_args
 
-from aioidentd.protocol import ReplyStyle, check_port, check_seconds, check_token
+from aioidentd.protocol import (
+    ReplyStyle,
+    check_port,
+    check_seconds,
+    check_token,
+    show_address,
+)
 
 __all__ = [
     "ANSWER_KINDS",
@@ -345,7 +351,7 @@ class ForwardTarget:
     proxy: ForwardProxy = "none"
 
     def __str__(self) -> str:
-        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        where = show_address((self.host, self.port))
         return where if self.proxy == "none" else f"{where} (PROXY {self.proxy})"
 
 
