@@ -16,7 +16,9 @@ the real ones) or against an embedded :class:`~aioidentd.IdentServer` (for handl
   debugger would stop it), then SIGTERM: answers received of those sent.
 * ``handlers``: async handlers that never return: tasks still alive once their queries
   got the fallback and their connections are gone, and at most while one stays open.
-* ``idle``: memory (PSS) per idle connection held open.
+
+Memory per idle connection is case 5 of ``make bench`` (bench_server.py), which also
+waits out the kernel's deferred accepts of silent connections.
 
 ``tests/test_hostile.py`` runs the quick version of each with generous pass thresholds;
 ``python benchmarks/bench_hostile.py`` prints the figures (``--json`` for a machine).
@@ -45,7 +47,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from aioidentd import IdentRequest, IdentServer  # noqa: E402
 from aioidentd.protocol import parse_reply  # noqa: E402
-from bench_server import pss  # noqa: E402
 from support import ServeProcess, serve_process  # noqa: E402
 
 Figures = dict[str, Any]
@@ -419,23 +420,6 @@ def handlers(queries: int = 200) -> Figures:
     return asyncio.run(main())
 
 
-def idle(connections: int = 2000) -> Figures:
-    """Memory per idle connection (the cost of a silent connection the limit lets in)."""
-    with served("--multiple", "--default", "x", "--max-connections", str(connections + 10)) as d:
-        asyncio.run(_query(d.port, b"1,1\r\n"))  # warm: first connection's one-off costs
-        before = pss(d.proc.pid)[0]
-        socks = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(connections)]
-        asyncio.run(_query(d.port, b"1,1\r\n"))  # every one accepted and set up
-        after = pss(d.proc.pid)[0]
-        for sock in socks:
-            sock.close()
-        d.stop()
-    return {
-        "connections": connections,
-        "pss_per_connection_kib": round((after - before) / connections / 1024, 2),
-    }
-
-
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "nonreading": nonreading,
     "slowloris": slowloris,
@@ -443,7 +427,6 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "fuzz": fuzz,
     "sigterm": sigterm,
     "handlers": handlers,
-    "idle": idle,
 }
 
 
