@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run test lint typecheck unit man schema docs test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
+.PHONY: run dist test lint typecheck unit man schema docs test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,20 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 deps:
 	bash scripts/install-system-deps.sh
 
-## Run an ident server on 127.0.0.1:$(PORT): kernel lookups, built-in policy (not /etc/aioidentd.toml)
+## Run an ident server on 127.0.0.1:$(PORT): kernel lookups, built-in policy (not /etc/aioidentd.toml),
+## one answer per connection and then close, as an identd serves IRC servers
 # Run as root on a machine where the 'aioidentd' system user has not been created yet
 # (scripts/install-system-deps.sh or the README's install section create it), the daemon
 # would refuse to start; make run then drops privileges to nobody instead.
 RUN_USER := $(if $(shell id -u aioidentd 2>/dev/null),,--user nobody)
 
 run: venv
-	$(BIN)/aioidentd serve --no-config --host 127.0.0.1 --port $(PORT) --multiple $(RUN_USER)
+	$(BIN)/aioidentd serve --no-config --host 127.0.0.1 --port $(PORT) $(RUN_USER)
+
+## The wheel and the source archive in dist/, to install where there is no checkout
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples scripts
@@ -99,4 +105,4 @@ schema: venv
 	$(BIN)/python scripts/make_schema.py
 
 clean:
-	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* dist .pytest_cache .mypy_cache .ruff_cache

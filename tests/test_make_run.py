@@ -1,4 +1,7 @@
-"""The README's first command, ``make run``, as a newcomer runs it: it must serve."""
+"""The README's first command, ``make run``, as a newcomer runs it: it must serve, and
+the README's first try against it must print what the README shows and return at once
+(``make run`` once passed ``--multiple``, and the raw query then hung for the 60 s idle
+timeout after its answer)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,22 @@ from pathlib import Path
 from support import ask, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Far below the server's 60 s idle timeout, far above a loaded machine's start-up time.
+RETURNS_WITHIN = 5.0
+
+
+def first_try() -> list[tuple[str, str]]:
+    """(command, expected output) of the README's first-try block."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"tests/test_make_run\.py.*?-->\n```sh\n(.*?)\n```", text, re.S)
+    assert match, "README.md has no first-try block marked for tests/test_make_run.py"
+    pairs: list[tuple[str, str]] = []
+    for line in match.group(1).splitlines():
+        if line.startswith("$ "):
+            pairs.append((line[2:], ""))
+        else:
+            pairs[-1] = (pairs[-1][0], pairs[-1][1] + line + "\n")
+    return pairs
 
 
 def test_make_run_serves_the_readme_query() -> None:
@@ -45,6 +64,18 @@ def test_make_run_serves_the_readme_query() -> None:
         port = int(found[0].group(1))
         # The README's example: no connection between those ports, so NO-USER.
         assert ask(port, b"6193, 23\r\n") == b"6193,23:ERROR:NO-USER\r\n"
+        tries = first_try()
+        assert len(tries) == 2
+        for command, expected in tries:
+            assert "1113" in command
+            done = subprocess.run(
+                ["bash", "-c", command.replace("1113", str(port))],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=RETURNS_WITHIN,  # the answer, then the server closes
+            )
+            assert (done.stdout.replace("\r\n", "\n"), done.stderr) == (expected, ""), command
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

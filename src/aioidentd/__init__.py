@@ -12,7 +12,7 @@ line on top.
 """
 
 from aioidentd.claims import Claim, PendingConnection
-from aioidentd.client import query, query_connection
+from aioidentd.client import IDENT_PORT, query, query_connection
 from aioidentd.controller import Controller, serving
 from aioidentd.errors import (
     AioidentdError,
@@ -39,6 +39,7 @@ from aioidentd.server import Handler, IdentRequest, IdentServer
 from aioidentd.stats import ServerStats
 
 __all__ = [
+    "IDENT_PORT",
     "AioidentdError",
     "Claim",
     "Controller",

@@ -39,8 +39,8 @@ from aioidentd.protocol import (
 
 __all__ = ["IDENT_PORT", "query", "query_connection"]
 
-#: The ident service's well-known port.
 IDENT_PORT = 113
+"""The ident service's well-known port (RFC 1413), where :func:`query` asks by default."""
 
 
 class _IdentClientProtocol(asyncio.Protocol):
