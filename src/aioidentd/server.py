@@ -88,6 +88,8 @@ Handler = Callable[["IdentRequest"], Awaitable[None] | None]
 LINGER: Final = 2.0
 #: How long close() waits for connections to flush their last answers before aborting.
 CLOSE_GRACE: Final = 1.0
+#: How long a deadline that finds unread data waits for the loop to read it.
+READ_GRACE: Final = 0.05
 
 
 def _check_claim_wait(value: object) -> None:
@@ -687,6 +689,12 @@ class _IdentConnection(asyncio.Protocol):
             self._arm(min(waiting))
             return
         if now >= self._idle_deadline:
+            unread = not self._closing and not self._paused
+            if unread and _unread(transport.get_extra_info("socket")):
+                # A query arrived but was not read yet (the process was stopped across
+                # the deadline, and on resume the timers run first): read it, don't reset it.
+                self._arm(now + READ_GRACE)
+                return
             if self._closing:
                 logger.debug("%s: linger over for %s", server, self.peer)
             else:
@@ -1399,6 +1407,9 @@ class IdentServer:
             if deadline > now:
                 self._sweeper = loop.call_at(deadline, self._sweep)
                 return
+            if _unread(conn._sock):
+                conn._unpark()  # its query arrived (see _IdentConnection._on_timer)
+                continue
             logger.debug("%s: no query from %s in time", self, conn.peer)
             conn._close_parked()
 
