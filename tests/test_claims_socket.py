@@ -8,13 +8,20 @@ worker thread while the service runs on the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
+import stat
+import struct
+import subprocess
+import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,8 +33,9 @@ import aioidentd
 from aioidentd import HostClaimError, HostClaims, IdentServer
 from aioidentd.daemon import KernelResponder
 from aioidentd.daemon.claims_socket import MAX_REQUEST, ClaimsService, bind_claims_socket
-from aioidentd.lookup import default_lookup
+from aioidentd.lookup import ProcNetLookup, default_lookup
 from aioidentd.policy import ConfigError, Policy, parse_config
+from aioidentd.protocol import SENDABLE_CHARSETS, UserIdReply
 from support import needs_root, wait_until_async
 
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -118,6 +126,65 @@ async def test_the_policy_decides_whether_a_user_may_claim(tmp_path: Path, conne
             with pytest.raises(HostClaimError, match="name of another user"):
                 await call(claims.claim, client, "root" if ME != "root" else "daemon")
             assert await ask(port, client) == f"USERID UNIX {ME}"
+
+
+def sample_id(charset: str) -> str:
+    """``e`` and the first two letters above US-ASCII that ``charset`` has (UTF-8: two
+    whose octets include 0x80-0x9F, continuation octets that a Latin-1 reader would take
+    for C1 controls)."""
+    if charset == "ascii":
+        return "e"
+    if charset == "utf-8":
+        return "e\u0105\u20ac"  # ą (C4 85), € (E2 82 AC)
+    letters = [c for c in bytes(range(0xA0, 0x100)).decode(charset, "ignore") if c.isalpha()]
+    return "e" + "".join(letters[:2])
+
+
+@pytest.mark.parametrize("charset", sorted(SENDABLE_CHARSETS))
+async def test_a_claim_in_each_accepted_charset_sends_no_control_octet(
+    tmp_path: Path, connection: Any, charset: str
+) -> None:
+    client, _ = connection
+    text = sample_id(charset)
+    # The policy checks a claimed id as it checks a reply file's, by [reply] charset.
+    config = '[reply]\ncharset = "UTF-8"\n' + ALLOWED
+    async with host(tmp_path, config) as (port, path, _service):
+        with HostClaims(path) as claims:
+            await call(claims.claim, client, text, charset=charset.upper())
+            ours, theirs = client.getsockname()[1], client.getpeername()[1]
+            reply = await aioidentd.query("127.0.0.1", ours, theirs, port=port, timeout=5)
+    assert isinstance(reply, UserIdReply)
+    assert (reply.charset, reply.raw) == (charset.upper(), text.encode(charset))
+    assert reply.user_id == text
+    assert not re.search(b"[\\x00-\\x1f\\x7f]", reply.raw)
+    if charset != "utf-8":
+        assert not re.search(b"[\\x80-\\x9f]", reply.raw)
+
+
+@pytest.mark.parametrize(
+    ("charset", "text"),
+    [
+        ("cp037", "e"),  # EBCDIC: 0x85, NEL to everyone else
+        ("cp500", "e"),
+        ("UTF-16", "e"),
+        ("UTF-7", "e"),
+        ("cp1252", "\u2026"),  # the ellipsis: 0x85 again
+        ("KOI8-R", "\u2500"),  # a box-drawing line: 0x80
+        ("unicode_escape", "e"),
+    ],
+)
+async def test_a_claim_in_a_charset_that_can_send_control_octets_is_refused(
+    tmp_path: Path, connection: Any, charset: str, text: str
+) -> None:
+    client, _ = connection
+    async with host(tmp_path) as (port, path, service):
+        with (
+            HostClaims(path) as claims,
+            pytest.raises(HostClaimError, match=f"charset '{charset}' cannot be sent"),
+        ):
+            await call(claims.claim, client, text, charset=charset)
+        assert len(service) == 0
+        assert await ask(port, client) == f"USERID UNIX {ME}"
 
 
 async def test_a_claim_once_the_connection_is_gone_never_answers(tmp_path: Path) -> None:
@@ -314,3 +381,142 @@ async def test_connecting_takes_a_host_name(tmp_path: Path) -> None:
             assert service.expecting(os.getuid(), "127.0.0.1")
             await call(pending.done)
             assert not service.expecting(os.getuid(), "127.0.0.1")
+
+
+#: Run as root in a child interpreter (its audit hook dies with it): binds the claims
+#: socket in a directory anyone can write while a real attacker process, running as
+#: nobody, replaces the fresh socket file with a symlink to a file of root's at the
+#: worst moment: right after bind, before the file is given its mode.
+RACE = """
+import os, sys
+from aioidentd.daemon.claims_socket import bind_claims_socket
+
+path, victim = sys.argv[1], sys.argv[2]
+go_r, go_w = os.pipe()
+done_r, done_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+        os.read(go_r, 1)
+        os.symlink(victim, path + ".new")
+        os.rename(path + ".new", path)
+    finally:
+        os.write(done_w, b"x")
+        os._exit(0)
+state = {"bound": False, "raced": False}
+
+def hook(event, args):
+    if event == "socket.bind" and args[1] == path:
+        state["bound"] = True
+    elif state["bound"] and not state["raced"] and event in ("open", "os.chmod"):
+        state["raced"] = True
+        os.write(go_w, b"x")
+        os.read(done_r, 1)
+
+sys.addaudithook(hook)
+try:
+    bind_claims_socket(path)
+except OSError as exc:
+    print("refused:", exc)
+else:
+    print("bound")
+os.waitpid(pid, 0)
+print("raced" if state["raced"] else "not raced")
+"""
+
+
+@needs_root
+def test_the_claims_socket_never_changes_the_mode_of_a_file_a_user_swapped_in(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "secret"
+    victim.write_text("root's alone\n")
+    victim.chmod(0o600)
+    writable = Path(tempfile.mkdtemp(prefix="claims-"))
+    writable.chmod(0o777)  # an administrator's mistake: any user may write here
+    try:
+        path = writable / "claims.sock"
+        done = subprocess.run(
+            [sys.executable, "-c", RACE, str(path), str(victim)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "raced" in done.stdout.split()  # the attacker did act at that moment
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+        assert "refused:" in done.stdout and "replaced" in done.stdout
+    finally:
+        shutil.rmtree(writable)
+
+
+def proc_line(local: tuple[str, int], remote: tuple[str, int], uid: int) -> bytes:
+    """One ESTABLISHED line of /proc/net/tcp for an IPv4 loopback connection."""
+
+    def end(address: tuple[str, int]) -> str:
+        (word,) = struct.unpack("=I", socket.inet_aton(address[0]))
+        return f"{word:08X}:{address[1]:04X}"
+
+    return (
+        f"   0: {end(local)} {end(remote)} 01 00000000:00000000 00:00000000 00000000 "
+        f"{uid:5d}        0 4242 1 0000000000000000 20 4 30 10 -1\n"
+    ).encode()
+
+
+async def test_a_claim_checked_by_the_proc_scan_leaves_the_event_loop_serving(
+    tmp_path: Path, connection: Any
+) -> None:
+    """The /proc fallback is a blocking read: while it is under way for one claim (here
+    /proc/net/tcp is a pipe the test holds), the claims socket still answers others."""
+    client, _ = connection
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    table = proc / "net" / "tcp"
+    os.mkfifo(table)
+    policy = Policy(parse_config(ALLOWED, "t"))
+    service = ClaimsService(ProcNetLookup(proc), lambda: policy)
+    path = str(tmp_path / "claims.sock")
+    await service.start(bind_claims_socket(path))
+    claim = {
+        "op": "claim",
+        "local": list(client.getsockname()),
+        "remote": list(client.getpeername()),
+        "user_id": "chosen",
+    }
+
+    def while_the_scan_waits() -> tuple[bytes | None, bytes]:
+        with socket.socket(socket.AF_UNIX) as claiming, socket.socket(socket.AF_UNIX) as other:
+            claiming.settimeout(30)
+            claiming.connect(path)
+            claiming.sendall(json.dumps(claim).encode() + b"\n")
+            deadline = time.monotonic() + 10
+            while True:  # until the scan has opened the table for reading
+                try:
+                    writer = os.open(table, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.005)
+            try:
+                other.settimeout(5)
+                other.connect(path)
+                other.sendall(b'{"op": "connecting", "host": "127.0.0.1"}\n')
+                try:
+                    answered: bytes | None = other.recv(4096)
+                except TimeoutError:
+                    answered = None
+                header = b"  sl  local_address rem_address   st tx_queue rx_queue ...\n"
+                line = proc_line(client.getsockname(), client.getpeername(), os.getuid())
+                os.write(writer, header + line)
+            finally:
+                os.close(writer)
+            return answered, claiming.recv(4096)
+
+    try:
+        answered, claimed = await call(while_the_scan_waits)
+    finally:
+        await service.close()
+    assert answered == b'{"ok": true}\n'  # served while the scan was still waiting
+    assert claimed == b'{"ok": true}\n'

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -278,6 +281,14 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             charset = "KLINGON"
             """,
             "aioidentd.toml:2: 'charset' in [reply]: unknown charset 'KLINGON' (try 'UTF-8')",
+        ),
+        (
+            """
+            [reply]
+            charset = "cp037"
+            """,
+            "aioidentd.toml:2: 'charset' in [reply]: charset 'cp037' cannot be sent "
+            "(US-ASCII, UTF-8 and ISO-8859-1..16 can)",
         ),
         (
             """
@@ -612,3 +623,26 @@ def test_every_key_of_the_schema_is_documented() -> None:
     for section in (DaemonSettings, ReplySettings, MetricsSettings, AnswerSettings, Rule):
         for name, _, _ in keys_of(section):
             assert f"| `{name}` |" in doc, f"{section.__name__}: {name}"
+
+
+def test_check_config_shows_a_users_control_characters_escaped(tmp_path: Path) -> None:
+    """A user's oidentd file is what root reads with --user-file: ESC, BEL and CR in it
+    (a terminal title, a screen clear, a line overwritten) reach root's terminal as
+    escapes, never as themselves. The real command, its real output bytes."""
+    config = tmp_path / "aioidentd.toml"
+    config.write_text("[default]\nanswer = 'username'\n")
+    user_file = tmp_path / "oidentd.conf"
+    user_file.write_bytes(
+        b'global {\n  reply "x\x1b]0;owned\x07\x1b[2J\rroot"\n}\n'
+        b"default {\n  bogus\x1b[31m\x07\x0d\n}\n"
+    )
+    command = ["check-config", str(config), "--user-file", str(user_file)]
+    done = subprocess.run(
+        [sys.executable, "-m", "aioidentd", *command],
+        capture_output=True,
+        timeout=60,
+    )
+    assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", done.stdout + done.stderr)
+    out = done.stdout.decode()
+    assert 'reply "x\\x1b]0;owned\\x07\\x1b[2J\\x0droot"' in out
+    assert "bogus\\x1b[31m\\x07" in out

@@ -163,6 +163,9 @@ async def test_another_users_connection_is_never_forwarded() -> None:
         ("closes at once", lambda line: b""),
         ("names another user", lambda line: line.strip() + b":USERID:UNIX:bob\r\n"),
         ("sends a colon in the id", lambda line: line.strip() + b":USERID:UNIX:a:b\r\n"),
+        # "eä" in EBCDIC: the octet 0x85 is NEL to every other reader.
+        ("answers in EBCDIC", lambda line: line.strip() + b":USERID:UNIX,cp037:\x85\x43\r\n"),
+        ("answers in UTF-16", lambda line: line.strip() + b":USERID:UNIX,UTF-16LE:\xe4\x00\r\n"),
     ],
 )
 async def test_a_target_that_fails_gives_the_policys_own_answer_in_time(
@@ -213,6 +216,16 @@ async def test_a_spoofed_name_is_relayed_when_the_policy_allows_it() -> None:
         reply, _ = await ask(server, 40001, 6667)
     # Our opsys; the target's charset is not needed for an ASCII id.
     assert reply == UserIdReply(40001, 6667, "UNIX", b"bob")
+
+
+async def test_a_non_ascii_id_is_relayed_in_the_targets_charset_when_it_may_be_sent() -> None:
+    lookup = StaticLookup({connection(40001, 6667): ALICE})
+    async with (
+        scripted(lambda line: line.strip() + b":USERID:UNIX,ISO-8859-1:j\xfcrgen\r\n") as port,
+        daemon(lookup, config_for(port, "none")) as server,
+    ):
+        reply, _ = await ask(server, 40001, 6667)
+    assert reply == UserIdReply(40001, 6667, "UNIX", b"j\xfcrgen", "ISO-8859-1")
 
 
 async def test_a_privileged_remote_port_is_not_forwarded() -> None:

@@ -14,6 +14,8 @@ from aioidentd.protocol import (
     MalformedReply,
     Query,
     UserIdReply,
+    check_charset,
+    check_user_id_octets,
     encode_reply,
     parse_query,
     parse_reply,
@@ -131,6 +133,18 @@ def test_user_id_limits_and_content() -> None:
 def test_bad_opsys_is_refused(opsys: str) -> None:
     with pytest.raises(ValueError, match="opsys"):
         UserIdReply.from_text(1, 2, opsys, "alice")
+
+
+def test_an_id_from_text_never_sends_a_control_octet() -> None:
+    """The rule holds for the octets: "e" is 0x85 in EBCDIC, NEL to everyone else."""
+    with pytest.raises(ValueError, match="charset 'cp037' cannot be sent"):
+        UserIdReply.from_text(1, 2, "UNIX", "e", charset="cp037")
+    assert UserIdReply.from_text(1, 2, "UNIX", "\u0105", charset="utf8").raw == b"\xc4\x85"
+    check_user_id_octets(b"\xc4\x85", "UTF-8")  # a continuation octet, not NEL
+    for raw, charset in [(b"\x85", "UTF-8"), (b"\x85", "ISO-8859-1"), (b"a\x1b", None)]:
+        with pytest.raises(ValueError, match="control octet"):
+            check_user_id_octets(raw, charset)
+    assert check_charset("charset", "latin1") == "iso8859-1"
 
 
 def test_bad_charset_is_refused() -> None:

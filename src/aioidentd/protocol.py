@@ -15,6 +15,8 @@ Two rules shape the whole module:
 
 from __future__ import annotations
 
+import codecs
+import functools
 import ipaddress
 import math
 import re
@@ -28,6 +30,7 @@ __all__ = [
     "ERROR_TOKENS",
     "MAX_LINE",
     "MAX_USER_ID",
+    "SENDABLE_CHARSETS",
     "V4_MAPPED_PREFIX",
     "WHITESPACE",
     "Address",
@@ -38,9 +41,11 @@ __all__ = [
     "Reply",
     "ReplyStyle",
     "UserIdReply",
+    "check_charset",
     "check_port",
     "check_seconds",
     "check_token",
+    "check_user_id_octets",
     "check_user_id_text",
     "encode_reply",
     "encode_reply_tail",
@@ -186,23 +191,94 @@ def check_user_id_text(text: str) -> None:
             raise ValueError(f"user id must not contain {what}: {text!r}")
 
 
+#: The charsets an id given as text may be sent in, as :func:`codecs.lookup` names them
+#: (any alias it knows is accepted: ``UTF8``, ``latin1``, ``ISO_8859-15``). Each is a
+#: superset of US-ASCII octet for octet, so a reader that ignores the charset (most do)
+#: still reads every ASCII character as what it is, and none sends a control octet for a
+#: printable character. Refused: EBCDIC (``cp037``: ``e`` is octet 0x85, NEL for
+#: everyone else), the UTF-16 and UTF-32 families (NUL octets), UTF-7 (ASCII letters
+#: that mean other characters), the Windows and KOI8 code pages (printable characters
+#: at octets 0x80-0x9F, C1 controls to a Latin-1 reader), and Python's text transforms
+#: (``unicode_escape``, ``idna``, ``rot13``).
+SENDABLE_CHARSETS: Final = frozenset(
+    {"ascii", "utf-8"} | {f"iso8859-{n}" for n in (*range(1, 12), *range(13, 17))}
+)
+
+#: Octets no id sent from text may carry, whatever its charset says they mean: C0 and
+#: DEL end lines and drive terminals for every reader.
+_CONTROL_OCTETS: Final = re.compile(b"[\x00-\x1f\x7f]")
+#: Octets that are C1 controls (NEL, CSI) to a Latin-1 reader: allowed only inside a
+#: UTF-8 sequence (as continuation octets), which no reader takes for a control.
+_C1_OCTETS: Final = re.compile(b"[\x80-\x9f]")
+
+
+@functools.lru_cache(maxsize=64)
+def _codec_of(charset: str) -> str:
+    try:
+        codec = codecs.lookup(charset).name
+    except LookupError:
+        raise ValueError(f"unknown charset {charset!r} (try 'UTF-8')") from None
+    if codec not in SENDABLE_CHARSETS:
+        raise ValueError(
+            f"charset {charset!r} cannot be sent (US-ASCII, UTF-8 and ISO-8859-1..16 can)"
+        )
+    return codec
+
+
+def check_charset(name: str, value: str) -> str:
+    """Raise TypeError/ValueError unless ids given as text may be sent in charset
+    ``value`` (a token naming one of :data:`SENDABLE_CHARSETS`, by any alias); return
+    the codec's name. The one rule for ``[reply] charset``, a claim's charset, a
+    forwarded or NAT-relayed answer's and ``IdentRequest.reply``'s."""
+    check_token(name, value)
+    try:
+        return _codec_of(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def check_user_id_octets(raw: bytes, charset: str | None = None) -> None:
+    """Raise ValueError if the octets ``raw`` (an id sent in ``charset``) hold an octet
+    that is a control to some reader: C0 or DEL for everyone, 0x80-0x9F (C1 controls to a
+    Latin-1 reader) unless ``charset`` is UTF-8 and they continue a UTF-8 sequence.
+
+    The rule holds for what leaves, not for the text before encoding: it is what a
+    querier logs and shows, whichever charset it decodes by."""
+    found = _CONTROL_OCTETS.search(raw) or _C1_OCTETS.search(raw)
+    if found is not None and found.group()[0] >= 0x80 and _is_utf8(raw, charset):
+        found = None  # continuation octets of UTF-8 sequences
+    if found is not None:
+        raise ValueError(f"user id would send the control octet 0x{found.group()[0]:02x}: {raw!r}")
+
+
+def _is_utf8(raw: bytes, charset: str | None) -> bool:
+    if charset is None or _codec_of(charset) != "utf-8":
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def encode_user_id(user_id: str | bytes, charset: str | None = None) -> bytes:
     """The octets a USERID reply carries for ``user_id``; ValueError says why it cannot
-    be sent (not encodable by ``charset``, US-ASCII by default; empty; over 512 octets;
-    CR, LF or NUL; for text, any character :func:`check_user_id_text` refuses),
-    TypeError when it is neither text nor bytes."""
+    be sent (not encodable by ``charset``, US-ASCII by default; a charset outside
+    :data:`SENDABLE_CHARSETS`; empty; over 512 octets; CR, LF or NUL; for text, any
+    character :func:`check_user_id_text` refuses and any octet
+    :func:`check_user_id_octets` refuses), TypeError when it is neither text nor bytes."""
     if isinstance(user_id, str):
+        codec = "ascii" if charset is None else _codec_of(charset)
         try:
-            raw = user_id.encode(charset or "ascii")
+            raw = user_id.encode(codec)
         except UnicodeEncodeError:
             raise ValueError(
                 f"user id {user_id!r} is not {charset or 'US-ASCII'}; "
                 f"pass charset='UTF-8' to send it"
             ) from None
-        except LookupError:
-            raise ValueError(f"unknown charset {charset!r}") from None
         _check_raw_user_id(raw)
         check_user_id_text(user_id)
+        check_user_id_octets(raw, charset)
         return raw
     if isinstance(user_id, bytes):
         _check_raw_user_id(user_id)

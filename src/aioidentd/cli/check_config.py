@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
+from aioidentd._printable import printable_lines
 from aioidentd.errors import ConfigError, ReplyFileRefused
 from aioidentd.policy import describe, load_config
 from aioidentd.policy.oidentd_conf import parse_user_file
@@ -39,13 +40,19 @@ def register(subparsers: SubParsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Print ``text`` escaped: the files shown (a user's above all) may hold terminal
+    escapes, and root reads this output."""
+    print(printable_lines(text), file=file)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"aioidentd: {exc}", file=sys.stderr)
+        _say(f"aioidentd: {exc}", sys.stderr)
         return 1
-    print(describe(config))
+    _say(describe(config))
     status = 0
     for path in args.user_file:
         try:
@@ -56,14 +63,14 @@ def run(args: argparse.Namespace) -> int:
             parsed = parse_user_file(text)
         except (OSError, UnicodeDecodeError, ReplyFileRefused) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else exc
-            print(f"aioidentd: {path}: {reason}", file=sys.stderr)
+            _say(f"aioidentd: {path}: {reason}", sys.stderr)
             status = 1
             continue
-        print(f"\n{path}:")
+        _say(f"\n{path}:")
         for entry in parsed.entries:
-            print(f"  line {entry.line}: {entry}")
+            _say(f"  line {entry.line}: {entry}")
         if not parsed.entries:
-            print("  (no block this daemon uses)")
+            _say("  (no block this daemon uses)")
         for problem in parsed.problems:
-            print(f"  not understood: {problem}")
+            _say(f"  not understood: {problem}")
     return status

@@ -17,6 +17,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from aioidentd._printable import printable_lines
 from aioidentd.cli._arguments import add_config_options, config_path, port
 from aioidentd.daemon.explain import explain, find_connections
 from aioidentd.errors import ConfigError, SocketLookupError
@@ -81,7 +82,7 @@ def register(subparsers: SubParsers) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"aioidentd explain: {message}", file=sys.stderr)
+    print(printable_lines(f"aioidentd explain: {message}"), file=sys.stderr)
     return 2
 
 
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         ends = f"{show_address(local)} <-> {show_address(remote)}"
         print(f"connection {ends}, asked by {result.querier}")
+        # Escaped, as every step may quote what a user or a forward target wrote.
         for step in result.steps:
-            print(f"{step.topic}: {step.text}")
+            print(printable_lines(f"{step.topic}: {step.text}"))
     return 0 if result.decision.user_id is not None else 1

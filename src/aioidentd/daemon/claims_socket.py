@@ -37,7 +37,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -121,13 +121,28 @@ def bind_claims_socket(path: str, mode: int = 0o666) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        os.chmod(path, mode)
+        _chmod_socket_file(path, mode)
         sock.listen(128)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _chmod_socket_file(path: str, mode: int) -> None:
+    """Give the socket file just bound at ``path`` its mode without following a symlink:
+    in a directory a user can write, the file may have been replaced by then (a chmod by
+    name would follow a symlink to any file of root's). The file is opened without
+    following (``O_PATH | O_NOFOLLOW``), must be a socket, and is changed through that
+    descriptor, which no rename can redirect."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(f"{path} was replaced by something else than our socket")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
 
 
 class ClaimsService:
@@ -186,15 +201,30 @@ class ClaimsService:
             self._log.close()
 
     def _sweep(self) -> None:
-        """Drop claims whose connection no longer exists or changed hands."""
-        for key, claim in list(self._claims.items()):
-            try:
-                owner = self.lookup.owner((key[0], key[1]), (key[2], key[3]))
-            except (SocketLookupError, ValueError):
-                continue
-            if owner != claim.uid:
+        """Drop claims whose connection no longer exists or changed hands (a blocking
+        lookup, the /proc scan, asks off the event loop)."""
+        loop = asyncio.get_running_loop()
+        claims = list(self._claims.values())
+        if not self.lookup.blocking:
+            self._swept(claims, [self._look_up(claim.key) for claim in claims])
+            return
+        owners = loop.run_in_executor(None, lambda: [self._look_up(c.key) for c in claims])
+        owners.add_done_callback(lambda done: self._swept(claims, done.result()))
+
+    def _swept(self, claims: list[HostClaim], owners: list[int | str | None]) -> None:
+        for claim, owner in zip(claims, owners, strict=True):
+            if not isinstance(owner, str) and owner != claim.uid:
                 self._remove(claim)
-        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+        if self._server is not None and self._server.is_serving():
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _look_up(self, key: _Key) -> int | str | None:
+        """The uid owning the connection ``key`` names, None when none does, or why it
+        cannot be told."""
+        try:
+            return self.lookup.owner((key[0], key[1]), (key[2], key[3]))
+        except (SocketLookupError, ValueError) as exc:
+            return f"cannot look the connection up: {exc}"
 
     # -- what the responder asks --------------------------------------------------------
 
@@ -274,8 +304,9 @@ class ClaimsService:
         else:
             self._pending.pop(key, None)
 
-    def handle(self, control: _Control, request: Any) -> str | None:
-        """Carry out one request; None when it succeeded, else why not."""
+    def handle(self, control: _Control, request: Any) -> str | Awaitable[str | None] | None:
+        """Carry out one request; None when it succeeded, else why not (awaited first
+        when the socket lookup blocks and must run off the event loop)."""
         if not isinstance(request, dict):
             return "a request is a JSON object"
         op = request.get("op")
@@ -309,18 +340,33 @@ class ClaimsService:
             return None
         return f"unknown op {op!r} (claim, release, connecting, connected)"
 
-    def _claim(self, control: _Control, request: dict[str, Any]) -> str | None:
+    def _claim(
+        self, control: _Control, request: dict[str, Any]
+    ) -> str | Awaitable[str | None] | None:
         try:
             local, remote = _ends(request)
             key = _key(local, remote)
-            user_id, opsys, charset, error = _answer(request)
+            answer = _answer(request)
         except ValueError as exc:
             return str(exc)
+        if self.lookup.blocking:
+            return self._claim_off_loop(control, key, answer)
+        return self._grant(control, key, answer, self._look_up(key))
+
+    async def _claim_off_loop(self, control: _Control, key: _Key, answer: _Answer) -> str | None:
+        owner = await asyncio.get_running_loop().run_in_executor(None, self._look_up, key)
+        return self._grant(control, key, answer, owner)
+
+    def _grant(
+        self, control: _Control, key: _Key, answer: _Answer, owner: int | str | None
+    ) -> str | None:
+        """Accept a claim on the connection ``key``, which the lookup says ``owner`` owns."""
+        user_id, opsys, charset, error = answer
         uid = control.uid
-        try:
-            owner = self.lookup.owner((key[0], key[1]), (key[2], key[3]))
-        except (SocketLookupError, ValueError) as exc:
-            return f"cannot look the connection up: {exc}"
+        if control not in self._controls:
+            return "the control connection is closed"
+        if isinstance(owner, str):
+            return owner
         if owner is None:
             return "no such connection"
         if owner != uid:
@@ -372,7 +418,11 @@ def _ends(request: dict[str, Any]) -> tuple[Address, Address]:
     return ends[0], ends[1]
 
 
-def _answer(request: dict[str, Any]) -> tuple[str | None, str, str | None, str | None]:
+#: What a claim answers: user id, opsys, charset, error.
+_Answer = tuple[str | None, str, str | None, str | None]
+
+
+def _answer(request: dict[str, Any]) -> _Answer:
     user_id, error = request.get("user_id"), request.get("error")
     opsys, charset = request.get("opsys", "UNIX"), request.get("charset")
     if (user_id is None) == (error is None):
@@ -404,6 +454,8 @@ class _Control(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._timer: asyncio.TimerHandle | None = None
+        #: A request being carried out off the event loop; reading waits for it.
+        self._busy: asyncio.Future[str | None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -425,7 +477,10 @@ class _Control(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while (end := self._buffer.find(b"\n")) >= 0:
+        self._serve()
+
+    def _serve(self) -> None:
+        while self._busy is None and (end := self._buffer.find(b"\n")) >= 0:
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             if len(line) > MAX_REQUEST:
                 self._overlong()
@@ -433,6 +488,8 @@ class _Control(asyncio.Protocol):
             self._request(line)
             if self._transport is None or self._transport.is_closing():
                 return
+        if self._busy is not None:
+            return  # reading is paused: the rest waits for its answer
         if len(self._buffer) > MAX_REQUEST:
             self._overlong()
             return
@@ -461,7 +518,25 @@ class _Control(asyncio.Protocol):
             self.service.log("garbage", "claims socket: uid %d sent a non-JSON line", self.uid)
             self._reply("not a JSON object")
             return
-        reason = self.service.handle(self, request)
+        outcome = self.service.handle(self, request)
+        if outcome is None or isinstance(outcome, str):
+            self._answered(outcome)
+            return
+        self._busy = asyncio.ensure_future(outcome)
+        self._busy.add_done_callback(self._done)
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _done(self, busy: asyncio.Future[str | None]) -> None:
+        self._busy = None
+        if busy.cancelled() or self._transport is None:
+            return
+        self._answered(busy.result())
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
+            self._serve()
+
+    def _answered(self, reason: str | None) -> None:
         if reason is not None:
             self.service.log("refused", "claims socket: uid %d refused: %s", self.uid, reason)
         self._reply(reason)
@@ -479,5 +554,7 @@ class _Control(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._busy is not None:
+            self._busy.cancel()
         self._transport = None
         self.service._closed(self)

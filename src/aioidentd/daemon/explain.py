@@ -24,6 +24,7 @@ import pwd
 from collections.abc import Callable
 from typing import Any
 
+from aioidentd._printable import printable
 from aioidentd.daemon.privileges import Identity, drop_privileges, resolve_identity
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.errors import PrivilegeError, SocketLookupError
@@ -191,7 +192,7 @@ def explain(
             steps.append(Step("forward", f"not used: {decision.note}"))
     reply = decision.reply(local[1], asked_remote[1])
     line = encode_reply(reply, config.daemon.reply_style).rstrip(b"\r\n")
-    answer = _printable(line.decode("utf-8", "backslashreplace"))
+    answer = printable(line.decode("utf-8", "backslashreplace"))
     shown = f"{answer} ({decision.why})"
     steps.append(Step("answer", shown))
     return Explanation(local, remote, querier, steps, decision, answer)
@@ -221,11 +222,6 @@ def _forwarded(
         )
     )
     return responder.policy.forwarded(own, reply, failure)
-
-
-def _printable(text: str) -> str:
-    """Control characters as escapes: an id may hold anything a user wrote in a file."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _backend(lookup: SocketLookup) -> str:

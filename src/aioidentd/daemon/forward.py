@@ -24,6 +24,7 @@ import asyncio
 import socket
 from typing import Final
 
+from aioidentd._printable import printable
 from aioidentd.client import _IdentClientProtocol
 from aioidentd.errors import (
     IdentConnectError,
@@ -86,7 +87,8 @@ class Forwarder:
         except _Refused as exc:
             return None, str(exc)
         except IdentPortMismatch as exc:
-            return None, f"it answered about other ports ({exc.reply})"
+            # Escaped: it is the target's text, and it goes to logs and to explain.
+            return None, f"it answered about other ports ({printable(str(exc.reply))})"
         except IdentError as exc:
             return None, str(exc)
         finally:

@@ -13,7 +13,6 @@ The rules for values that go on the wire (ports, seconds, tokens, user ids) live
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import difflib
 import ipaddress
@@ -26,6 +25,7 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 from aioidentd.protocol import (
     ReplyStyle,
+    check_charset,
     check_port,
     check_seconds,
     check_token,
@@ -167,11 +167,7 @@ def _token(name: str, value: str) -> str:
 
 
 def _charset(name: str, value: str) -> str:
-    check_token(name, value)
-    try:
-        codecs.lookup(value)
-    except LookupError:
-        raise ValueError(f"{name}: unknown charset {value!r} (try 'UTF-8')") from None
+    check_charset(name, value)
     return value
 
 
