@@ -37,6 +37,7 @@ __all__ = [
     "ask",
     "both_loops",
     "connection_as_nobody",
+    "deferred_listener",
     "enter_own_network_namespace",
     "ipv6_loopback",
     "needs_ipv6",
@@ -192,6 +193,43 @@ def connection_as_nobody(host: str = "127.0.0.1") -> Iterator[tuple[socket.socke
             assert child.stdin is not None
             child.stdin.close()
             child.wait(10)
+
+
+@contextmanager
+def deferred_listener(uid: int, answer: bytes = b":ERROR:NO-USER\r\n") -> Iterator[int]:
+    """A real process running as ``uid`` that listens on 127.0.0.1 (its port is yielded) with
+    ``TCP_DEFER_ACCEPT`` (the kernel holds each connection, showing it with no owner,
+    until data arrives) and answers every query with ``answer`` after its port pair.
+    Forked (an interpreter under /root cannot be executed by another user)."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(ready_r)
+            if uid != os.getuid():
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            listener = socket.socket()
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 10)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            os.write(ready_w, b"%d\n" % listener.getsockname()[1])
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(5)
+                    line = conn.recv(1000).split(b"\n")[0].strip()
+                    conn.sendall(line + answer)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        with os.fdopen(ready_r, "rb") as ready:
+            yield int(ready.readline())
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -357,3 +358,33 @@ def test_a_forward_is_asked_as_the_daemon_asks_it_and_its_failure_said() -> None
     (forward,) = topics(result, "forward")
     assert forward.startswith(f"not used: 127.0.0.1:{port}: ")  # why: timeout, or refused
     assert result.answer.endswith(":USERID:UNIX:65534")  # [default]'s answer
+
+
+def test_the_command_prints_what_a_forward_target_said_escaped(tmp_path: Path) -> None:
+    """A target (here root's, so believed) answers about other ports with an id full of
+    terminal escapes: the step that says why its answer is not used shows them escaped."""
+    with socket.create_server((HOST, 0)) as target:
+        port = target.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = target.accept()
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"1,2:USERID:UNIX:x\x1b]0;owned\x07\x1b[2J\r\n")
+
+        answering = threading.Thread(target=answer)
+        answering.start()
+        path = tmp_path / "aioidentd.toml"
+        path.write_text(
+            f'[user.nobody]\nanswer = "forward"\nforward = "127.0.0.1:{port}"\n'
+            '[default]\nanswer = "uid"\n'
+        )
+        with nobody_connection() as (local, remote):
+            proc = run_aioidentd(
+                "explain", remote[0], str(remote[1]), "--local", f"{local[0]}:{local[1]}",
+                "--config", str(path),
+            )  # fmt: skip
+        answering.join(10)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c in proc.stdout for c in "\x1b\x07")
+    assert "it answered about other ports (USERID UNIX x\\x1b]0;owned\\x07\\x1b[2J" in proc.stdout

@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -19,10 +20,11 @@ import aioidentd
 from aioidentd import ErrorReply, IdentServer, UserIdReply
 from aioidentd.daemon import KernelResponder
 from aioidentd.errors import ConfigError
-from aioidentd.lookup import StaticLookup
+from aioidentd.lookup import NetlinkLookup, ProcNetLookup, StaticLookup
 from aioidentd.policy import Policy, parse_config
 from aioidentd.protocol import Address, Reply
-from support import FakeUserDB
+from peers import NOBODY
+from support import FakeUserDB, deferred_listener, needs_root
 
 ALICE, BOB = 1000, 1001
 DB = FakeUserDB({ALICE: ("alice", None, ["alice"]), BOB: ("bob", None, ["bob"])})
@@ -326,3 +328,45 @@ def test_check_config_says_where_a_user_is_forwarded() -> None:
     )
     assert "[user.a] forward to [::1]:10113 (PROXY v1)" in describe(config)
     assert "forward timeout 0.5 s" in describe(config)
+
+
+class KernelTargets(StaticLookup):
+    """The queried connection from the table (alice's; she is not a user of this host),
+    everything about forward targets from the kernel (``kernel``), as the daemon asks."""
+
+    def __init__(self, mapping: dict[tuple[Address, Address], int], kernel: Any) -> None:
+        super().__init__(mapping)
+        self.kernel = kernel
+        self.blocking = kernel.blocking
+
+    def owner(self, local: Address, remote: Address) -> int | None:
+        known = super().owner(local, remote)
+        return known if known is not None else self.kernel.owner(local, remote)
+
+    def server_owner(self, local: Address, remote: Address) -> int | None:
+        result: int | None = self.kernel.server_owner(local, remote)
+        return result
+
+
+@needs_root
+@pytest.mark.parametrize("kernel", [NetlinkLookup, ProcNetLookup])
+async def test_a_deferred_accept_listener_of_another_user_is_not_believed(
+    kernel: Callable[[], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """alice forwards to a port where her identd is down; nobody listens there with
+    TCP_DEFER_ACCEPT, so until the query arrives the kernel shows the daemon's connection
+    with no owner (uid 0, no inode). Who runs the target is the listener's owner: refused.
+    The same listener run by root (or by alice) is believed."""
+    caplog.set_level(logging.INFO)
+    mapping = {connection(40001, 6667): ALICE}
+    with deferred_listener(NOBODY, b":USERID:UNIX:impostor\r\n") as port:
+        lookup = KernelTargets(mapping, kernel())
+        async with daemon(lookup, config_for(port, "none")) as server:
+            reply, _ = await ask(server, 40001, 6667)
+    assert reply == UserIdReply(40001, 6667, "UNIX", b"alice")
+    assert f"it is run by uid {NOBODY}, not by the user (uid 1000)" in caplog.text
+    with deferred_listener(0, b":USERID:UNIX:chosen\r\n") as port:
+        lookup = KernelTargets(mapping, kernel())
+        async with daemon(lookup, config_for(port, "none")) as server:
+            reply, _ = await ask(server, 40001, 6667)
+    assert reply == UserIdReply(40001, 6667, "UNIX", b"chosen")

@@ -30,7 +30,7 @@ from aioidentd.lookup import (
     parse_diag_reply,
 )
 from peers import unavailable
-from support import needs_ipv6, needs_root
+from support import deferred_listener, needs_ipv6, needs_root
 
 NOBODY = 65534
 
@@ -173,6 +173,25 @@ def test_connection_of_another_user(lookup: SocketLookup, host: str) -> None:
                 assert child_end == _addr(server.getpeername())
                 assert lookup.owner(child_end, our_end) == NOBODY
                 assert lookup.owner(our_end, child_end) == os.getuid()
+
+
+@needs_root
+def test_the_server_end_of_a_connection_nobody_accepted_is_the_listeners(
+    lookup: NetlinkLookup | ProcNetLookup,
+) -> None:
+    """A listener of nobody's with TCP_DEFER_ACCEPT holds our connection unaccepted (the
+    kernel shows it with no owner): ``server_owner`` names the listener's owner, where
+    ``owner`` cannot tell it from no connection at all. An accepted connection is its
+    holder's; a connection to elsewhere is None."""
+    with deferred_listener(NOBODY) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        theirs, ours = ("127.0.0.1", port), _addr(sock.getsockname())
+        assert lookup.server_owner(theirs, ours) == NOBODY
+    with deferred_listener(0) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        assert lookup.server_owner(("127.0.0.1", port), _addr(sock.getsockname())) == 0
+    with tcp_pair("127.0.0.1") as (client, server):
+        ends = _addr(server.getsockname()), _addr(client.getsockname())
+        assert lookup.server_owner(*ends) == os.getuid()
+        assert lookup.server_owner(("127.0.0.1", 1), ends[1]) is None
 
 
 def _proc_state(local: Address, remote: Address) -> int | None:

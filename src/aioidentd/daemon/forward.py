@@ -6,7 +6,11 @@ never the user's own answer. Here:
 
 * only a connection the kernel says the user owns is forwarded (the policy decides that
   before anyone is asked), and the target identd itself must be run by that user (or
-  root) when it is on this host: a port another user grabbed cannot answer for them;
+  root) when it is on this host: a port another user grabbed cannot answer for them.
+  Who runs it is the owner of the socket that accepted our connection or, until one
+  has (a listener with ``TCP_DEFER_ACCEPT`` accepts only once data arrives, and the
+  kernel shows such a connection with no owner), of the listening socket it waits on;
+  a target on this host whose owner cannot be told is refused, never trusted;
 * the answer is read by the strict client (one line, bounded, ports must match);
 * the whole exchange, connect included, has a deadline well inside the querier's
   patience; a timeout, refusal or bad answer is reported, and the responder sends the
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Final
 
 from aioidentd._printable import printable
@@ -127,23 +132,28 @@ class Forwarder:
                 protocol.answer.exception()  # seen: no "never retrieved" warning
 
     async def _check_owner(self, target: ForwardTarget, uid: int | None, ours: object) -> None:
-        """Refuse a target on this host that someone other than the user (or root) runs:
-        its accepted socket is owned by the uid that opened the listening one."""
+        """Refuse a target on this host that someone other than the user (or root) runs
+        (:meth:`~aioidentd.lookup.NetlinkLookup.server_owner`: the accepted socket's
+        owner, or the listener's while nobody accepted it yet)."""
         lookup = self.lookup
         if lookup is None or uid is None or not isinstance(ours, tuple):
             return
         theirs = (target.host, target.port)
         mine = (str(ours[0]), int(ours[1]))
+        # A lookup without server_owner (an application's own) only knows connections.
+        ask: Callable[[Address, Address], int | None] = getattr(
+            lookup, "server_owner", lookup.owner
+        )
         try:
             if lookup.blocking:
                 loop = asyncio.get_running_loop()
-                owner = await loop.run_in_executor(None, lookup.owner, theirs, mine)
+                owner = await loop.run_in_executor(None, ask, theirs, mine)
             else:
-                owner = lookup.owner(theirs, mine)
+                owner = ask(theirs, mine)
         except (SocketLookupError, ValueError) as exc:
             raise _Refused(f"cannot tell who runs it: {exc}") from None
-        # None: not a socket of this host's (another machine, another namespace): the
-        # administrator pointed there, nothing to compare.
+        # None: not a connection of this host's (another machine, another namespace):
+        # the administrator pointed there, nothing to compare.
         if owner is not None and owner not in (uid, 0):
             raise _Refused(f"it is run by uid {owner}, not by the user (uid {uid})")
 

@@ -24,6 +24,12 @@ rules they share are in :mod:`._endpoints`):
   that misses is retried in that form, and v4-mapped input is normalised to plain IPv4 first, so
   both spellings of the same connection give the same answer.
 
+The kernel back ends (and :class:`StaticLookup`) also answer ``server_owner(local, remote)``:
+who answers on the server end of a connection, the accepted socket's owner or, until a process
+accepted it, the listening socket's (a connection that a ``TCP_DEFER_ACCEPT`` listener holds is
+reported with no owner until data arrives). The forwarder asks it of a forward target, which
+an attacker's deferred listener must not be able to pass off as nobody's.
+
 No asyncio here on purpose: the caller decides how to schedule a lookup, guided by ``blocking``.
 """
 

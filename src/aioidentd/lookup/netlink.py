@@ -17,13 +17,14 @@ from typing import NamedTuple, Self
 from aioidentd.errors import SocketLookupError
 from aioidentd.lookup._endpoints import (
     TCP_CLOSE,
+    TCP_LISTEN,
     TCP_TIME_WAIT,
     Endpoint,
     normalise_packed,
     owned,
     query_pair,
 )
-from aioidentd.protocol import V4_MAPPED_PREFIX, Address
+from aioidentd.protocol import V4_MAPPED_PREFIX, Address, show_address
 
 __all__ = ["DiagEntry", "NetlinkLookup", "parse_diag_reply"]
 
@@ -125,16 +126,25 @@ def _owner_from_entry(entry: DiagEntry | None, local: Endpoint, remote: Endpoint
     The kernel's exact lookup may hand back a listener (or a socket in a dead state) rather than
     the connection asked about, so the 4-tuple is checked again before trusting the uid.
     """
+    entry = _same_connection(entry, local, remote)
     if entry is None or not owned(entry.state, entry.uid, entry.inode):
         return None
-    if (entry.local, entry.local_port, entry.remote, entry.remote_port) != (
+    return entry.uid
+
+
+def _same_connection(
+    entry: DiagEntry | None, local: Endpoint, remote: Endpoint
+) -> DiagEntry | None:
+    """``entry`` if it is the connection asked about (not the listener the kernel's exact
+    lookup falls back to), else None."""
+    if entry is None or (entry.local, entry.local_port, entry.remote, entry.remote_port) != (
         local.packed,
         local.port,
         remote.packed,
         remote.port,
     ):
         return None
-    return entry.uid
+    return entry
 
 
 class NetlinkLookup:
@@ -195,7 +205,50 @@ class NetlinkLookup:
             uid = self._lookup(lo, re, socket.AF_INET6)
         return uid
 
+    def server_owner(self, local: Address, remote: Address) -> int | None:
+        """Who answers on ``local``, the server end of the connection from ``remote``:
+        the uid of the socket a process accepted, or, until one has (in a listener's
+        queue, or held back by ``TCP_DEFER_ACCEPT`` until data arrives: the kernel
+        reports such a connection with uid 0 and no inode), the uid of the listening
+        socket it waits on, which its owner cannot blank out.
+
+        ``None``: this host has no such connection (it ends on another machine or in
+        another network namespace). Raises :class:`SocketLookupError` when the connection
+        is here but who answers on it cannot be told; never "unknown" as ``None``."""
+        pair = query_pair(local, remote)
+        if pair is None:
+            return None
+        lo, re = pair
+        families = [lo.family] + ([socket.AF_INET6] if lo.family == socket.AF_INET else [])
+        for family in families:
+            entry = _same_connection(self._request(lo, re, family), lo, re)
+            if entry is not None:
+                break
+        else:
+            return None
+        if owned(entry.state, entry.uid, entry.inode):
+            return entry.uid
+        if entry.state in (TCP_TIME_WAIT, TCP_CLOSE):
+            raise SocketLookupError(f"the connection to {show_address(local)} is closing")
+        # Not accepted yet: asked without a remote end, the kernel's exact lookup finds
+        # the listener it queued the connection on, by the rules it used for the SYN.
+        anyone = Endpoint(lo.family, bytes(len(lo.packed)), 0, 0)
+        for family in families:
+            listener = self._request(lo, anyone, family)
+            if (
+                listener is not None
+                and listener.state == TCP_LISTEN
+                and (listener.local_port == lo.port)
+            ):
+                return listener.uid
+        raise SocketLookupError(
+            f"no listening socket on {show_address(local)} for a connection waiting there"
+        )
+
     def _lookup(self, lo: Endpoint, re: Endpoint, family: int) -> int | None:
+        return _owner_from_entry(self._request(lo, re, family), lo, re)
+
+    def _request(self, lo: Endpoint, re: Endpoint, family: int) -> DiagEntry | None:
         """One request/reply round trip, asking in ``family`` (AF_INET6 for the v4-mapped form)."""
         if family == socket.AF_INET6 and lo.family == socket.AF_INET:
             src, dst = V4_MAPPED_PREFIX + lo.packed, V4_MAPPED_PREFIX + re.packed
@@ -215,12 +268,11 @@ class NetlinkLookup:
             )  # fmt: skip
             try:
                 sock.send(request)
-                entry = self._receive(sock, seq)
+                return self._receive(sock, seq)
             except SocketLookupError:
                 raise
             except OSError as exc:
                 raise SocketLookupError(exc.errno, f"sock_diag request failed: {exc}") from exc
-        return _owner_from_entry(entry, lo, re)
 
     def _receive(self, sock: socket.socket, seq: int) -> DiagEntry | None:
         """Read until the reply to ``seq`` arrives, dropping leftovers of abandoned requests.

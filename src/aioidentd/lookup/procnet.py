@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 from aioidentd.errors import SocketLookupError
-from aioidentd.lookup._endpoints import owned, query_pair
-from aioidentd.protocol import V4_MAPPED_PREFIX, Address
+from aioidentd.lookup._endpoints import TCP_CLOSE, TCP_LISTEN, TCP_TIME_WAIT, owned, query_pair
+from aioidentd.protocol import V4_MAPPED_PREFIX, Address, show_address
 
 __all__ = ["ProcNetLookup", "scan_proc_table"]
 
@@ -29,6 +30,14 @@ def scan_proc_table(table: bytes, local: bytes, remote: bytes) -> int | None:
     A live entry wins over a dead one with the same 4-tuple (a TIME_WAIT remnant can coexist with
     its successor).
     """
+    for state, uid, inode in _entries(table, local, remote):
+        if owned(state, uid, inode):
+            return uid
+    return None
+
+
+def _entries(table: bytes, local: bytes, remote: bytes) -> Iterator[tuple[int, int, int]]:
+    """(state, uid, inode) of each line whose ``ADDR:PORT`` columns are these."""
     needle = b" " + local + b" " + remote + b" "
     pos = table.find(needle)
     while pos >= 0:
@@ -36,13 +45,14 @@ def scan_proc_table(table: bytes, local: bytes, remote: bytes) -> int | None:
         stop = table.find(b"\n", pos)
         fields = table[start : stop if stop >= 0 else len(table)].split()
         try:
-            state, uid, inode = int(fields[3], 16), int(fields[7]), int(fields[9])
+            yield int(fields[3], 16), int(fields[7]), int(fields[9])
         except (IndexError, ValueError):
             raise SocketLookupError(f"malformed /proc/net/tcp line: {fields!r}") from None
-        if owned(state, uid, inode):
-            return uid
         pos = table.find(needle, pos + 1)
-    return None
+
+
+def _column(packed: bytes, port: int) -> bytes:
+    return _proc_hex(packed) + b":%04X" % port
 
 
 class ProcNetLookup:
@@ -77,18 +87,61 @@ class ProcNetLookup:
             )
         return uid
 
-    def _search(
-        self, path: str, laddr: bytes, lport: int, raddr: bytes, rport: int, *, required: bool
-    ) -> int | None:
+    def server_owner(self, local: Address, remote: Address) -> int | None:
+        """As :meth:`NetlinkLookup.server_owner
+        <aioidentd.lookup.NetlinkLookup.server_owner>` does, from the tables: /proc shows a
+        connection a listener still holds with the listener's uid, but with uid 0 when
+        that is root's, so the listener is looked up too."""
+        pair = query_pair(local, remote)
+        if pair is None:
+            return None
+        lo, re = pair
+        # The tables and spellings to look in, as the kernel does: IPv4 first, then the
+        # v4-mapped form on a dual-stack IPv6 socket.
+        forms = [(self._tcp6 if lo.family == socket.AF_INET6 else self._tcp, b"")]
+        if lo.family == socket.AF_INET:
+            forms.append((self._tcp6, V4_MAPPED_PREFIX))
+        tables = [self._read(path, required=path == self._tcp) for path, _ in forms]
+        found: list[tuple[int, int, int]] = []
+        for table, (_, prefix) in zip(tables, forms, strict=True):
+            ours = _column(prefix + lo.packed, lo.port)
+            found = list(_entries(table, ours, _column(prefix + re.packed, re.port)))
+            if found:
+                break
+        else:
+            return None
+        live = [entry for entry in found if entry[0] not in (TCP_TIME_WAIT, TCP_CLOSE)]
+        for state, uid, inode in live:
+            if owned(state, uid, inode):
+                return uid
+        if not live:
+            raise SocketLookupError(f"the connection to {show_address(local)} is closing")
+        # Not accepted yet: the listener it waits on. The kernel prefers a listener bound
+        # to the address over one bound to every address, an IPv4 one over an IPv6 one.
+        for table, (_, prefix) in zip(tables, forms, strict=True):
+            width = len(prefix + lo.packed)
+            anyone = _column(bytes(width), 0)
+            for address in (prefix + lo.packed, bytes(width)):
+                for state, uid, _inode in _entries(table, _column(address, lo.port), anyone):
+                    if state == TCP_LISTEN:
+                        return uid
+        raise SocketLookupError(
+            f"no listening socket on {show_address(local)} for a connection waiting there"
+        )
+
+    def _read(self, path: str, *, required: bool) -> bytes:
         try:
             with open(path, "rb") as f:
-                table = f.read()
+                return f.read()
         except FileNotFoundError as exc:
             if not required:
-                return None  # IPv6 disabled: no tcp6 table, so no such socket either
+                return b""  # IPv6 disabled: no tcp6 table, so no such socket either
             raise SocketLookupError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
         except OSError as exc:
             raise SocketLookupError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
-        local = _proc_hex(laddr) + b":%04X" % lport
-        remote = _proc_hex(raddr) + b":%04X" % rport
-        return scan_proc_table(table, local, remote)
+
+    def _search(
+        self, path: str, laddr: bytes, lport: int, raddr: bytes, rport: int, *, required: bool
+    ) -> int | None:
+        table = self._read(path, required=required)
+        return scan_proc_table(table, _column(laddr, lport), _column(raddr, rport))

@@ -41,3 +41,7 @@ class StaticLookup:
 
     def owner(self, local: Address, remote: Address) -> int | None:
         return self._table.get((_static_key(local), _static_key(remote)))
+
+    def server_owner(self, local: Address, remote: Address) -> int | None:
+        """:meth:`owner`: the table is all this lookup knows (None: not on this host)."""
+        return self.owner(local, remote)
