@@ -17,21 +17,23 @@ from typing import Any
 import pytest
 
 from aioidentd import IdentRequest, IdentServer
-from aioidentd import server as server_module
+from aioidentd.driver import Channel, Driver
 from support import both_loops, wait_until_async
 
 
 @pytest.fixture
 def transports(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Records every connection that got a transport (the normal path)."""
+    """Records every connection that was registered with the selector (the normal path);
+    the at-once path serves a connection inside the accept callback and never is."""
     made: list[object] = []
-    original = server_module._IdentConnection.connection_made
+    original = Driver._settle
 
-    def spy(self: Any, transport: Any) -> None:
-        made.append(self)
-        original(self, transport)
+    def spy(self: Driver, channel: Channel) -> None:
+        original(self, channel)
+        if channel.reading and channel not in made:
+            made.append(channel)
 
-    monkeypatch.setattr(server_module._IdentConnection, "connection_made", spy)
+    monkeypatch.setattr(Driver, "_settle", spy)
     yield made
 
 
@@ -43,6 +45,15 @@ async def deferred(defer_accept_off: bool = False, **options: Any) -> AsyncItera
     )
     async with server:
         yield server
+
+
+def first_query_waiting(server: IdentServer) -> bool:
+    """Whether exactly one connection is open and has sent no query yet."""
+    driver = server._driver
+    if driver is None or len(driver.channels) != 1:
+        return False
+    (channel,) = driver.channels
+    return getattr(channel.session, "state", None) == "FIRST_QUERY"
 
 
 async def exchange(server: IdentServer, data: bytes, half_close: bool = False) -> bytes:
@@ -159,12 +170,12 @@ async def test_a_silent_connection_still_gets_the_first_query_deadline() -> None
 async def test_a_parked_connection_is_served_once_it_speaks(multiple: bool) -> None:
     async with deferred(default="x", multiple=multiple, defer_accept_off=True) as server:
         reader, writer = await asyncio.open_connection(*server.addresses[0])
-        await wait_until_async(lambda: len(server._parked) == 1)  # silent: parked
-        assert server.connections == 1
+        await wait_until_async(lambda: server.connections == 1)  # silent: waiting
+        assert first_query_waiting(server)
         for n in (1, 2) if multiple else (1,):
             writer.write(b"%d,1\r\n" % n)
             assert await asyncio.wait_for(reader.readline(), 5) == b"%d,1:USERID:UNIX:x\r\n" % n
-        assert not server._parked
+        assert not first_query_waiting(server)
         writer.close()
         await wait_until_async(lambda: server.connections == 0)
 
@@ -174,7 +185,7 @@ async def test_a_parked_connection_keeps_its_first_query_deadline() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         reader, writer = await asyncio.open_connection(*server.addresses[0])
-        await wait_until_async(lambda: len(server._parked) == 1)
+        await wait_until_async(lambda: first_query_waiting(server))
         writer.write(b"1")  # an octet, not a query: unparked, same deadline
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert loop.time() - started < 1.5

@@ -703,15 +703,16 @@ async def test_a_client_that_never_reads_is_no_longer_read_and_loses_nothing() -
         client = await Client.connect(server)
         count = 20000  # 100 kB of queries asking for 8.4 MB of answers
         client.writer.write(b"1,2\r\n" * count)
-        (conn,) = server._connections
+        assert server._driver is not None
+        channels = server._driver.channels
+        await wait_until_async(lambda: len(channels) == 1)
+        (channel,) = channels
         # The server stops reading once its write buffer is full, instead of queueing
         # answers nobody reads: wait until it has stopped, then check it stays bounded.
-        while not conn._paused:
-            await asyncio.sleep(0.01)
-        assert conn._transport is not None
+        await wait_until_async(lambda: channel.buffered > 0 and not channel.reading)
         for _ in range(20):
             await asyncio.sleep(0.01)
-            assert conn._transport.get_write_buffer_size() < 256 * 1024
+            assert channel.buffered < 256 * 1024
         # Reading resumes as the client reads: every answer arrives, in order.
         answer = b"1,2:USERID:UNIX:" + long_id.encode() + b"\r\n"
         for _ in range(count):
@@ -820,7 +821,8 @@ async def test_served_connections_have_nagle_off(own_socket: bool) -> None:
         client = await Client.connect(server)
         await client.send(b"1,2\r\n")
         assert await client.line() == b"1,2:USERID:UNIX:x\r\n"
-        (conn,) = server._connections
-        served = conn.extra("socket")
+        assert server._driver is not None
+        (channel,) = server._driver.channels
+        served = channel.sock
         assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         await client.close()

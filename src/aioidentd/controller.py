@@ -20,13 +20,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final, TypeVar
 
-from aioidentd.claims import (
-    Answer,
-    Claim,
-    ClaimTarget,
-    PendingConnection,
-    create_connection_sync,
-)
+from aioidentd.claims import Claim, ClaimTarget, PendingConnection
+from aioidentd.claims.connect import Answer, create_connection_sync
 from aioidentd.protocol import Address
 from aioidentd.server import Handler, IdentServer
 
@@ -247,7 +242,7 @@ class Controller:
         """
         answer = Answer(user_id, opsys, charset, error)
         return create_connection_sync(
-            self.server, address, answer, timeout=timeout, source_address=source_address
+            self.server._claims, address, answer, timeout=timeout, source_address=source_address
         )
 
     def __repr__(self) -> str:

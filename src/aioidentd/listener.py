@@ -1,11 +1,11 @@
-"""Listening sockets and the accept loop under :class:`~aioidentd.server.IdentServer`.
+"""Listening sockets and the accept loop under the servers (:mod:`aioidentd.driver`).
 
 Why not ``loop.create_server``: on CPython 3.11 its accept loop does not stop at EMFILE;
 it goes on calling ``accept()`` for the whole backlog, logging a traceback and scheduling
 a retry timer for every failed call (a thousand per wake-up with a backlog of 1024), which
-saturates the loop exactly when the server is short of resources. It also spawns a task
-(and a future) for every accepted connection. Here an accepted socket gets its transport
-straight away, and a resource error pauses accepting once, with one log line.
+saturates the loop exactly when the server is short of resources. It also makes a
+transport and a task per connection. Here an accepted socket goes straight to
+``on_accept`` (the driver), and a resource error pauses accepting once, with one log line.
 
 Binding is also ours so that every caller (the embedded server, the daemon's
 ``SO_REUSEPORT`` workers, sockets inherited from systemd) shares one code path, and so
@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from aioidentd._ratelimit import RateLimitedLog
 
-__all__ = ["AtOnce", "Listener", "bind_sockets", "nagle_off"]
+__all__ = ["Listener", "OnAccept", "bind_sockets", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,8 @@ ACCEPT_BATCH: Final = 64
 RESOURCE_RETRY_DELAY: Final = 0.2
 _RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-#: ``at_once(conn, addr)``: try to serve an accepted connection inside the accept callback.
-#: Returns None when it is done (answered and closed), else the protocol for its transport
-#: (which keeps whatever was already read from the socket).
-AtOnce = Callable[[socket.socket, Any], "asyncio.Protocol | None"]
+#: ``on_accept(sock, addr)``: serve a connection just accepted (the driver's ``accept``).
+OnAccept = Callable[[socket.socket, Any], None]
 
 
 def bind_sockets(
@@ -74,9 +72,8 @@ def bind_sockets(
     chosen_port = port
     try:
         for family, sockaddr in infos:
-            # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio's transports
-            # set TCP_NODELAY only on sockets that say they are TCP. Without it, answers
-            # written in several batches wait for the peer's delayed ACK (40 ms).
+            # IPPROTO_TCP, not 0: the socket says it is TCP (the driver sets TCP_NODELAY
+            # itself on accepted sockets that do not; see Driver.accept).
             sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -104,39 +101,37 @@ def bind_sockets(
     return socks
 
 
-def nagle_off(conn: socket.socket) -> None:
-    """TCP_NODELAY on an accepted socket whose listening socket was made without
-    IPPROTO_TCP (passed in by a caller): asyncio's transports set it only on sockets that
-    say they are TCP (see bind_sockets)."""
-    if conn.proto == 0 and conn.family in (socket.AF_INET, socket.AF_INET6):
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def tune(sock: socket.socket, send_buffer: int | None = None) -> None:
+    """Options every accepted socket inherits from its listening socket, set once here
+    instead of once per connection: TCP_NODELAY (answers written in several batches must
+    not wait for the peer's delayed ACK) and, when given, a fixed send buffer (which also
+    turns off the kernel's send-buffer autotuning: what a peer that never reads can park
+    in the kernel stays bounded)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
 
 
 class Listener:
-    """Accepts connections on one listening socket and hands each to ``factory()``'s
-    protocol."""
+    """Accepts connections on one listening socket and hands each to ``on_accept``."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        factory: Callable[[], asyncio.Protocol],
+        on_accept: OnAccept,
         name: str = "",
-        at_once: AtOnce | None = None,
     ) -> None:
         sock.setblocking(False)
-        self._at_once = at_once
         self.sock = sock
         self._loop = loop
-        self._factory = factory
+        self._on_accept = on_accept
         self._name = name
         self._retry: asyncio.TimerHandle | None = None
         self._log = RateLimitedLog(logger, call_later=loop.call_later)
-        self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
-        # The selector loop's own transport constructor: one call, no task. Other loops
-        # (uvloop) take the public coroutine.
-        self._make_transport = getattr(loop, "_make_socket_transport", None)
 
     def start(self) -> None:
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -171,48 +166,20 @@ class Listener:
                     exc,
                 )
                 return
-            at_once = self._at_once
-            if at_once is None:
-                conn.setblocking(False)
-                self._connect(conn, addr)
-                continue
-            try:
-                protocol = at_once(conn, addr)
-            except Exception:
-                logger.exception("%s: cannot serve a connection", self._name)
-                conn.close()
-                continue
-            if protocol is not None:
-                conn.setblocking(False)
-                self._connect(conn, addr, protocol)
+            self._hand(conn, addr)
 
-    def _connect(
-        self, conn: socket.socket, addr: object, protocol: asyncio.Protocol | None = None
-    ) -> None:
-        nagle_off(conn)
-        if protocol is None:
-            try:
-                protocol = self._factory()
-            except Exception:
-                logger.exception("%s: protocol factory failed", self._name)
-                conn.close()
-                return
-        if self._make_transport is not None:
-            try:
-                self._make_transport(conn, protocol, extra={"peername": addr})
-            except Exception:
-                logger.exception("%s: cannot set up connection", self._name)
-                conn.close()
-            return
-        task = self._loop.create_task(self._connect_async(conn, protocol))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connect_async(self, conn: socket.socket, protocol: asyncio.Protocol) -> None:
+    def _hand(self, conn: socket.socket, addr: Any) -> None:
         try:
-            await self._loop.connect_accepted_socket(lambda: protocol, conn)
+            self._on_accept(conn, addr)
         except Exception:
-            logger.exception("%s: cannot set up connection", self._name)
+            self._log.log(
+                "serve",
+                logging.ERROR,
+                "connections that could not be served",
+                "%s: cannot serve a connection",
+                self._name,
+                exc_info=True,
+            )
             conn.close()
 
     def _resume(self) -> None:
@@ -242,17 +209,6 @@ class Listener:
                     conn, addr = sock.accept()
                 except OSError:
                     break  # empty (EAGAIN), or out of descriptors: nothing more to save
-                conn.setblocking(False)
-                self._connect(conn, addr)
+                self._hand(conn, addr)
         self.sock.close()
         self._log.close()
-
-    async def wait_closed(self) -> None:
-        """Wait for connections accepted before :meth:`close` to be set up.
-
-        They are not cancelled: uvloop, cancelled half-way through
-        ``connect_accepted_socket``, closes the transport without telling the protocol,
-        which would then never learn that its connection is gone.
-        """
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -39,7 +39,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from aioidentd.protocol import (
     Address,
@@ -51,14 +51,15 @@ from aioidentd.protocol import (
     unmapped,
 )
 
-if TYPE_CHECKING:
-    from aioidentd.server import IdentRequest, IdentServer
-
 __all__ = [
     "Claim",
+    "ClaimRegistry",
     "ClaimTarget",
+    "ConnectionKey",
     "PendingConnection",
+    "Wait",
     "normalise_host",
+    "original_destination",
 ]
 
 #: What :meth:`IdentServer.claim` accepts: a stream writer, a transport, a socket, or the
@@ -209,7 +210,8 @@ class Claim:
         is_closing = getattr(owner, "is_closing", None)
         return is_closing is None or not is_closing()
 
-    def _line(self, server_port: int, client_port: int, style: ReplyStyle) -> bytes:
+    def answer_line(self, server_port: int, client_port: int, style: ReplyStyle) -> bytes:
+        """The reply line this claim answers to a query about ``server_port, client_port``."""
         line = self._lines.get(style)
         if line is None:
             reply: UserIdReply | ErrorReply
@@ -249,29 +251,47 @@ class Claim:
         return f"<Claim {where} {answer} {state}>"
 
 
-def _answer(request: IdentRequest, claim: Claim) -> None:
-    """Send ``claim``'s answer to ``request``, in the style of the server it came to."""
-    conn = request._conn
-    style = conn.server.reply_style if conn is not None else "compact"
-    request._set_line(claim._line(request.server_port, request.client_port, style))
+class ConnectionKey(NamedTuple):
+    """The connection a query asks about, as plain values the server fills from its
+    socket: our address the query came to and the queried port on it, the querier's
+    address and its port."""
+
+    local: str
+    server_port: int
+    peer: str
+    client_port: int
+    #: The raw socket addresses (IPv6 scope ids included), for link-local addresses.
+    sockname: Any = None
+    peername: Any = None
+    #: The query's pre-NAT destination (``SO_ORIGINAL_DST``) when a firewall redirected it.
+    original: str | None = None
+
+
+class Wait(NamedTuple):
+    """No claim yet, but one is being made for this querier: the query may wait for it
+    (see :meth:`ClaimRegistry.hold`)."""
+
+    host: str
+    keys: tuple[_Key, ...]
 
 
 class _Waiter:
     """A query held by the bounded wait (see :class:`PendingConnection`)."""
 
-    __slots__ = ("host", "keys", "proceed", "request", "timer")
+    __slots__ = ("done", "host", "keys", "on_claim", "on_timeout", "timer")
 
     def __init__(
         self,
-        host: str,
-        keys: tuple[_Key, ...],
-        request: IdentRequest,
-        proceed: Callable[[IdentRequest], None],
+        wait: Wait,
+        on_claim: Callable[[Claim], None],
+        on_timeout: Callable[[], None],
+        done: Callable[[], bool],
     ) -> None:
-        self.host = host
-        self.keys = keys
-        self.request = request
-        self.proceed = proceed
+        self.host = wait.host
+        self.keys = wait.keys
+        self.on_claim = on_claim
+        self.on_timeout = on_timeout
+        self.done = done
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -296,6 +316,12 @@ class ClaimRegistry:
 
     def __bool__(self) -> bool:
         return bool(self._entries) or bool(self._pending)
+
+    @property
+    def redirectable(self) -> bool:
+        """Whether a miss is worth looking up again by the pre-NAT destination (there
+        are claims at all)."""
+        return bool(self._entries)
 
     def claims(self) -> list[Claim]:
         """The claims that still answer."""
@@ -466,21 +492,17 @@ class ClaimRegistry:
                 self._remove(claim)
         return None
 
-    def _keys(self, request: IdentRequest) -> tuple[str, tuple[_Key, ...]]:
+    def _keys(self, key: ConnectionKey) -> tuple[str, tuple[_Key, ...]]:
         """The querier's host and the keys that may name the queried connection, most
         exact first."""
-        local = self._norm(request.local[0])
-        peer = self._norm(request.peer[0])
-        server_port, client_port = request.server_port, request.client_port
+        local = self._norm(key.local)
+        peer = self._norm(key.peer)
+        server_port, client_port = key.server_port, key.client_port
         if peer.startswith("fe80:") or local.startswith("fe80:"):
             # Link-local: the scope (interface) is part of the address, and only the
             # connection's own socket address has it.
-            conn = request._conn
-            if conn is not None:
-                sockname = conn.extra("sockname")
-                peername = conn.extra("peername")
-                if sockname is not None and peername is not None:
-                    local, peer = _sockaddr_host(sockname), _sockaddr_host(peername)
+            if key.sockname is not None and key.peername is not None:
+                local, peer = _sockaddr_host(key.sockname), _sockaddr_host(key.peername)
             keys: list[_Key] = [(local, server_port, peer, client_port)]
             # A claim on explicit addresses written without a scope.
             for lh, ph in ((_unscoped(local), peer), (local, _unscoped(peer))):
@@ -496,44 +518,53 @@ class ClaimRegistry:
             )
         return peer, ((local, server_port, peer, client_port),)
 
-    def intercept(self, request: IdentRequest, proceed: Callable[[IdentRequest], None]) -> bool:
-        """Answer ``request`` from a claim, or hold it for the bounded wait.
-
-        Returns False when neither applies: the caller goes on to the handlers. When the
-        request is held, ``proceed(request)`` is called later if no claim answers it.
-        """
+    def match(self, key: ConnectionKey, may_wait: bool = True) -> Claim | Wait | None:
+        """The claim on the connection ``key`` names; else, when ``may_wait`` and a
+        connection to the querier is being made (:class:`PendingConnection`), a
+        :class:`Wait` to :meth:`hold` the query with; else None (the handlers decide)."""
         try:
-            peer, keys = self._keys(request)
+            peer, keys = self._keys(key)
         except ValueError:
-            return False  # not an IP connection (a UNIX socket handed to serve_connection)
+            return None  # not an IP connection (a UNIX socket handed to serve_connection)
         claim = self._find(keys)
-        if claim is None and self._entries:
-            redirected = _redirected_keys(request, keys)
+        if claim is None and self._entries and key.original is not None:
+            # A firewall redirect (port 113 to the application's port, as the README
+            # shows) rewrote the local address to the interface's primary address, or to
+            # the loopback address for a query from this host.
+            original = key.original
+            redirected = tuple(
+                (original, k[1], k[2], k[3]) for k in keys if k[0] is not None and k[0] != original
+            )
             if redirected:
                 keys += redirected
                 claim = self._find(redirected)
         if claim is not None:
-            _answer(request, claim)
-            return True
-        conn = request._conn
+            return claim
         if (
-            self.claim_wait > 0
+            may_wait
+            and self.claim_wait > 0
             and (self._pending.get(peer) or self._pending.get(_unscoped(peer)))
-            and conn is not None
-            and not conn.server._closing  # closing: nothing may wait
         ):
-            self._hold(_Waiter(peer, keys, request, proceed))
-            return True
-        return False
+            return Wait(peer, keys)
+        return None
 
     # -- the bounded wait ---------------------------------------------------------------
 
-    def _hold(self, waiter: _Waiter) -> None:
+    def hold(
+        self,
+        wait: Wait,
+        seconds: float,
+        on_claim: Callable[[Claim], None],
+        on_timeout: Callable[[], None],
+        done: Callable[[], bool],
+    ) -> None:
+        """Wait at most ``seconds`` for a claim matching ``wait``: ``on_claim(claim)`` when
+        one is made, else ``on_timeout()``; neither once ``done()`` (answered meanwhile)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        wait = min(self.claim_wait, max(0.0, waiter.request.deadline - loop.time()))
-        waiter.timer = loop.call_later(wait, self._expire, waiter)
+        waiter = _Waiter(wait, on_claim, on_timeout, done)
+        waiter.timer = loop.call_later(max(0.0, seconds), self._expire, waiter)
         self._waiters.setdefault(waiter.host, []).append(waiter)
 
     def _expire(self, waiter: _Waiter) -> None:
@@ -547,17 +578,15 @@ class ClaimRegistry:
 
     def _settle(self, waiter: _Waiter, proceed: bool) -> bool:
         """Answer a held query from a claim if one exists now; else, if ``proceed``, hand
-        it on to the handlers. Returns True when the waiter is done."""
-        request = waiter.request
-        if request.answered or request._conn is None:
+        it on. Returns True when the waiter is done."""
+        if waiter.done():
             return True
         claim = self._find(waiter.keys)
         if claim is not None:
-            request._conn.server.stats.claimed += 1
-            _answer(request, claim)
+            waiter.on_claim(claim)
             return True
         if proceed:
-            waiter.proceed(request)
+            waiter.on_timeout()
             return True
         return False
 
@@ -625,7 +654,7 @@ _SOL_IP: Final = 0
 _SOL_IPV6: Final = 41
 
 
-def _original_destination(sock: Any) -> str | None:
+def original_destination(sock: Any) -> str | None:
     """The address a redirected ident connection was sent to, or None (not redirected,
     not Linux, no such socket option)."""
     if sock is None:
@@ -640,24 +669,6 @@ def _original_destination(sock: Any) -> str | None:
         return normalise_host(host, scope)
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _redirected_keys(request: IdentRequest, keys: tuple[_Key, ...]) -> tuple[_Key, ...]:
-    """Keys with the query's pre-NAT local address, when a firewall redirect (port 113 to
-    the application's port, as the README shows) rewrote it to the interface's primary
-    address, or to the loopback address for a query from this host. Only looked up on a
-    miss, so a claimed hit never pays for the system call."""
-    conn = request._conn
-    if conn is None:
-        return ()
-    original = _original_destination(conn.extra("socket"))
-    if original is None:
-        return ()
-    return tuple(
-        (original, key[1], key[2], key[3])
-        for key in keys
-        if key[0] is not None and key[0] != original
-    )
 
 
 def _weak(owner: object) -> Callable[[], object | None]:
@@ -757,154 +768,3 @@ class PendingConnection:
     def __repr__(self) -> str:
         state = "done" if self._done else "pending"
         return f"<PendingConnection {self._name} {state}>"
-
-
-# -- connecting with the claim in place ---------------------------------------------------
-
-
-class Answer(NamedTuple):
-    """What a claim answers (the keyword arguments of :meth:`IdentServer.claim`)."""
-
-    user_id: str | bytes | None
-    opsys: str = "UNIX"
-    charset: str | None = None
-    error: str | None = None
-
-
-def bind_claimed(
-    server: IdentServer, sockaddr: Any, family: int, answer: Answer, local_addr: Any | None
-) -> tuple[socket.socket, Claim]:
-    """A TCP socket bound (to the resolved socket address ``local_addr``, or any address
-    and a fresh port) and claimed for the connection it is about to make to
-    ``sockaddr``; not connected yet."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        if local_addr is not None:
-            sock.bind(local_addr)
-        else:
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        claim = server.claim(
-            sock,
-            answer.user_id,
-            opsys=answer.opsys,
-            charset=answer.charset,
-            error=answer.error,
-            remote=(str(sockaddr[0]) + _scope_suffix(sockaddr), int(sockaddr[1])),
-        )
-    except BaseException:
-        sock.close()
-        raise
-    return sock, claim
-
-
-def _scope_suffix(sockaddr: Any) -> str:
-    if len(sockaddr) >= 4 and sockaddr[3]:
-        return f"%{sockaddr[3]}"
-    return ""
-
-
-def settle_claim(server: IdentServer, claim: Claim, sock: socket.socket) -> None:
-    """After connecting: narrow the claim to the local address the kernel picked."""
-    try:
-        local_host = _sockaddr_host(sock.getsockname())
-    except OSError:
-        return
-    server._claims.rekey(claim, local_host)
-
-
-def _candidates(
-    remote_infos: Sequence[Any], local_infos: Sequence[Any] | None
-) -> list[tuple[int, Any, Any | None]]:
-    """``(family, remote sockaddr, local sockaddr or None)`` to try in turn. The local
-    address is resolved like the remote one (a 2-tuple cannot carry an IPv6 scope), and
-    only remote addresses of a family the local address has can be reached from it."""
-    if local_infos is None:
-        return [(info[0], info[4], None) for info in remote_infos]
-    local_of: dict[int, Any] = {}
-    for info in local_infos:
-        local_of.setdefault(info[0], info[4])
-    return [(info[0], info[4], local_of[info[0]]) for info in remote_infos if info[0] in local_of]
-
-
-def _discard(sock: socket.socket, claim: Claim) -> None:
-    claim.release()
-    sock.close()
-
-
-def _no_connection(host: str, port: int, errors: list[OSError]) -> OSError:
-    if not errors:
-        return OSError(f"{host!r} resolved to no address to connect to")
-    if len(errors) == 1:
-        return errors[0]
-    return OSError(f"cannot connect to {host} port {port}: " + "; ".join(map(str, errors)))
-
-
-async def connect_claimed(
-    server: IdentServer,
-    host: str,
-    port: int,
-    answer: Answer,
-    *,
-    family: int = 0,
-    local_addr: tuple[str, int] | None = None,
-) -> tuple[socket.socket, Claim]:
-    """Resolve, bind, claim, then connect: the claim exists before the SYN leaves.
-
-    Tries each resolved address in turn (as ``socket.create_connection`` does); raises
-    the last :class:`OSError` when none connects, with no socket or claim left over.
-    """
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
-    local_infos = None
-    if local_addr is not None:
-        local_infos = await loop.getaddrinfo(*local_addr, family=family, type=socket.SOCK_STREAM)
-    errors: list[OSError] = []
-    for af, sockaddr, local in _candidates(infos, local_infos):
-        sock, claim = bind_claimed(server, sockaddr, af, answer, local)
-        try:
-            await loop.sock_connect(sock, sockaddr)
-        except OSError as exc:
-            _discard(sock, claim)
-            errors.append(exc)
-            continue
-        except BaseException:
-            _discard(sock, claim)
-            raise
-        settle_claim(server, claim, sock)
-        return sock, claim
-    raise _no_connection(host, port, errors)
-
-
-def create_connection_sync(
-    server: IdentServer,
-    address: tuple[str, int],
-    answer: Answer,
-    *,
-    timeout: float | None = None,
-    source_address: tuple[str, int] | None = None,
-) -> socket.socket:
-    """:func:`connect_claimed` for blocking code, shaped like ``socket.create_connection``
-    (used by the thread controller; runs in the caller's thread)."""
-    host, port = address
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    local_infos = None
-    if source_address is not None:
-        local_infos = socket.getaddrinfo(*source_address, type=socket.SOCK_STREAM)
-    errors: list[OSError] = []
-    for af, sockaddr, local in _candidates(infos, local_infos):
-        sock, claim = bind_claimed(server, sockaddr, af, answer, local)
-        try:
-            sock.setblocking(True)
-            sock.settimeout(timeout)
-            sock.connect(sockaddr)
-        except OSError as exc:
-            _discard(sock, claim)
-            errors.append(exc)
-            continue
-        except BaseException:
-            _discard(sock, claim)
-            raise
-        settle_claim(server, claim, sock)
-        return sock
-    raise _no_connection(host, port, errors)
