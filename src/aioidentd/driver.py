@@ -635,4 +635,3 @@ def _show(peer: Any) -> str:
 def closed_future(channel: Channel) -> asyncio.Future[None] | None:
     """The future that resolves when an adopted connection is gone."""
     return channel._lost
-

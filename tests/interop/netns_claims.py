@@ -97,7 +97,7 @@ async def late(ident: IdentServer, source: str, user: str, nick: str) -> dict[st
         held = False
         deadline = time.monotonic() + HOLD_TIMEOUT
         while time.monotonic() < deadline:
-            if any(w.request.server_port == port for ws in waiters.values() for w in ws):
+            if any(k[1] == port for ws in waiters.values() for w in ws for k in w.keys):
                 held = True
                 break
             await asyncio.sleep(0.002)

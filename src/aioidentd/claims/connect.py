@@ -19,8 +19,6 @@ from aioidentd.claims.registry import Claim, ClaimRegistry, _sockaddr_host
 __all__ = ["Answer", "bind_claimed", "connect_claimed", "create_connection_sync", "settle_claim"]
 
 
-
-
 class Answer(NamedTuple):
     """What a claim answers (the keyword arguments of :meth:`IdentServer.claim`)."""
 

@@ -146,10 +146,10 @@ class IdentConnection:
         "_out",
         "_ports",
         "_stopping",
+        "activity",
         "deadline",
         "end",
         "evictable",
-        "activity",
         "local",
         "more",
         "peer",
@@ -221,8 +221,8 @@ class IdentConnection:
         try:
             header = parse_proxy_header(self._buffer)
         except InvalidProxyHeader as exc:
-            self._buffer = b""
             self._close()
+            self._refresh(now)
             return [BadProxyHeader(str(exc))]
         if header is None:
             return None  # more to come; bounded by the header's own limit
@@ -265,8 +265,11 @@ class IdentConnection:
             try:
                 server_port, client_port = parse_ports(line)
             except InvalidQuery as exc:
-                self.answer(slot, error_line(exc.server_port, exc.client_port, "INVALID-PORT",
-                                             rules.style), now)
+                self.answer(
+                    slot,
+                    error_line(exc.server_port, exc.client_port, "INVALID-PORT", rules.style),
+                    now,
+                )
                 events.append(Invalid(slot, str(exc), False))
             else:
                 self._ports[slot] = (server_port, client_port, now)

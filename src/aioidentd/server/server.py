@@ -50,7 +50,7 @@ from aioidentd.claims.registry import (
     Wait,
     original_destination,
 )
-from aioidentd.driver import CLOSE, KEEP, SHUT_WR, Channel, Driver, closed_future
+from aioidentd.driver import KEEP, SHUT_WR, Channel, Driver, closed_future
 from aioidentd.listener import Listener, bind_sockets, tune
 from aioidentd.protocol import (
     Address,
@@ -658,12 +658,16 @@ class IdentServer:
         )
         claims = self._claims
         if claims:
-            key = ConnectionKey(session.local[0], sp, session.peer[0], cp, channel.context, channel.peer)
+            key = ConnectionKey(
+                session.local[0], sp, session.peer[0], cp, channel.context, channel.peer
+            )
             found = claims.match(key, may_wait=not self._closing)
             if found is None and claims.redirectable:
                 original = original_destination(channel.sock)
                 if original is not None:
-                    found = claims.match(key._replace(original=original), may_wait=not self._closing)
+                    found = claims.match(
+                        key._replace(original=original), may_wait=not self._closing
+                    )
             if isinstance(found, Claim):
                 self._claimed(request, found)
                 return
