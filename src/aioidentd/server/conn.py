@@ -385,12 +385,12 @@ class IdentConnection:
 
     # -- closing ------------------------------------------------------------------------
 
-    def stop(self, now: float) -> list[Event] | None:
+    def stop(self, now: float) -> list[Expired] | None:
         """The server is closing: every waiting query is due now (the fallback), and the
         connection closes once what was sent is answered (see :meth:`drained`)."""
         self._stopping = True
         ports = self._ports
-        events: list[Event] = [Expired(slot, *value) for slot, value in ports.items()]
+        events = [Expired(slot, *value) for slot, value in ports.items()]
         ports.clear()
         self._refresh(now)
         return events or None
