@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run dist test lint typecheck unit man schema docs test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
+.PHONY: run dist test lint typecheck unit man schema docs deb test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,16 @@ man: venv
 ## The documentation site in build/site (mkdocs, warnings as errors)
 docs: venv
 	$(BIN)/python -m mkdocs build --strict
+
+## The Debian package in dist/ (debian/: Debian 12 or newer), built from the tracked files
+## with debhelper and pybuild, then checked by lintian (warnings fail). Needs no venv.
+## Build-Depends: build-essential debhelper dh-python pybuild-plugin-pyproject python3-all
+deb:
+	rm -f dist/aioidentd_*.deb
+	@deb=$$(bash scripts/build-deb.sh dist) && echo "built $$deb" && \
+	  if command -v lintian >/dev/null; then \
+	    echo "lintian $$deb" && lintian --fail-on error,warning "$$deb"; \
+	  else echo "lintian is not installed: $$deb not checked"; fi
 
 ## The configuration's JSON Schema, from the validator's definitions (tests/test_schema.py checks it)
 schema: venv

@@ -18,6 +18,16 @@ PACKAGES=(
   gcc                                 # builds the benchmark load generator (benchmarks/loadgen.c)
   groff-base                          # renders the man pages (tests/test_manpages.py)
   systemd                             # systemd-analyze verify / security for examples/systemd (tests/test_install.py)
+  # make deb (debian/) and tests/test_deb.py: debian/control's Build-Depends, lintian, git
+  build-essential
+  debhelper
+  dh-python
+  pybuild-plugin-pyproject
+  python3-all
+  python3-setuptools
+  dpkg-dev
+  lintian
+  git
 )
 
 # The daemon's own system user (its default [server] user; the README's install steps

@@ -23,10 +23,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aioidentd import UserIdReply, __version__, query
+from aioidentd import Reply, UserIdReply, __version__, query
 from peers import require, require_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,15 +120,25 @@ def test_the_exposure_figure_the_docs_give_is_the_measured_one(unit: str) -> Non
     assert f"systemd-analyze security: {measured} OK" in comment
 
 
-SCRIPT = r"""
+#: A bash function for the scripts below (which set $scratch): each directory named
+#: becomes an overlay, in this mount namespace, whose changes land in $scratch/_dir.up.
+OVERLAY = r"""
+overlay() {
+  for dir in "$@"; do
+    name=$(echo "$dir" | tr / _)
+    mkdir -p "$scratch/$name.up" "$scratch/$name.work"
+    mount -t overlay overlay "$dir" \
+      -o "lowerdir=$dir,upperdir=$scratch/$name.up,workdir=$scratch/$name.work"
+  done
+}
+"""
+
+SCRIPT = (
+    OVERLAY
+    + r"""
 set -euo pipefail
 scratch=$1; shift
-for dir in /etc /usr/local; do
-  name=$(echo "$dir" | tr / _)
-  mkdir -p "$scratch/$name.up" "$scratch/$name.work"
-  mount -t overlay overlay "$dir" \
-    -o "lowerdir=$dir,upperdir=$scratch/$name.up,workdir=$scratch/$name.work"
-done
+overlay /etc /usr/local
 mount -t tmpfs tmpfs /opt
 # A fresh machine: no aioidentd user yet (this one may have it from another install).
 sed -i '/^aioidentd:/d' /etc/passwd /etc/group /etc/shadow /etc/gshadow
@@ -149,6 +160,37 @@ touch "$scratch/started"
 export LISTEN_FDS=1 LISTEN_PID=$$
 exec setpriv --reuid="$USER_" --regid="$GROUP_" --clear-groups --no-new-privs "$@"
 """
+)
+
+
+def as_systemd_passes(listener: socket.socket) -> dict[str, Any]:
+    """Popen arguments that hand ``listener`` to the child as descriptor 3, the way
+    systemd passes a socket (with ``LISTEN_FDS=1``)."""
+
+    def on_3() -> None:
+        os.dup2(listener.fileno(), 3)
+        os.set_inheritable(3, True)
+
+    # pass_fds keeps 3 open after preexec_fn (close_fds runs after it).
+    return {"preexec_fn": on_3, "pass_fds": (3,)}
+
+
+def ask_about_own_connection(port: int) -> Reply:
+    """What the ident server on ``port`` answers about a real loopback connection that
+    this process (root, in these tests) owns."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client,
+    ):
+        return asyncio.run(
+            query(
+                "127.0.0.1",
+                client.getsockname()[1],
+                server.getsockname()[1],
+                port=port,
+                timeout=30,
+            )
+        )
 
 
 @pytest.fixture
@@ -167,11 +209,6 @@ def installed(tmp_path: Path) -> Iterator[tuple[Path, int, subprocess.Popen[str]
     (tmp_path / "run.sh").write_text(SCRIPT)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-
-    def as_systemd_passes_it() -> None:
-        os.dup2(listener.fileno(), 3)
-        os.set_inheritable(3, True)
-
     env = {**os.environ, "USER_": user, "GROUP_": group}
     env.pop("PYTHONPATH", None)  # the installed copy, not this tree
     proc = subprocess.Popen(
@@ -183,8 +220,7 @@ def installed(tmp_path: Path) -> Iterator[tuple[Path, int, subprocess.Popen[str]
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=as_systemd_passes_it,
-        pass_fds=(3,),  # kept open after preexec_fn (close_fds runs after it)
+        **as_systemd_passes(listener),
     )
     listener.close()
     try:
@@ -211,7 +247,8 @@ def test_readme_install_then_the_units_exec_start_serves(
 ) -> None:
     scratch, port, proc = installed
     assert (scratch / "version.txt").read_text() == f"aioidentd {__version__}\n" * 2
-    # systemd-analyze verify of the installed units: silent (no "nobody", the binary exists).
+    # systemd-analyze verify of the installed units: silent (no "nobody", the binary and
+    # the man pages that Documentation= names exist).
     assert (scratch / "verify.txt").read_text() == ""
     for unit in UNITS.iterdir():
         assert (scratch / "installed-units" / unit.name).read_text() == unit.read_text()
@@ -224,19 +261,7 @@ def test_readme_install_then_the_units_exec_start_serves(
 
     # A real connection owned by root: the installed daemon finds its owner in the kernel's
     # socket table and answers by the policy of /etc/aioidentd.toml.
-    with (
-        socket.create_server(("127.0.0.1", 0)) as server,
-        socket.create_connection(server.getsockname()) as client,
-    ):
-        reply = asyncio.run(
-            query(
-                "127.0.0.1",
-                client.getsockname()[1],
-                server.getsockname()[1],
-                port=port,
-                timeout=30,
-            )
-        )
+    reply = ask_about_own_connection(port)
     assert isinstance(reply, UserIdReply) and reply.user_id == "root", reply
     assert proc.poll() is None
     proc.terminate()
