@@ -611,3 +611,24 @@ def test_system_user_db_keeps_answers_for_its_ttl(monkeypatch: pytest.MonkeyPatc
     assert [fresh.name_of(0) for _ in range(2)] == ["root"] * 2
     assert calls == [0, 0, 0]
     assert SystemUserDB().name_of(2**31 - 7) is None  # unknown uids are cached as unknown
+
+
+def test_the_explain_trail_costs_nothing_unless_recording() -> None:
+    """The daemon decides every query with the silent trail: a step's words are never
+    formatted nor its lines computed; ``explain`` records them in order."""
+    from aioidentd.policy.trail import SILENT, Recording
+
+    class Loud:
+        def __str__(self) -> str:
+            raise AssertionError("formatted")
+
+    def steps() -> list[str]:
+        raise AssertionError("computed")
+
+    SILENT.add("owner: %s", Loud())
+    SILENT.extend(steps)
+    assert SILENT.lines == ()
+    trail = Recording("first")
+    trail.add("owner: %s (%r)", "alice", "x")
+    trail.extend(lambda n: [f"step {n}", "last"], 2)
+    assert trail.lines == ("first", "owner: alice ('x')", "step 2", "last")

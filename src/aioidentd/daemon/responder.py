@@ -16,7 +16,7 @@ from aioidentd.daemon.forward import MARGIN, Forwarder
 from aioidentd.daemon.nat import NatResolver
 from aioidentd.lookup import SocketLookup, SocketLookupError
 from aioidentd.policy import Decision, Policy
-from aioidentd.policy.policy import NAT_FORWARD_NOT_USED
+from aioidentd.policy.decision import NAT_FORWARD_NOT_USED
 from aioidentd.protocol import Address
 from aioidentd.server import IdentRequest
 

@@ -2,12 +2,12 @@
 
 Run before a reload, so it says what the daemon will do, not what the file says: the
 built-in root rule when the file does not override it, each table's settings merged as
-:func:`~aioidentd.policy.policy.merge_settings` will merge them.
+:func:`~aioidentd.policy.layers.merge_settings` will merge them.
 """
 
 from __future__ import annotations
 
-from aioidentd.policy.policy import merge_settings
+from aioidentd.policy.layers import merge_settings
 from aioidentd.policy.settings import BUILTIN_DEFAULT, Config
 
 __all__ = ["describe"]

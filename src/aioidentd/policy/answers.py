@@ -1,0 +1,137 @@
+"""The configured answer kinds (``username``, ``uid``, ``fixed``, ``random``, ``hidden``,
+``no-user``) made into decisions, with the ``[reply]`` settings every decision carries
+(opsys, charset, error masking)."""
+
+from __future__ import annotations
+
+import logging
+
+from aioidentd.policy.decision import Decision
+from aioidentd.policy.settings import AnswerSettings, Config
+from aioidentd.policy.trail import SILENT, Trail
+from aioidentd.policy.users import UserLog
+from aioidentd.protocol import Address, random_user_id, safe_user_id, show_address
+
+__all__ = ["Answers"]
+
+
+class Answers:
+    """Decisions as the configuration's ``[reply]`` table shapes them."""
+
+    def __init__(self, config: Config, log: UserLog) -> None:
+        self.config = config
+        self._log = log
+
+    def from_settings(
+        self,
+        uid: int,
+        name: str | None,
+        settings: AnswerSettings,
+        note: str | None,
+        trail: Trail = SILENT,
+    ) -> Decision:
+        """The answer the effective settings give (the user chose none)."""
+        kind = settings.answer or "hidden"
+        source = settings.source
+        why = f"{kind}, {source}"
+        for rule in self.config.rules:
+            if rule.settings.source == source:
+                why += f" matched: {rule.describe() or 'any connection'}"
+        if kind == "hidden":
+            return self.error(kind, source, uid, name, "HIDDEN-USER", note, trail, why)
+        if kind == "no-user":
+            return self.error(kind, source, uid, name, "NO-USER", note, trail, why)
+        charset = self.config.reply.charset
+        raw: bytes | None = None
+        if kind == "random":
+            text = random_user_id()
+            trail.add("a random id, drawn afresh for each query")
+        elif kind == "fixed" and settings.reply is not None:
+            text = settings.reply
+        elif kind == "username" and name is not None:
+            text = name
+            try:
+                raw = safe_user_id(name, charset)
+            except ValueError as exc:
+                self._log.name(
+                    logging.WARNING, uid, "answering uid %d instead of its name: %s", uid, exc
+                )
+                trail.add("the user name cannot go on the wire (%s): the uid instead", exc)
+                text = str(uid)
+        else:  # "uid", or "username" without a passwd entry
+            if kind == "username":
+                trail.add("uid %d has no user name (no passwd entry): the uid instead", uid)
+            text = str(uid)
+        if raw is None:
+            raw = safe_user_id(text, charset)
+        return self.user_id(kind, source, uid, name, raw, note, trail, why)
+
+    def user_id(
+        self,
+        kind: str,
+        source: str,
+        uid: int,
+        name: str | None,
+        raw: bytes,
+        note: str | None,
+        trail: Trail = SILENT,
+        why: str = "",
+    ) -> Decision:
+        """A decision that answers the id ``raw``."""
+        return Decision(
+            kind=kind,
+            source=source,
+            uid=uid,
+            user_name=name,
+            user_id=raw,
+            opsys=self.config.reply.opsys,
+            charset=self.config.reply.charset,
+            note=note,
+            reasons=trail.lines,
+            why=why or f"{kind}, {source}",
+        )
+
+    def error(
+        self,
+        kind: str,
+        source: str,
+        uid: int | None,
+        name: str | None,
+        error: str,
+        note: str | None = None,
+        trail: Trail = SILENT,
+        why: str = "",
+    ) -> Decision:
+        """A decision that answers ``ERROR : error`` (as ``UNKNOWN-ERROR`` when errors
+        are masked)."""
+        masked = self.config.reply.mask_errors and error != "UNKNOWN-ERROR"
+        if masked:
+            trail.add("%s is sent as UNKNOWN-ERROR: [reply] mask_errors = true", error)
+        return Decision(
+            kind=kind,
+            source=source,
+            uid=uid,
+            user_name=name,
+            error="UNKNOWN-ERROR" if masked else error,
+            unmasked_error=error if masked else None,
+            opsys=self.config.reply.opsys,
+            charset=self.config.reply.charset,
+            note=note,
+            reasons=trail.lines,
+            why=why or f"{kind}, {source}",
+        )
+
+    def lookup_failed(self, local: Address, remote: Address, error: str) -> Decision:
+        """The decision when the lookup itself failed: ``UNKNOWN-ERROR`` (never masked,
+        never another answer: nobody knows whose connection it is)."""
+        return Decision(
+            kind="lookup-failed",
+            source="the socket lookup",
+            error="UNKNOWN-ERROR",
+            opsys=self.config.reply.opsys,
+            charset=self.config.reply.charset,
+            reasons=(
+                f"the lookup of {show_address(local)} <-> {show_address(remote)} failed: {error}",
+            ),
+            why=f"lookup-failed, {error}",
+        )
