@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,16 +11,12 @@ import pytest
 import aioidentd
 from aioidentd import Controller, IdentRequest, IdentServer
 from peers import unavailable
+from scripted import open_fds
 from support import ask
 
 
 def controller_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("aioidentd-controller")]
-
-
-def open_fds() -> int:
-    gc.collect()  # sockets other tests dropped close now, not in the middle of a count
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
