@@ -39,7 +39,7 @@ from aioidentd.daemon.privileges import (
 )
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
-from aioidentd.daemon.supervisor import supervise
+from aioidentd.daemon.supervisor import supervise, unblock_forwarded
 from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
 from aioidentd.policy import Config, DaemonSettings, Policy, load_config
@@ -70,6 +70,8 @@ class Daemon:
     claims_sock: socket.socket | None = None
     #: Where ``[[nat]]`` translations come from (the privileged helper), if any.
     nat_source: ConntrackHelper | InProcess | None = None
+    #: A worker: the signals the supervisor relays are blocked until serve() handles them.
+    _signals_blocked: bool = dataclasses.field(default=False, init=False)
 
     @property
     def static(self) -> bool:
@@ -136,7 +138,13 @@ class Daemon:
                 self._drop(identity)
                 self._check_reloadable()  # once, not once per worker
 
-            return supervise(groups, work, drop_in_supervisor)
+            def reload_in_supervisor() -> bool:
+                # What a worker forked from now on runs (a replacement must not undo a
+                # reload); a failure is said once here, and the workers are not asked.
+                return self._reload(None, quiet=True)
+
+            self._signals_blocked = True  # in each worker, until its loop handles them
+            return supervise(groups, work, drop_in_supervisor, reload_in_supervisor)
         lookup = None if self.static else self._lookup()
         self._start_nat(identity, [*socks, *([metrics_sock] if metrics_sock else [])])
         self._drop(identity)
@@ -313,6 +321,8 @@ class Daemon:
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload, responder)
         loop.add_signal_handler(signal.SIGUSR1, lambda: logger.info("%s", metrics.summary()))
+        if self._signals_blocked:
+            unblock_forwarded()  # handled from here on; one sent meanwhile arrives now
         try:
             if connected is not None:
                 serving = asyncio.ensure_future(ident.serve_connection(connected))
@@ -352,11 +362,13 @@ class Daemon:
             if lookup is not None and hasattr(lookup, "close"):
                 lookup.close()
 
-    def _reload(self, responder: KernelResponder | None) -> None:
-        """SIGHUP: read the file again; a bad file is logged and the old policy stays."""
+    def _reload(self, responder: KernelResponder | None, quiet: bool = False) -> bool:
+        """SIGHUP: read the file again; a bad file is logged and the old policy stays.
+        Returns whether the file was loaded; ``quiet`` logs only a failure (the
+        supervisor's reload, which the workers' own reloads then report)."""
         if self.config_path is None:
             logger.info("SIGHUP: no configuration file to reload")
-            return
+            return False
         try:
             fresh = _with_overrides(load_config(self.config_path), self.overrides)
         except ConfigError as exc:
@@ -364,7 +376,7 @@ class Daemon:
             if not os.access(self.config_path, os.R_OK):
                 hint = " " + _readable_hint(self.config_path)
             logger.warning("SIGHUP: keeping the running configuration: %s%s", exc, hint)
-            return
+            return False
         if responder is not None:
             responder.policy = Policy(fresh)
             responder.log_queries = fresh.daemon.log_queries
@@ -380,12 +392,15 @@ class Daemon:
         # [server] and [metrics] stay as started: sockets and limits are fixed until a
         # restart.
         self.config = dataclasses.replace(fresh, daemon=old, metrics=self.config.metrics)
+        if quiet:
+            return True
         if changed:
             logger.warning(
                 "SIGHUP: %s changed; that takes effect after a restart",
                 ", ".join(changed),
             )
         logger.info("SIGHUP: configuration reloaded from %s", self.config_path)
+        return True
 
 
 def _readable_hint(path: str) -> str:

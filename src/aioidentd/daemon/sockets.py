@@ -44,16 +44,27 @@ def acquire_sockets(
         return take_inherited(inherited)
     copies = max(settings.workers, 1)
     socks: list[socket.socket] = []
+    port = settings.port
+    chooser: list[socket.socket] = []
     try:
+        if copies > 1 and port == 0:
+            # Every copy is bound to the port by its number: a socket bound to port 0
+            # gives its port back when it stops listening, which the supervisor does to
+            # the sockets of a worker that waits for its restart (see supervisor.py).
+            chooser = bind_sockets(settings.listen, 0, backlog=1, reuse_port=True)
+            port = chooser[0].getsockname()[1]
         for _ in range(copies):
-            port = settings.port if not socks else socks[0].getsockname()[1]
             socks.extend(
                 bind_sockets(settings.listen, port, backlog=BACKLOG, reuse_port=copies > 1)
             )
+            port = socks[0].getsockname()[1]
     except BaseException:
         for sock in socks:
             sock.close()
         raise
+    finally:
+        for sock in chooser:
+            sock.close()
     return socks, None
 
 
