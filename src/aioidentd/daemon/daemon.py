@@ -30,7 +30,13 @@ from typing import Any
 
 from aioidentd.daemon.claims_socket import ClaimsService, bind_claims_socket
 from aioidentd.daemon.metrics import DaemonMetrics, bind_metrics
-from aioidentd.daemon.nat import ConntrackHelper, InProcess, NatResolver
+from aioidentd.daemon.nat import (
+    ConntrackHelper,
+    HelperKeeper,
+    InProcess,
+    NatResolver,
+    start_helper,
+)
 from aioidentd.daemon.privileges import (
     CREATE_SERVICE_USER,
     Identity,
@@ -128,9 +134,11 @@ class Daemon:
             per = len(socks) // workers
             groups = [socks[i * per : (i + 1) * per] for i in range(workers)]
 
+            nat = self._start_nat(identity, socks, workers)
+
             def work(index: int, group: Sequence[socket.socket]) -> int:
                 lookup = None if self.static else self._lookup()
-                self._start_nat(identity, group)
+                self._nat_client(nat, index)
                 self._drop(identity)
                 return self._run_loop(self.serve(list(group), None, lookup))
 
@@ -144,9 +152,14 @@ class Daemon:
                 return self._reload(None, quiet=True)
 
             self._signals_blocked = True  # in each worker, until its loop handles them
-            return supervise(groups, work, drop_in_supervisor, reload_in_supervisor)
+            try:
+                return supervise(groups, work, drop_in_supervisor, reload_in_supervisor)
+            finally:
+                if nat is not None:
+                    nat.close()
         lookup = None if self.static else self._lookup()
-        self._start_nat(identity, [*socks, *([metrics_sock] if metrics_sock else [])])
+        nat = self._start_nat(identity, [*socks, *([metrics_sock] if metrics_sock else [])], 1)
+        self._nat_client(nat, 0)
         self._drop(identity)
         self._check_reloadable()
         try:
@@ -154,6 +167,8 @@ class Daemon:
         finally:
             if self.nat_source is not None:
                 self.nat_source.close()
+            if nat is not None:
+                nat.close()
 
     def _metrics_socket(self, workers: int, inetd: bool) -> socket.socket | None:
         """The ``[metrics] listen`` socket, bound with the ident port (before privileges
@@ -176,18 +191,28 @@ class Daemon:
                 f"[metrics] listen = {metrics.listen!r}: {exc.strerror or exc}"
             ) from None
 
-    def _start_nat(self, identity: Identity | None, socks: Sequence[socket.socket]) -> None:
-        """``[[nat]]`` needs conntrack, and conntrack CAP_NET_ADMIN: a helper process
-        that keeps root is forked now, before privileges are dropped (see nat.py)."""
+    def _start_nat(
+        self, identity: Identity | None, socks: Sequence[socket.socket], workers: int
+    ) -> HelperKeeper | None:
+        """``[[nat]]`` needs conntrack, and conntrack CAP_NET_ADMIN: one keeper for every
+        worker, forked now, before privileges are dropped, keeps that capability alone
+        and the helper running (see nat.py). Without a drop to come, conntrack is asked
+        in-process."""
         if not self.config.nat or self.static:
-            return
+            return None
         if identity is None:
             self.nat_source = InProcess()  # not dropping privileges: ask the kernel here
-            return
-        helper = ConntrackHelper()
+            return None
         close = [*socks, *([self.claims_sock] if self.claims_sock is not None else [])]
-        helper.start(close=close)
-        self.nat_source = helper
+        try:
+            return start_helper(identity.uid, identity.gid, workers, close=close)
+        except OSError as exc:
+            raise DaemonError(f"cannot start the conntrack helper: {exc}") from None
+
+    def _nat_client(self, nat: HelperKeeper | None, index: int) -> None:
+        """In worker ``index`` (or the one process): its channel to the helper."""
+        if nat is not None:
+            self.nat_source = nat.client(index)
 
     def _identity(self) -> Identity | None:
         if os.geteuid() != 0:

@@ -49,6 +49,11 @@ CREATE_SERVICE_USER: Final = (
 
 # <linux/prctl.h>
 _PR_CAPBSET_DROP: Final = 24
+_PR_SET_KEEPCAPS: Final = 8
+_PR_SET_DUMPABLE: Final = 4
+#: <linux/capability.h>
+CAP_NET_ADMIN: Final = 12
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 _PR_SET_NO_NEW_PRIVS: Final = 38
 _PR_GET_NO_NEW_PRIVS: Final = 39
 
@@ -121,13 +126,15 @@ def _last_capability() -> int:
         return 63  # the bounding set's width; numbers the kernel lacks answer EINVAL
 
 
-def empty_bounding_set() -> str | None:
-    """Drop every capability from the bounding set; None when done, else why not (no
-    ``CAP_SETPCAP``, as in some containers, or no prctl)."""
+def empty_bounding_set(keep: int | None = None) -> str | None:
+    """Drop every capability (but ``keep``) from the bounding set; None when done, else
+    why not (no ``CAP_SETPCAP``, as in some containers, or no prctl)."""
     prctl = _prctl()
     if prctl is None:
         return "prctl is not available on this system"
     for capability in range(_last_capability() + 1):
+        if capability == keep:
+            continue
         try:
             _call(prctl, _PR_CAPBSET_DROP, capability)
         except OSError as exc:
@@ -148,6 +155,59 @@ def set_no_new_privs() -> str | None:
             return "PR_SET_NO_NEW_PRIVS did not stick"
     except OSError as exc:
         return f"cannot set PR_SET_NO_NEW_PRIVS: {exc.strerror}"
+    return None
+
+
+def keep_only_capability(capability: int, uid: int, gid: int) -> str | None:
+    """From root: become ``uid``/``gid`` keeping ``capability`` alone (the NAT helper's
+    ``CAP_NET_ADMIN``). The bounding set loses every other capability, the permitted and
+    effective sets hold only it, ``no_new_privs`` is set and the process is not dumpable
+    (the daemon's user can neither ptrace it nor read its memory). The uid change is
+    checked (raises :class:`PrivilegeError`); returns None when everything else was done
+    too, else what was not."""
+    prctl = _prctl()
+    problem = empty_bounding_set(keep=capability)
+    if prctl is not None:
+        _call(prctl, _PR_SET_KEEPCAPS, 1)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
+        raise PrivilegeError("privileges could not be changed")
+    if prctl is None:
+        return problem or "prctl is not available on this system"
+    problem = problem or _capset(1 << capability)
+    _call(prctl, _PR_SET_KEEPCAPS, 0)
+    _call(prctl, _PR_SET_DUMPABLE, 0)
+    return problem or set_no_new_privs()
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _capset(mask: int) -> str | None:
+    """This process's permitted and effective capabilities: ``mask`` exactly (capset(2),
+    version 3: two 32-bit words); None when done."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for word in range(2):
+        bits = (mask >> (32 * word)) & 0xFFFFFFFF
+        data[word].effective = data[word].permitted = bits
+    try:
+        capset = ctypes.CDLL(None, use_errno=True).capset
+    except (OSError, AttributeError):
+        return "capset is not available on this system"
+    if capset(ctypes.byref(header), data) != 0:
+        return f"capset: {os.strerror(ctypes.get_errno())}"
     return None
 
 

@@ -144,17 +144,9 @@ class KernelResponder:
         try:
             translation = await nat.translate(local, remote)
         except (SocketLookupError, ValueError) as exc:
-            # Anyone can make us look up: one line per interval, then a count.
-            self._log().log(
-                "conntrack-failed",
-                logging.WARNING,
-                "conntrack lookups failed",
-                "conntrack lookup of %s:%d <-> %s:%d failed: %s",
-                *local,
-                *remote,
-                exc,
-            )
-            return none
+            # Like a failed socket lookup: nobody knows whose connection it is, so
+            # UNKNOWN-ERROR, logged at a bounded rate (see _send).
+            return self.policy.lookup_failed(local, remote, f"conntrack: {exc}")
         if translation is None:
             return none
         rules = nat.rules_for(translation.inner[0])

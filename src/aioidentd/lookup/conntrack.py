@@ -19,7 +19,7 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Final, NamedTuple
+from typing import BinaryIO, Final, NamedTuple
 
 from aioidentd.errors import SocketLookupError
 from aioidentd.protocol import Address, ip_of
@@ -181,8 +181,17 @@ class ConntrackLookup:
 
     blocking = True
 
-    def __init__(self, *, timeout: float = 1.0, proc: str = "/proc/net/nf_conntrack") -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 1.0,
+        proc: str = "/proc/net/nf_conntrack",
+        proc_file: BinaryIO | None = None,
+    ) -> None:
         self.proc = proc
+        #: ``proc`` opened beforehand (by root, for a process that cannot open it later):
+        #: read again from its start for each scan.
+        self.proc_file = proc_file
         self._seq = 0
         self._sock: socket.socket | None = None
         try:
@@ -210,8 +219,12 @@ class ConntrackLookup:
             except OSError:
                 self.close()  # refused (EPERM) or broken: the /proc table from now on
         try:
-            with open(self.proc, encoding="ascii", errors="replace") as file:
-                text = file.read()
+            if self.proc_file is not None:
+                self.proc_file.seek(0)
+                text = self.proc_file.read().decode("ascii", errors="replace")
+            else:
+                with open(self.proc, encoding="ascii", errors="replace") as file:
+                    text = file.read()
         except OSError as exc:
             raise SocketLookupError(f"cannot read {self.proc}: {exc.strerror}") from None
         return scan_nf_conntrack(text, outer, server)
