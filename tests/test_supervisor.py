@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,22 +57,31 @@ def _answers(port: int, query: bytes) -> list[bytes]:
     return [ask(port, query).rsplit(b":", 1)[-1] for _ in range(QUERIES)]
 
 
+@contextmanager
+def _two_workers(
+    listener: socket.socket, config: Path, reply: str
+) -> Iterator[tuple[ServeProcess, bytes]]:
+    """The daemon with two workers answering ``reply`` (from ``config``), and the query
+    about a connection of nobody's to ``listener``."""
+    need_root()
+    config.write_text(_fixed(reply))
+    lport = listener.getsockname()[1]
+    with (
+        serve_process("--config", str(config)) as d,
+        as_nobody(connect_from_nobody("127.0.0.1", lport)) as child,
+    ):
+        yield d, b"%d,%d\r\n" % (child["port"], lport)
+
+
 def test_a_replaced_worker_runs_what_the_last_reload_loaded(
     listener: socket.socket, config: Path
 ) -> None:
     """Reload a policy, kill a worker: its replacement answers with the reloaded policy,
     not with the one the daemon started with (a reload that hides a user must not be
     undone for a share of the queries)."""
-    need_root()
-    config.write_text(_fixed("before"))
-    lport = listener.getsockname()[1]
-    with (
-        serve_process("--config", str(config)) as d,
-        as_nobody(connect_from_nobody("127.0.0.1", lport)) as child,
-    ):
+    with _two_workers(listener, config, "before") as (d, query):
         port = d.port
         first, _second = _workers(d)
-        query = b"%d,%d\r\n" % (child["port"], lport)
         assert set(_answers(port, query)) == {b"before\r\n"}
         config.write_text(_fixed("after"))
         d.proc.send_signal(signal.SIGHUP)
@@ -91,13 +101,7 @@ def test_a_sighup_burst_while_a_worker_starts_does_not_kill_it(
     """SIGHUPs to the supervisor from before a worker dies until its replacement serves:
     the replacement lives through every relayed one (none finds it before its handler
     is installed with the default action, terminate), and reloads."""
-    need_root()
-    config.write_text(_fixed("burst"))
-    lport = listener.getsockname()[1]
-    with (
-        serve_process("--config", str(config)) as d,
-        as_nobody(connect_from_nobody("127.0.0.1", lport)) as child,
-    ):
+    with _two_workers(listener, config, "burst") as (d, query):
         port = d.port
         first, second = _workers(d)
         os.kill(first, signal.SIGKILL)
@@ -112,7 +116,6 @@ def test_a_sighup_burst_while_a_worker_starts_does_not_kill_it(
         assert d.count(r"worker \d \(pid \d+\) exited") == 1, d.log[-3000:]
         replacement = [pid for pid in _children(d.proc.pid) if pid not in (first, second)]
         assert len(replacement) == 1 and sent >= 1
-        query = b"%d,%d\r\n" % (child["port"], lport)
         assert set(_answers(port, query)) == {b"burst\r\n"}
         assert d.stop() == 0
 
