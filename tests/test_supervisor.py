@@ -165,8 +165,7 @@ def test_a_crash_loop_backs_off_and_other_workers_take_its_connections(
             assert ask(port, b"%d,1\r\n" % n) == b"%d,1:ERROR:NO-USER\r\n" % n
         assert [p for p in _children(d.proc.pid) if p != second] == []
         # Back-off: each delay at least the one designed (0, 0.5, 1, 2 s).
-        assert all(delay >= low for delay, low in zip(delays, (0, 0.5, 1, 2), strict=True))
-        assert delays[-1] >= 2 * delays[1], delays
+        assert all(delay >= low for delay, low in zip(delays, (0, 0.5, 1, 2), strict=True)), delays
         # Three deaths in full, then one line for the loop; not one line per death.
         assert d.count(r"worker 0 \(pid \d+\) exited") == 3, d.log
         assert d.count(r"worker 0 keeps failing") == 1, d.log
