@@ -8,7 +8,8 @@ gateway's daemon answers from two static ``[[nat]]`` entries ("two", "three"), s
 answer meant for one host's connection is told from the other's. Cases:
 
 * ``stop``: the helper stopped (SIGSTOP) until the daemon has answered a query without
-  it, then continued; then queries for both hosts in turn;
+  it, then continued; then queries for both hosts in turn; then the daemon told to stop
+  (SIGTERM) while its helper is stopped again;
 * ``kill``: the helper killed (SIGKILL), then queries until one is answered right again;
 * ``workers``: two worker processes, one killed; then queries for both hosts;
 * in each: what the helper process holds (uid, capabilities, no_new_privs).
@@ -192,7 +193,8 @@ def gone(pid: int) -> bool:
     return state == "X"
 
 
-def case_stop(outside: Outside, pid: int) -> dict[str, Any]:
+def case_stop(outside: Outside, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    pid = proc.pid
     a, b = outside.connect_from(INNER4), outside.connect_from(INNER4_B)
     before = [outside.ask(a), outside.ask(b)]
     helper = the_helper(pid)
@@ -212,7 +214,21 @@ def case_stop(outside: Outside, pid: int) -> dict[str, Any]:
         after.append([host, answer])
         if first_right is None and answer == ANSWERS[host]:
             first_right = time.monotonic() - continued
+    # Told to stop while its helper is stopped: the daemon still exits, by itself.
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            status: int | None = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            status = None
+        exit_seconds = time.monotonic() - began
+    finally:
+        os.kill(helper, signal.SIGCONT)  # it reads EOF and exits
     return {
+        "exit_status": status,
+        "exit_seconds": exit_seconds,
         "before": before,
         "during": during,
         "stopped_for": stopped_for,
@@ -283,7 +299,7 @@ def one_case(case: str, gateway: Namespace, inner: Namespace, workdir: Path) -> 
         wait_port(gateway, GW_OUT4, 113, proc)
         outside = Outside(inner)
         if case == "stop":
-            return case_stop(outside, proc.pid)
+            return case_stop(outside, proc)
         if case == "kill":
             return case_kill(outside, proc.pid)
         return case_workers(outside, proc.pid, log)

@@ -36,6 +36,8 @@ def test_a_stopped_helper_never_shifts_answers_onto_the_next_query(
     assert case["during"] == "UNKNOWN-ERROR", faults["logs"]
     expected = [[host, {"10.0.0.2": "two", "10.0.0.3": "three"}[host]] for host, _ in case["after"]]
     assert case["after"] == expected, faults["logs"]
+    # And a daemon told to stop while its helper is stopped exits by itself (no hang).
+    assert case["exit_status"] == 0 and case["exit_seconds"] < 10, case
 
 
 def test_a_killed_helper_is_replaced_and_reaped(faults: dict[str, Any]) -> None:

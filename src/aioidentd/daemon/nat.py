@@ -167,15 +167,26 @@ class HelperKeeper:
         """What worker ``index`` asks through (its own copy of the channel)."""
         return ConntrackHelper(self.channels[index].dup())
 
-    def close(self) -> None:
-        """Close the channels: the helper reads EOF on all and exits, then the keeper."""
+    def close(self, grace: float = 2.0) -> None:
+        """Close the channels: the helper reads EOF on all and exits, then the keeper. A
+        keeper still there after ``grace`` seconds (its helper stopped, say) is killed
+        rather than waited for: the daemon's exit must not hang on it (the helper
+        exits by itself at EOF once it runs again)."""
         for sock in self.channels:
             sock.close()
         self.channels = []
-        if self.pid:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
-            self.pid = 0
+        pid, self.pid = self.pid, 0
+        if not pid:
+            return
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(pid, os.WNOHANG)[0] == 0:
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    return
+                time.sleep(0.01)
 
 
 def start_helper(
