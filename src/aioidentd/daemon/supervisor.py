@@ -12,11 +12,13 @@ a worker that dies. Three rules make that safe under faults (see docs/process-mo
   ``fork()`` and stay blocked in the new worker until its event loop handles them
   (:func:`unblock_forwarded`); one sent meanwhile waits, it does not terminate.
 * **A crash loop backs off.** A worker that dies after running a while is replaced at
-  once; one that keeps dying soon after its start is replaced after 0.5, 1, 2 ... up to
-  :data:`MAX_BACKOFF` seconds, logged in full a few times and then once per
-  :data:`QUIET_INTERVAL`. While it waits, its sockets stop listening (a listening socket
-  nobody accepts on would hold its share of new connections): the kernel gives them to
-  the other workers, and the replacement listens again.
+  once; one that keeps dying within :data:`STABLE` of its start is replaced after 0.5, 1,
+  2 ... up to :data:`MAX_BACKOFF` seconds, logged in full a few times and then once per
+  :data:`QUIET_INTERVAL`. While it waits and another worker serves, its sockets stop
+  listening (a listening socket nobody accepts on would hold its share of new
+  connections): the kernel gives them to the other workers, and the replacement listens
+  again. When no worker serves, every socket listens: connections wait for the next
+  start rather than being refused.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Signals the parent passes on to every worker.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-#: A worker that ran this long before it died was healthy: replaced at once.
-STABLE = 10.0
+#: A worker that ran this long before it died was not failing at its start: replaced at
+#: once (a worker killed now and then, or one a query made crash, never waits).
+STABLE = 1.0
 #: The first delay of a crash loop, doubled at each further failure, up to MAX_BACKOFF.
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
@@ -97,9 +100,7 @@ def supervise(
     def start(index: int, loud: bool) -> None:
         slot = slots[index]
         slot.due = None
-        for sock in groups[index]:
-            with contextlib.suppress(OSError):
-                sock.listen()  # again, if it stopped listening while the worker was down
+        _listen(groups[index], True)  # again, if it stopped while the worker was down
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         try:
             pid = os.fork()
@@ -163,12 +164,18 @@ def supervise(
                 delay,
                 QUIET_INTERVAL,
             )
-        if delay:
-            for sock in groups[index]:
-                with contextlib.suppress(OSError):
-                    # Linux: stop listening, keep the bound port (listen() again later);
-                    # connections queued here are reset rather than left waiting.
-                    sock.shutdown(socket.SHUT_RD)
+        running = any(other.due is None for other in slots)
+        if delay and running:
+            # Another worker serves meanwhile: stop listening here (Linux keeps the
+            # bound port; listen() again at the start), so that the kernel gives it
+            # the new connections; those already queued here are reset, not left
+            # waiting for the restart.
+            _listen(groups[index], False)
+        elif not running:
+            # Nobody serves: every socket listens, so that connections wait for the
+            # next start in the kernel's queue instead of being refused.
+            for group in groups:
+                _listen(group, True)
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -225,6 +232,17 @@ def supervise(
         for sock in group:
             sock.close()
     return status
+
+
+def _listen(group: Sequence[socket.socket], on: bool) -> None:
+    """Make ``group``'s sockets listen, or stop listening (they stay bound: every copy
+    of a port is bound by number, see sockets.acquire_sockets)."""
+    for sock in group:
+        with contextlib.suppress(OSError):
+            if on:
+                sock.listen()
+            else:
+                sock.shutdown(socket.SHUT_RD)
 
 
 def _reaped(by_pid: dict[int, int]) -> list[tuple[int, int]]:
