@@ -104,6 +104,7 @@ def test_a_sighup_burst_while_a_worker_starts_does_not_kill_it(
     with _two_workers(listener, config, "burst") as (d, query):
         port = d.port
         first, second = _workers(d)
+        wait_until(lambda: d.count("serving ident on") == 2, what="both workers serving")
         os.kill(first, signal.SIGKILL)
         sent = 0
         deadline = time.monotonic() + 10
@@ -171,3 +172,20 @@ def test_a_crash_loop_backs_off_and_other_workers_take_its_connections(
         assert d.count(r"worker 0 keeps failing") == 1, d.log
         wait_until(lambda: _listening(port) == 2, within=30, what="worker 0 back")
         assert d.stop() == 0
+
+
+def test_workers_stop_when_their_supervisor_is_killed(config: Path) -> None:
+    """SIGKILL to the supervisor (an OOM kill, a careless kill -9): its workers stop too,
+    instead of serving on with nobody to replace them or to pass on a SIGHUP."""
+    need_root()
+    config.write_text(_fixed("x"))
+    with serve_process("--config", str(config)) as d:
+        workers = _workers(d)
+        wait_until(lambda: d.count("serving ident on") == 2, what="both workers serving")
+        d.proc.kill()
+        d.proc.wait(10)
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+            within=15,
+            what="the workers gone",
+        )

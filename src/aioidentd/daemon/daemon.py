@@ -42,6 +42,7 @@ from aioidentd.daemon.privileges import (
     Identity,
     drop_privileges,
     resolve_identity,
+    stop_with_parent,
 )
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
@@ -135,11 +136,14 @@ class Daemon:
             groups = [socks[i * per : (i + 1) * per] for i in range(workers)]
 
             nat = self._start_nat(identity, socks, workers)
+            supervisor = os.getpid()
 
             def work(index: int, group: Sequence[socket.socket]) -> int:
                 lookup = None if self.static else self._lookup()
                 self._nat_client(nat, index)
                 self._drop(identity)
+                if not stop_with_parent(supervisor):
+                    return 0  # the supervisor died meanwhile
                 return self._run_loop(self.serve(list(group), None, lookup))
 
             def drop_in_supervisor() -> None:

@@ -22,6 +22,7 @@ import grp
 import logging
 import os
 import pwd
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ CREATE_SERVICE_USER: Final = (
 # <linux/prctl.h>
 _PR_CAPBSET_DROP: Final = 24
 _PR_SET_KEEPCAPS: Final = 8
+_PR_SET_PDEATHSIG: Final = 1
 _PR_SET_DUMPABLE: Final = 4
 #: <linux/capability.h>
 CAP_NET_ADMIN: Final = 12
@@ -209,6 +211,19 @@ def _capset(mask: int) -> str | None:
     if capset(ctypes.byref(header), data) != 0:
         return f"capset: {os.strerror(ctypes.get_errno())}"
     return None
+
+
+def stop_with_parent(parent: int) -> bool:
+    """SIGTERM this process when ``parent`` dies (a worker whose supervisor was killed
+    must not serve on unsupervised); False when ``parent`` is already gone. Set after
+    any change of credentials, which clears it."""
+    prctl = _prctl()
+    if prctl is not None:
+        try:
+            _call(prctl, _PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError as exc:
+            logger.warning("cannot ask to stop with the supervisor: %s", exc.strerror)
+    return os.getppid() == parent
 
 
 def drop_privileges(identity: Identity, *, allow_root: bool = False) -> bool:

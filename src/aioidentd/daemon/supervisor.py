@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from aioidentd._ratelimit import RateLimitedLog
+from aioidentd.daemon.sockets import BACKLOG
 from aioidentd.errors import DaemonError
 
 __all__ = ["FORWARDED", "supervise", "unblock_forwarded"]
@@ -235,13 +236,16 @@ def supervise(
 
 
 def _listen(group: Sequence[socket.socket], on: bool) -> None:
-    """Make ``group``'s sockets listen, or stop listening (they stay bound: every copy
-    of a port is bound by number, see sockets.acquire_sockets)."""
+    """Make ``group``'s sockets listen again (with the daemon's backlog), or stop
+    listening (they stay bound: every copy of a port is bound by number, see
+    sockets.acquire_sockets). A socket already in the state asked for is left alone (a
+    listen() again would change its backlog, say systemd's)."""
     for sock in group:
         with contextlib.suppress(OSError):
-            if on:
-                sock.listen()
-            else:
+            listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+            if on and not listening:
+                sock.listen(BACKLOG)
+            elif not on and listening:
                 sock.shutdown(socket.SHUT_RD)
 
 
