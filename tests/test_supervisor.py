@@ -8,6 +8,7 @@ connection asked about (see test_daemon).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -184,8 +185,13 @@ def test_workers_stop_when_their_supervisor_is_killed(config: Path) -> None:
         wait_until(lambda: d.count("serving ident on") == 2, what="both workers serving")
         d.proc.kill()
         d.proc.wait(10)
-        wait_until(
-            lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
-            within=15,
-            what="the workers gone",
-        )
+        try:
+            wait_until(
+                lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+                within=15,
+                what="the workers gone",
+            )
+        finally:
+            for pid in workers:  # when they stayed: not left serving after the test
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
