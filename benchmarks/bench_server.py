@@ -32,6 +32,9 @@ The cases (issue 11's table):
 
 1. a fresh connection per query, 50 in flight: connections/s and server CPU per query.
    The client closes with RST after the answer, so no end keeps TIME_WAIT.
+   1.m: the same against the servers that keep connections open (ours ``--multiple``,
+   which is the embedded ``IdentServer(multiple=True)`` with no handler, and the C
+   limit's "many"; Twisted always keeps them open): issue 18's case.
 2. one query at a time, a fresh connection each: latency from connect() to the answer's
    end of line, p50 and p99.
 3. kept-open connections, 20 of them, 1 query in flight on each: queries/s.
@@ -497,6 +500,12 @@ class Case:
     connections: int
     depth: int  # queries in flight per connection (the segment's lines in case 6)
     figures: tuple[Figure, ...]  # the case's own, with ratios
+    #: Served by the --multiple instances (ours, the C limit's "many"); None: when kept open.
+    multiple: bool | None = None
+
+    @property
+    def many(self) -> bool:
+        return self.kept_open if self.multiple is None else self.multiple
 
     @property
     def number(self) -> int:
@@ -513,6 +522,15 @@ LINE_CPU = Figure("server CPU per line (µs)", "server_us_per_query", ",.2f", Fa
 SEGMENTS = (16, 256, 4096)
 CASES = (
     Case("1", "fresh connection per query, 50 in flight", "conn", 50, 1, (CPS, CPU, P50)),
+    Case(
+        "1.m",
+        "fresh connection per query, 50 in flight, --multiple",
+        "conn",
+        50,
+        1,
+        (CPS, CPU, P50),
+        multiple=True,
+    ),
     Case("2", "one query at a time, fresh connection each", "conn", 1, 1, (P50, P99, CPU)),
     Case("3", "kept-open connections, 1 in flight x 20", "keep", 20, 1, (QPS, P50, CPU)),
     Case("4", "kept-open connections, 8 in flight x 20", "keep", 20, 8, (QPS, CPU, P50)),
@@ -539,13 +557,13 @@ def run_load(
     def server_for(case: Case, column: str) -> Server | None:
         if case.kept_open and not lineup.kept_open(column):
             return None
-        return servers[(column, case.kept_open and column in ONE_OR_MANY)]
+        return servers[(column, case.many and column in ONE_OR_MANY)]
 
     results: dict[tuple[str, str], Result] = {}
     try:
         for column in lineup.columns:
             served = [c for c in cases if lineup.kept_open(column) or not c.kept_open]
-            for multiple in sorted({c.kept_open and column in ONE_OR_MANY for c in served}):
+            for multiple in sorted({c.many and column in ONE_OR_MANY for c in served}):
                 servers[(column, multiple)] = lineup.start(column, env, multiple=multiple)
         for started in servers.values():
             started.wait_ready()
@@ -834,7 +852,7 @@ def report_memory(lineup: Lineup, results: dict[str, list[IdleRun]]) -> None:
 def report_goals(
     load: dict[tuple[str, str], Result], memory: dict[str, list[IdleRun]], idle: int
 ) -> None:
-    """Issue 11's goals, against this run's figures."""
+    """Issues 11's and 18's goals, against this run's figures."""
 
     def get(case: str, column: str) -> Result | None:
         result = load.get((case, column))
@@ -857,11 +875,36 @@ def report_goals(
                 ok,
             )
         )
+    # Issue 18's: --multiple as fast as single mode, both near the C limit.
+    oursm, twm = get("1.m", "ours"), get("1.m", "Twisted")
+    if oursm and twm:
+        r = oursm.qps / twm.qps
+        lines.append(("(1.m) connections/s >= 1.5 x Twisted's", f"{r:.2f} x", r >= 1.5))
+        r = oursm.server_us_per_query / twm.server_us_per_query
+        lines.append(("(1.m) server CPU per query <= 0.6 x Twisted's", f"{r:.2f} x", r <= 0.6))
+    for case in ("1", "1.m"):
+        mine, limit = get(case, "ours"), get(case, "C limit")
+        if mine and limit:
+            r = mine.server_us_per_query / limit.server_us_per_query
+            lines.append(
+                (f"({case}) server CPU per query <= 1.25 x the C limit's", f"{r:.2f} x", r <= 1.25)
+            )
+    for case in ("1", "1.m", "2", "3", "4"):
+        mine, uv = get(case, "ours"), get(case, "ours+uvloop")
+        if mine and uv:
+            r = uv.qps / mine.qps
+            lines.append(
+                (f"({case}) uvloop at least as fast as the default loop", f"{r:.2f} x", r >= 1.0)
+            )
     ours2 = get("2", "ours")
     if ours2:
         lines.append(
             ("(2) p50 latency <= 0.10 ms", f"{ours2.p50_us / 1000:.3f} ms", ours2.p50_us <= 100)
         )
+        limit2 = get("2", "C limit")
+        if limit2:
+            r = ours2.p50_us / limit2.p50_us
+            lines.append(("(2) p50 latency <= 1.2 x the C limit's", f"{r:.2f} x", r <= 1.2))
     ours4, tw4 = get("4", "ours"), get("4", "Twisted")
     if ours4 and tw4:
         r = ours4.qps / tw4.qps
@@ -906,7 +949,7 @@ def report_goals(
             )
     if not lines:
         return
-    print("Goals of issue 11 (ours on the default loop unless said), in this run:")
+    print("Goals of issues 11 and 18 (ours on the default loop unless said), in this run:")
     for label, value, met in lines:
         print(f"  {label:58}{value:>22}   {'met' if met else 'NOT met'}")
     print()

@@ -382,6 +382,16 @@ def parse_ports(line: bytes) -> tuple[int, int]:
     which needs only the two numbers (same rules, same errors)."""
     if line.endswith(b"\n"):
         line = line[:-1]
+    # The usual query, without the regular expression: two runs of ASCII digits around
+    # the one comma, whitespace allowed around each (bytes.isdigit() is ASCII only).
+    first, comma, second = line.partition(b",")
+    if comma:
+        first = first.strip(WHITESPACE)
+        second = second.strip(WHITESPACE)
+        if 0 < len(first) <= 5 and 0 < len(second) <= 5 and first.isdigit() and second.isdigit():
+            server_port, client_port = int(first), int(second)
+            if 0 < server_port <= 65535 and 0 < client_port <= 65535:
+                return server_port, client_port
     match = _QUERY_RE.fullmatch(line)
     if match is None:
         raise InvalidQuery(f"not a port pair: {line[:60]!r}")

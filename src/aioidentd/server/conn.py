@@ -200,6 +200,17 @@ class IdentConnection:
         state = self.state
         if not data:
             return self._end_of_input(now)
+        if (
+            (state == State.FIRST_QUERY or state == State.OPEN)
+            and not self._buffer
+            and not self._answers
+            and data.find(b"\n") == len(data) - 1
+            and len(data) <= MAX_LINE + 1
+        ):
+            # The usual case: exactly one whole line, nothing waiting.
+            query = self._one_query(data, now)
+            if query is not None:
+                return query
         if state not in _READING:
             # Draining or lingering: read (so that closing sends FIN, not an RST over
             # unread input) and discarded.
@@ -285,6 +296,27 @@ class IdentConnection:
             self._enter(State.OPEN)
         self._refresh(now)
         return events or None
+
+    def _one_query(self, line: bytes, now: float) -> list[Event] | None:
+        """:meth:`_parse` for one valid query line with nothing before it; None when the
+        line is not a valid query (the general path answers it)."""
+        try:
+            server_port, client_port = parse_ports(line)
+        except InvalidQuery:
+            return None
+        rules = self.rules
+        self.activity += 1
+        self._idle = now + rules.idle_timeout
+        slot = self._base
+        self._answers.append(None)
+        self._ports[slot] = (server_port, client_port, now)
+        if not rules.multiple:
+            self._extra = False
+            self._enter(State.DRAINING)
+        elif self.state == State.FIRST_QUERY:
+            self._enter(State.OPEN)
+        self._refresh(now)
+        return [NewQuery(slot, server_port, client_port, now)]
 
     def _slot(self) -> int:
         self._answers.append(None)

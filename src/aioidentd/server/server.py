@@ -774,8 +774,9 @@ class IdentServer:
                 # tasks on a kept-open connection: the oldest such task makes room.
                 for old, owner in tasks.items():
                     if owner.answered:
-                        old.cancel()
+                        old.cancel()  # done at the next loop iteration: no longer counted
                         del tasks[old]
+                        self._tasks.discard(old)
                         break
             tasks[task] = request
 
