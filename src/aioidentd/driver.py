@@ -35,6 +35,7 @@ import heapq
 import itertools
 import logging
 import math
+import select
 import socket
 import struct
 import termios
@@ -134,11 +135,11 @@ class Channel:
         "_closed",
         "_eof",
         "_lost",
+        "_mask",
         "_out",
         "_reading",
         "_scheduled",
         "_shut",
-        "_watched",
         "_writing",
         "context",
         "driver",
@@ -165,7 +166,7 @@ class Channel:
         self._scheduled = False
         self._eof = False
         self._shut = False
-        self._watched = False
+        self._mask = -1  # what the poller watches (-1: not registered)
         self._closed = False
         self._lost: asyncio.Future[None] | None = None
 
@@ -248,6 +249,7 @@ class Driver:
         low_water: int = 16 * 1024,
         read_size: int = 16 * 1024,
         counters: Any = None,
+        poller: str | None = None,
     ) -> None:
         self._loop = loop
         self._time = loop.time
@@ -269,6 +271,11 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
         self.log = RateLimitedLog(logger, call_later=loop.call_later)
+        self._poller: _Epoll | _LoopPoller
+        if poller == "epoll" or (poller is None and hasattr(select, "epoll")):
+            self._poller = _Epoll(self)
+        else:
+            self._poller = _LoopPoller(self)
 
     def __len__(self) -> int:
         return len(self.channels)
@@ -449,9 +456,10 @@ class Driver:
                 linger = self._time() + LINGER
                 if linger < channel._armed:
                     self._arm(channel, linger)
+        watch = False
         if buffered and not channel._writing:
             channel._writing = True
-            self._loop.add_writer(channel.fd, self._on_writable, channel)
+            watch = True
         if session.activity != channel._active:
             channel._active = session.activity
             channels = self.channels
@@ -465,13 +473,9 @@ class Driver:
         read = (session.want_read or channel._shut) and room and not more and not channel._eof
         if read != channel._reading:
             channel._reading = read
-            if read:
-                if not channel._watched:
-                    channel._watched = True
-                    self.watched += 1
-                self._loop.add_reader(channel.fd, self._on_readable, channel)
-            else:
-                self._loop.remove_reader(channel.fd)
+            watch = True
+        if watch:
+            self._poller.watch(channel)
         deadline = session.deadline
         if deadline < channel._armed:
             self._arm(channel, deadline)
@@ -495,7 +499,7 @@ class Driver:
         else:
             channel._out = None
             channel._writing = False
-            self._loop.remove_writer(channel.fd)
+            self._poller.watch(channel)
         self._settle(channel)
 
     # -- the deadline wheel -------------------------------------------------------------
@@ -576,13 +580,8 @@ class Driver:
         if channel._closed:
             return
         channel._closed = True
-        loop = self._loop
-        if channel._reading:
-            channel._reading = False
-            loop.remove_reader(channel.fd)
-        if channel._writing:
-            channel._writing = False
-            loop.remove_writer(channel.fd)
+        channel._reading = channel._writing = False
+        self._poller.forget(channel)
         channel._out = None
         channel.sock.close()
         self.channels.pop(channel, None)
@@ -616,6 +615,7 @@ class Driver:
         """Abort every connection and stop the wheel (the end of a server)."""
         for channel in list(self.channels):
             self._drop(channel)
+        self._poller.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -623,6 +623,115 @@ class Driver:
         self._heap.clear()
         self._stale = 0
         self.log.close()
+
+
+class _Epoll:
+    """The connections' sockets on an epoll set of the driver's own, which the event loop
+    watches as one descriptor (``loop.add_reader`` on the epoll's, public API on every
+    loop). Why not ``add_reader`` per socket: asyncio's costs a handle, a selector key
+    and two dictionary look-ups per registration, about a third of a fresh connection's
+    CPU and 350 octets of every idle connection; here a socket costs one system call
+    and one dictionary entry. A closed socket leaves the set by itself.
+    """
+
+    #: Events handled per loop callback: the rest wait for the next iteration.
+    BATCH: Final = 64
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+        self._epoll = select.epoll()
+        self._fds: dict[int, Channel] = {}
+        self._watching = False
+        self._loop = driver._loop
+
+    def watch(self, channel: Channel) -> None:
+        mask = (select.EPOLLIN if channel._reading else 0) | (
+            select.EPOLLOUT if channel._writing else 0
+        )
+        if mask == channel._mask:
+            return
+        fd = channel.fd
+        if channel._mask < 0:
+            self._epoll.register(fd, mask)
+            self._fds[fd] = channel
+            self._driver.watched += 1
+            if not self._watching:
+                self._watching = True
+                self._loop.add_reader(self._epoll.fileno(), self._on_events)
+        else:
+            self._epoll.modify(fd, mask)
+        channel._mask = mask
+
+    def forget(self, channel: Channel) -> None:
+        """Before the socket is closed (which takes it out of the set)."""
+        if channel._mask >= 0:
+            channel._mask = -1
+            if self._fds.get(channel.fd) is channel:
+                del self._fds[channel.fd]
+
+    def _on_events(self, _: object = None) -> None:
+        driver = self._driver
+        fds = self._fds
+        for fd, events in self._epoll.poll(0, self.BATCH):
+            channel = fds.get(fd)
+            if channel is None or channel._closed:
+                continue
+            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                if channel._reading:
+                    driver._on_readable(channel)
+                elif not events & select.EPOLLIN:
+                    # Reset while not being read (paused): nothing can be answered, and
+                    # a level-triggered error reported for ever would spin the loop.
+                    driver._drop(channel)
+                    continue
+            if events & select.EPOLLOUT and channel._writing and not channel._closed:
+                driver._on_writable(channel)
+
+    def close(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._loop.remove_reader(self._epoll.fileno())
+        self._fds.clear()
+        self._epoll.close()
+
+
+class _LoopPoller:
+    """The same with the event loop's own ``add_reader``/``add_writer`` per socket, where
+    there is no epoll."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+        self._loop = driver._loop
+
+    def watch(self, channel: Channel) -> None:
+        was = channel._mask
+        if was < 0:
+            was = 0
+            self._driver.watched += 1
+        loop, fd, driver = self._loop, channel.fd, self._driver
+        reading, writing = channel._reading, channel._writing
+        if reading != bool(was & 1):
+            if reading:
+                loop.add_reader(fd, driver._on_readable, channel)
+            else:
+                loop.remove_reader(fd)
+        if writing != bool(was & 2):
+            if writing:
+                loop.add_writer(fd, driver._on_writable, channel)
+            else:
+                loop.remove_writer(fd)
+        channel._mask = (1 if reading else 0) | (2 if writing else 0)
+
+    def forget(self, channel: Channel) -> None:
+        if channel._mask > 0:
+            if channel._mask & 1:
+                self._loop.remove_reader(channel.fd)
+            if channel._mask & 2:
+                self._loop.remove_writer(channel.fd)
+        channel._mask = -1
+
+    def close(self) -> None:
+        pass
 
 
 def _show(peer: Any) -> str:

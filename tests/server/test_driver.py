@@ -95,9 +95,23 @@ class EchoService:
         self.gone += 1
 
 
+#: How the driver watches its sockets: its own epoll set (Linux), or the loop's
+#: add_reader/add_writer per socket (elsewhere). Every test runs with both.
+POLLERS = ["epoll", "loop"]
+_poller = POLLERS[0]
+
+
+@pytest.fixture(params=POLLERS, autouse=True)
+def poller(request: pytest.FixtureRequest) -> str:
+    global _poller
+    _poller = str(request.param)
+    return _poller
+
+
 @asynccontextmanager
 async def echo_server(service: EchoService, **options: Any) -> AsyncIterator[tuple[Driver, int]]:
     loop = asyncio.get_running_loop()
+    options.setdefault("poller", _poller)
     driver = Driver(loop, service, "echo", **options)
     (sock,) = bind_sockets("127.0.0.1", 0)
     listener = Listener(loop, sock, driver.accept, "echo")
@@ -189,7 +203,7 @@ async def test_a_deadline_reads_what_arrived_before_it_acts() -> None:
     # The deadline is due, and a line is waiting in the kernel: it is read (and extends
     # the deadline) instead of being closed over, as after a SIGSTOP.
     service = EchoService(idle=0.2)
-    async with echo_server(service) as (driver, port):
+    async with echo_server(service, poller="loop") as (driver, port):
         reader, writer = await connect(port)
         await wait_until_async(lambda: len(driver) == 1)
         (channel,) = driver.channels

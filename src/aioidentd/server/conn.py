@@ -170,9 +170,9 @@ class IdentConnection:
         #: Answers by slot from ``_base`` on: the line, or None while undecided.
         self._answers: list[bytes | None] = []
         #: Per undecided slot: (server_port, client_port, arrival time).
-        self._ports: dict[int, tuple[int, int, float]] = {}
+        self._ports: dict[int, tuple[int, int, float]] | None = None
         self._base = 0
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # (None rather than empty: idle memory)
         self._eof = False
         self._extra = False  # input beyond the single query was received
         self._stopping = False
@@ -283,7 +283,7 @@ class IdentConnection:
                 )
                 events.append(Invalid(slot, str(exc), False))
             else:
-                self._ports[slot] = (server_port, client_port, now)
+                self._wait(slot, server_port, client_port, now)
                 events.append(NewQuery(slot, server_port, client_port, now))
             if not rules.multiple:
                 # One query per connection: whatever follows is never read.
@@ -309,7 +309,7 @@ class IdentConnection:
         self._idle = now + rules.idle_timeout
         slot = self._base
         self._answers.append(None)
-        self._ports[slot] = (server_port, client_port, now)
+        self._wait(slot, server_port, client_port, now)
         if not rules.multiple:
             self._extra = False
             self._enter(State.DRAINING)
@@ -317,6 +317,12 @@ class IdentConnection:
             self._enter(State.OPEN)
         self._refresh(now)
         return [NewQuery(slot, server_port, client_port, now)]
+
+    def _wait(self, slot: int, server_port: int, client_port: int, now: float) -> None:
+        ports = self._ports
+        if ports is None:
+            ports = self._ports = {}
+        ports[slot] = (server_port, client_port, now)
 
     def _slot(self) -> int:
         self._answers.append(None)
@@ -357,10 +363,16 @@ class IdentConnection:
         if self.state == State.CLOSED:
             return False
         answers[index] = line
-        self._ports.pop(slot, None)
+        ports = self._ports
+        if ports is not None:
+            ports.pop(slot, None)
+            if not ports:
+                self._ports = None
         if index == 0:
             ready = 0
             out = self._out
+            if out is None:
+                out = self._out = []
             for answer in answers:
                 if answer is None:
                     break
@@ -382,18 +394,17 @@ class IdentConnection:
 
     def data_to_send(self) -> bytes:
         out = self._out
-        if not out:
+        if out is None:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
+        self._out = None
+        return out[0] if len(out) == 1 else b"".join(out)
 
     # -- time ---------------------------------------------------------------------------
 
     def timer(self, now: float) -> list[Event] | None:
         """The deadline passed: fallbacks for late queries, or the end of an idle or
         lingering connection."""
-        ports = self._ports
+        ports = self._ports or {}
         due = now - self.rules.response_timeout
         expired = [
             Expired(slot, sp, cp, arrived)
@@ -403,6 +414,8 @@ class IdentConnection:
         if expired:
             for event in expired:
                 del ports[event.slot]
+            if not ports:
+                self._ports = None
             self._refresh(now)
             return list(expired)
         if now >= self._idle and not self._answers:
@@ -421,9 +434,9 @@ class IdentConnection:
         """The server is closing: every waiting query is due now (the fallback), and the
         connection closes once what was sent is answered (see :meth:`drained`)."""
         self._stopping = True
-        ports = self._ports
+        ports = self._ports or {}
         events = [Expired(slot, *value) for slot, value in ports.items()]
-        ports.clear()
+        self._ports = None
         self._refresh(now)
         return events or None
 
@@ -440,7 +453,7 @@ class IdentConnection:
         if self.state != State.CLOSED:
             self._enter(State.CLOSED)  # from every state
         self._answers.clear()
-        self._ports.clear()
+        self._ports = None
         self._buffer = b""
 
     def _refresh(self, now: float) -> None:

@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Iterable, Sequence
+from contextlib import suppress
 from typing import Any, Final
 
 from aioidentd._ratelimit import RateLimitedLog
@@ -115,9 +116,13 @@ def _networks(
 
 
 def _address(sockaddr: Any) -> Address:
-    """``(host, port)`` of a socket address, dropping IPv6 flow info and scope id."""
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        return str(sockaddr[0]), int(sockaddr[1])
+    """``(host, port)`` of a socket address, dropping IPv6 flow info and scope id (an
+    IPv4 address is that already, and is kept as it is)."""
+    if isinstance(sockaddr, tuple):
+        if len(sockaddr) == 2:
+            return sockaddr
+        if len(sockaddr) > 2:
+            return str(sockaddr[0]), int(sockaddr[1])
     return (str(sockaddr), 0)
 
 
@@ -224,6 +229,7 @@ class IdentServer:
         #: The connection whose events are being handled: its answers are flushed by the
         #: driver once they all are (one send for a batch of pipelined answers).
         self._dispatching: Channel | None = None
+        self._locals: dict[Any, Address] = {}
         self._log = RateLimitedLog(logger)
         #: What the server did since it was created (see :class:`~aioidentd.stats.ServerStats`).
         self.stats = ServerStats(lambda: len(self._driver) if self._driver is not None else 0)
@@ -569,8 +575,13 @@ class IdentServer:
             return None  # reset before we got here: nobody to answer
         peer = _address(channel.peer)
         proxied = bool(self._trusted_proxies) and self._trusts(peer[0])
-        session = IdentConnection(self._rules, peer, _address(sockname), now, proxied)
-        channel.context = sockname
+        # Our addresses are few: one tuple each, shared by their connections.
+        local = self._locals.get(sockname)
+        if local is None:
+            if len(self._locals) >= 64:
+                self._locals.clear()
+            local = self._locals[sockname] = _address(sockname)
+        session = IdentConnection(self._rules, peer, local, now, proxied)
         if self._closing:
             session.stop(now)  # accepted while closing: answer what it sent, then close
         return session
@@ -658,9 +669,11 @@ class IdentServer:
         )
         claims = self._claims
         if claims:
-            key = ConnectionKey(
-                session.local[0], sp, session.peer[0], cp, channel.context, channel.peer
-            )
+            key = ConnectionKey(session.local[0], sp, session.peer[0], cp)
+            if session.peer[0].startswith("fe80") or session.local[0].startswith("fe80"):
+                # Link-local: the scope (interface) is part of the address.
+                with suppress(OSError):
+                    key = key._replace(sockname=channel.sock.getsockname(), peername=channel.peer)
             found = claims.match(key, may_wait=not self._closing)
             if found is None and claims.redirectable:
                 original = original_destination(channel.sock)
