@@ -6,6 +6,9 @@ the real ones) or against an embedded :class:`~aioidentd.IdentServer` (for handl
 
 * ``nonreading``: clients that send queries in ``--multiple`` mode and never read the
   answers (long ids amplify each 5-octet query ~80 times): the server's RSS growth.
+* ``fairness``: three clients pipelining queries on kept-open connections that never read,
+  while an ordinary querier asks on fresh connections: its p50/p99 latency, and what each
+  flooder parks in the kernel (send and receive queues) at most.
 * ``slowloris``: silent connections arriving without end against a small connection
   limit, while a legitimate querier asks: its success rate and p50/p99 latency.
 * ``logflood``: log lines written per event class (evicted connections, over-long lines,
@@ -184,6 +187,80 @@ def slowloris(silent: int = 400, legit: int = 200, limit: int = 50) -> Figures:
         "p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
         "eviction_log_lines": evictions,
+    }
+
+
+def _queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """(tx_queue, rx_queue) of every IPv4 TCP socket with ``port`` at either end, by
+    (local port, remote port), from /proc/net/tcp."""
+    queues: dict[tuple[int, int], tuple[int, int]] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+        if port in (local, remote):
+            tx, rx = (int(q, 16) for q in fields[4].split(":"))
+            queues[(local, remote)] = (tx, rx)
+    return queues
+
+
+def fairness(seconds: float = 3.0, flooders: int = 3) -> Figures:
+    """Clients that pipeline queries on kept-open connections and never read, while an
+    ordinary querier asks on fresh connections: its latency, and what each flooder can
+    park: answers in the kernel (the server's send queue and the flooder's receive
+    queue) and in the server."""
+    with served("--multiple", "--default", "x" * 64, "--idle-timeout", "60") as daemon:
+        port = daemon.port
+        socks = []
+        for _ in range(flooders):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setblocking(False)
+            socks.append(sock)
+        chunk = b"1,1\r\n" * 4096
+        stop = time.monotonic() + seconds
+        latencies: list[float] = []
+        failures = 0
+        parked = received = 0
+        sent = 0
+        n = 0
+        while time.monotonic() < stop:
+            for sock in socks:
+                with suppress(BlockingIOError):
+                    sent += sock.send(chunk)
+            n += 1
+            start = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as querier:
+                    querier.sendall(b"%d,113\r\n" % n)
+                    answer = querier.recv(200)
+            except OSError:
+                answer = b""
+            if answer.startswith(b"%d,113:USERID:UNIX:" % n):
+                latencies.append(time.perf_counter() - start)
+            else:
+                failures += 1
+            ends = {sock.getsockname()[1] for sock in socks}
+            queues = _queues(port)
+            ours = sum(tx for (lo, re), (tx, _) in queues.items() if lo == port and re in ends)
+            theirs = sum(rx for (lo, re), (_, rx) in queues.items() if re == port and lo in ends)
+            parked = max(parked, ours)
+            received = max(received, theirs)
+        rss = daemon.rss()
+        for sock in socks:
+            sock.close()
+        daemon.stop()
+    return {
+        "flooders": flooders,
+        "seconds": seconds,
+        "flood_sent_mib": round(sent / 2**20, 2),
+        "querier_queries": n,
+        "querier_failures": failures,
+        "querier_p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
+        "querier_p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        # The server's send queues (its memory), and the flooders' receive queues (on a
+        # remote flooder's own host; here the same kernel).
+        "server_send_queue_per_flooder_kib": round(parked / flooders / 1024, 1),
+        "flooder_receive_queue_per_flooder_kib": round(received / flooders / 1024, 1),
+        "server_rss_mib": round(rss / 2**20, 1),
     }
 
 
@@ -422,6 +499,7 @@ def handlers(queries: int = 200) -> Figures:
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "nonreading": nonreading,
+    "fairness": fairness,
     "slowloris": slowloris,
     "logflood": logflood,
     "fuzz": fuzz,

@@ -19,34 +19,43 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import aioidentd
+from aioidentd import IdentServer
+from aioidentd.protocol import Reply
 from peers import NOBODY, require, require_root, unavailable
 
 __all__ = [
     "ENV",
+    "FAST",
     "SRC",
+    "Client",
     "FakeUserDB",
     "ServeProcess",
     "aioidentd_argv",
     "ask",
+    "ask_line",
     "both_loops",
     "connection_as_nobody",
     "deferred_listener",
     "enter_own_network_namespace",
+    "exchange",
     "ipv6_loopback",
     "needs_ipv6",
     "needs_root",
+    "query_server",
     "read_line",
     "require_ipv6",
     "require_root",
     "run_aioidentd",
     "serve_process",
+    "serving",
     "wait_until",
     "wait_until_async",
 ]
@@ -355,3 +364,100 @@ class FakeUserDB:
     def groups_of(self, uid: int) -> Sequence[str]:
         self.group_calls += 1
         return self.users[uid][2] if uid in self.users else ()
+
+
+# -- an ident server in the test's own loop, and its clients -------------------------------------
+
+#: Small timeouts keep the suite fast; the defaults (60 s idle, 1 s response) are tested
+#: as values, not waited for.
+FAST: dict[str, Any] = {"idle_timeout": 2.0, "response_timeout": 0.3}
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[IdentServer]:
+    """A started :class:`IdentServer` on 127.0.0.1, a free port and :data:`FAST`
+    timeouts (``options`` override them), closed on the way out."""
+    server = IdentServer(**{"host": "127.0.0.1", "port": 0, **FAST, **options})
+    async with server:
+        yield server
+
+
+class Client:
+    """A raw ident client on asyncio streams: bytes exactly as a test writes them."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, server: IdentServer, host: str | None = None) -> Client:
+        addr_host, port = server.addresses[0]
+        reader, writer = await asyncio.open_connection(host or addr_host, port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def line(self, timeout: float = 3.0) -> bytes:
+        return await asyncio.wait_for(self.reader.readline(), timeout)
+
+    async def rest(self, timeout: float = 3.0) -> bytes:
+        """Everything until the server closes (raises on RST)."""
+        return await asyncio.wait_for(self.reader.read(), timeout)
+
+    def half_close(self) -> None:
+        self.writer.write_eof()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def ask_line(server: IdentServer, query: bytes = b"12345, 123\r\n") -> bytes:
+    """One query on a new connection: the answer line."""
+    client = await Client.connect(server)
+    try:
+        await client.send(query)
+        return await client.line()
+    finally:
+        await client.close()
+
+
+async def exchange(
+    server: IdentServer | int,
+    data: bytes,
+    *,
+    half_close: bool = False,
+    source: str | None = None,
+    timeout: float = 5.0,
+) -> bytes:
+    """Send ``data`` on a new connection (then half-close, if asked) and return everything
+    the server sends until it closes."""
+    port = server if isinstance(server, int) else server.addresses[0][1]
+    local = (source, 0) if source is not None else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
+    try:
+        writer.write(data)
+        if half_close:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def query_server(
+    server: IdentServer,
+    server_port: int,
+    client_port: int,
+    source: str | None = None,
+    *,
+    timeout: float = 5.0,
+) -> Reply:
+    """``aioidentd.query`` to ``server`` (from ``source``, when given): the parsed reply."""
+    host, port = server.addresses[0]
+    local = (source, 0) if source is not None else None
+    return await aioidentd.query(
+        host, server_port, client_port, port=port, local_addr=local, timeout=timeout
+    )

@@ -18,7 +18,7 @@ import pytest
 
 from aioidentd import IdentRequest, IdentServer
 from aioidentd.driver import Channel, Driver
-from support import both_loops, wait_until_async
+from support import both_loops, exchange, wait_until_async
 
 
 @pytest.fixture
@@ -54,17 +54,6 @@ def first_query_waiting(server: IdentServer) -> bool:
         return False
     (channel,) = driver.channels
     return getattr(channel.session, "state", None) == "FIRST_QUERY"
-
-
-async def exchange(server: IdentServer, data: bytes, half_close: bool = False) -> bytes:
-    reader, writer = await asyncio.open_connection(*server.addresses[0])
-    writer.write(data)
-    if half_close:
-        writer.write_eof()
-    try:
-        return await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
 
 
 @both_loops

@@ -26,7 +26,8 @@ from aioidentd import IdentRequest, IdentServer, UserIdReply
 from aioidentd.claims import normalise_host
 from aioidentd.protocol import Reply
 from peers import unavailable
-from support import closed_port, require_ipv6
+from support import closed_port, require_ipv6, wait_until_async
+from support import query_server as ask
 
 
 class Asker:
@@ -101,15 +102,6 @@ def user(reply: Reply) -> str:
     assert isinstance(reply, UserIdReply), reply
     assert isinstance(reply.user_id, str)
     return reply.user_id
-
-
-async def ask(
-    ident: IdentServer, server_port: int, client_port: int, source: str = "127.0.0.1"
-) -> Reply:
-    host = ident.addresses[0][0]
-    return await aioidentd.query(
-        host, server_port, client_port, port=ident.addresses[0][1], local_addr=(source, 0)
-    )
 
 
 # -- normalisation ---------------------------------------------------------------------
@@ -488,8 +480,7 @@ async def test_claim_after_connect_with_the_bounded_wait() -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             # The query is already waiting (the asker asks at once): hold the claim back
             # until it has arrived, to prove the wait and not a lucky ordering.
-            while not ident._claims._waiters:
-                await asyncio.sleep(0.005)
+            await wait_until_async(lambda: ident._claims.held > 0, what="a held query")
             ident.claim(writer, "late")
         assert user(await asker.answer_for(writer)) == "late"
         assert ident.stats.claimed == 1  # counted, though it was held first
@@ -508,8 +499,7 @@ async def test_pending_done_without_claim_goes_on_to_handlers_at_once() -> None:
         started = time.monotonic()
         pending = ident.connecting("127.0.0.1")
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        while not ident._claims._waiters:
-            await asyncio.sleep(0.005)
+        await wait_until_async(lambda: ident._claims.held > 0, what="a held query")
         pending.done()
         assert user(await asker.answer_for(writer)) == "handler"
         assert time.monotonic() - started < 10  # not the 20 s wait
@@ -564,8 +554,7 @@ async def test_close_with_a_held_query_leaves_no_timer() -> None:
     pending = ident.connecting("127.0.0.1")
     reader, writer = await asyncio.open_connection(*ident.addresses[0])
     writer.write(b"40001, 6667\r\n")
-    while not ident._claims._waiters:
-        await asyncio.sleep(0.005)
+    await wait_until_async(lambda: ident._claims.held > 0, what="a held query")
     await ident.close()
     assert await asyncio.wait_for(reader.readline(), 5) == b"40001,6667:ERROR:HIDDEN-USER\r\n"
     assert not ident._claims._waiters

@@ -12,7 +12,7 @@ import aioidentd
 from aioidentd import Controller, IdentRequest, IdentServer
 from peers import unavailable
 from scripted import open_fds
-from support import ask
+from support import ask, wait_until
 
 
 def controller_threads() -> list[threading.Thread]:
@@ -108,8 +108,9 @@ def test_bounded_wait_from_a_blocking_program(irc: socket.socket) -> None:
             asker.start()
             # Claim only once the query is held, to prove the wait.
             identd.call(lambda: None)
-            while not identd.call(lambda: bool(identd.server._claims._waiters)):
-                pass
+            wait_until(
+                lambda: identd.call(lambda: identd.server._claims.held > 0), what="a held query"
+            )
             identd.claim(sock, "late")
         asker.join(10)
         assert result and result[0].endswith(b":USERID:UNIX:late\r\n")

@@ -24,7 +24,7 @@ from aioidentd.lookup import NetlinkLookup, ProcNetLookup, StaticLookup
 from aioidentd.policy import Policy, parse_config
 from aioidentd.protocol import Address, Reply
 from peers import NOBODY
-from support import FakeUserDB, deferred_listener, needs_root
+from support import FakeUserDB, deferred_listener, needs_root, query_server
 
 ALICE, BOB = 1000, 1001
 DB = FakeUserDB({ALICE: ("alice", None, ["alice"]), BOB: ("bob", None, ["bob"])})
@@ -69,14 +69,7 @@ async def daemon(lookup: object, config: str) -> AsyncIterator[IdentServer]:
 
 async def ask(server: IdentServer, server_port: int, client_port: int) -> tuple[Reply, float]:
     started = time.monotonic()
-    reply = await aioidentd.query(
-        "127.0.0.1",
-        server_port,
-        client_port,
-        port=server.addresses[0][1],
-        local_addr=(QUERIER, 0),
-        timeout=5,
-    )
+    reply = await query_server(server, server_port, client_port, source=QUERIER)
     return reply, time.monotonic() - started
 
 

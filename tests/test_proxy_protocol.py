@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+import support
 from aioidentd import IdentServer
 from aioidentd.proxy_protocol import (
     MAX_V1,
@@ -103,13 +104,7 @@ def test_malformed_headers_are_refused(data: bytes, message: str) -> None:
 
 
 async def exchange(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    try:
-        writer.write(data)
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(1000), 5)
-    finally:
-        writer.close()
+    return await support.exchange(port, data, half_close=True, source=source)
 
 
 async def test_a_trusted_forwarder_makes_claims_match_the_real_querier() -> None:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-import aioidentd
 from aioidentd import ErrorReply, IdentServer, UserIdReply
 from aioidentd.daemon import KernelResponder
 from aioidentd.errors import SocketLookupError
 from aioidentd.lookup import StaticLookup
 from aioidentd.policy import REPLY_FILE, Policy, parse_config
-from aioidentd.protocol import Address, Reply
+from aioidentd.protocol import Address
 from support import FakeUserDB
+from support import query_server as ask
 
 ALICE, BOB = 1000, 1001
 DB = FakeUserDB(
@@ -41,12 +41,6 @@ async def identd(
     responder = KernelResponder(lookup, policy, log_queries=log_queries)  # type: ignore[arg-type]
     async with IdentServer("127.0.0.1", 0, handlers=[responder], response_timeout=5) as server:
         yield server, responder
-
-
-async def ask(server: IdentServer, server_port: int, client_port: int) -> Reply:
-    return await aioidentd.query(
-        QUERIER, server_port, client_port, port=server.addresses[0][1], timeout=5
-    )
 
 
 def connection(server_port: int, client_port: int) -> tuple[Address, Address]:

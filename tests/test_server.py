@@ -9,76 +9,23 @@ import re
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from aioidentd import IdentRequest, IdentServer
 from support import (
+    Client,
     both_loops,
     enter_own_network_namespace,
     ipv6_loopback,
     require_ipv6,
     require_root,
+    serving,
     wait_until_async,
 )
-
-# Small timeouts keep the suite fast; the defaults (60 s idle, 10 s response) are tested
-# as values, not waited for.
-FAST: dict[str, Any] = {"idle_timeout": 2.0, "response_timeout": 0.3}
-
-
-@asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[IdentServer]:
-    kwargs = {"host": "127.0.0.1", "port": 0, **FAST, **options}
-    server = IdentServer(**kwargs)
-    async with server:
-        yield server
-
-
-class Client:
-    """A raw ident client on asyncio streams, for tests."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, server: IdentServer, host: str | None = None) -> Client:
-        addr_host, port = server.addresses[0]
-        reader, writer = await asyncio.open_connection(host or addr_host, port)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def line(self, timeout: float = 3.0) -> bytes:
-        return await asyncio.wait_for(self.reader.readline(), timeout)
-
-    async def rest(self, timeout: float = 3.0) -> bytes:
-        """Everything until the server closes (raises on RST)."""
-        return await asyncio.wait_for(self.reader.read(), timeout)
-
-    def half_close(self) -> None:
-        self.writer.write_eof()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with suppress(OSError):
-            await self.writer.wait_closed()
-
-
-async def ask(server: IdentServer, query: bytes = b"12345, 123\r\n") -> bytes:
-    client = await Client.connect(server)
-    try:
-        await client.send(query)
-        return await client.line()
-    finally:
-        await client.close()
-
+from support import ask_line as ask
 
 # -- the seed's own tests (t/01..t/05), ported ------------------------------------------------
 
@@ -496,8 +443,7 @@ async def test_connection_limit_refuses_when_every_connection_waits_for_an_answe
         second = await Client.connect(server)
         for client in (first, second):
             await client.send(b"1,1\r\n")
-        while len(server._tasks) < 2:
-            await asyncio.sleep(0.005)
+        await wait_until_async(lambda: len(server._tasks) == 2, what="two handler tasks")
         third = await Client.connect(server)
         assert await third.rest() == b""  # refused: nobody may be evicted
         gate.set()

@@ -318,6 +318,11 @@ class ClaimRegistry:
         return bool(self._entries) or bool(self._pending)
 
     @property
+    def held(self) -> int:
+        """Queries held by the bounded wait now."""
+        return sum(len(waiters) for waiters in self._waiters.values())
+
+    @property
     def redirectable(self) -> bool:
         """Whether a miss is worth looking up again by the pre-NAT destination (there
         are claims at all)."""
