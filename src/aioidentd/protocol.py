@@ -16,7 +16,6 @@ Two rules shape the whole module:
 from __future__ import annotations
 
 import codecs
-import functools
 import ipaddress
 import math
 import re
@@ -212,7 +211,6 @@ _CONTROL_OCTETS: Final = re.compile(b"[\x00-\x1f\x7f]")
 _C1_OCTETS: Final = re.compile(b"[\x80-\x9f]")
 
 
-@functools.lru_cache(maxsize=64)
 def _codec_of(charset: str) -> str:
     try:
         codec = codecs.lookup(charset).name
@@ -228,8 +226,9 @@ def _codec_of(charset: str) -> str:
 def check_charset(name: str, value: str) -> str:
     """Raise TypeError/ValueError unless ids given as text may be sent in charset
     ``value`` (a token naming one of :data:`SENDABLE_CHARSETS`, by any alias); return
-    the codec's name. The one rule for ``[reply] charset``, a claim's charset, a
-    forwarded or NAT-relayed answer's and ``IdentRequest.reply``'s."""
+    the codec's name. :func:`encode_user_id` applies the same rule to every id it
+    encodes (a claim's, a forwarded or NAT-relayed answer's, ``IdentRequest.reply``'s);
+    this is its form for a setting (``[reply] charset``), checked at load."""
     check_token(name, value)
     try:
         return _codec_of(value)
@@ -268,9 +267,8 @@ def encode_user_id(user_id: str | bytes, charset: str | None = None) -> bytes:
     character :func:`check_user_id_text` refuses and any octet
     :func:`check_user_id_octets` refuses), TypeError when it is neither text nor bytes."""
     if isinstance(user_id, str):
-        codec = "ascii" if charset is None else _codec_of(charset)
         try:
-            raw = user_id.encode(codec)
+            raw = user_id.encode("ascii" if charset is None else _codec_of(charset))
         except UnicodeEncodeError:
             raise ValueError(
                 f"user id {user_id!r} is not {charset or 'US-ASCII'}; "
@@ -278,7 +276,8 @@ def encode_user_id(user_id: str | bytes, charset: str | None = None) -> bytes:
             ) from None
         _check_raw_user_id(raw)
         check_user_id_text(user_id)
-        check_user_id_octets(raw, charset)
+        if charset is not None:  # in US-ASCII the octets are the text, checked just above
+            check_user_id_octets(raw, charset)
         return raw
     if isinstance(user_id, bytes):
         _check_raw_user_id(user_id)

@@ -13,11 +13,14 @@ In a fresh network namespace (``unshare -n``, as test_forward_netns.py runs it):
    embedded ``IdentServer`` on 127.0.0.1:APP_PORT trusting 127.0.0.1 for PROXY headers,
    with two ``open_connection`` connections to ngircd claimed for their own ids and one
    plain connection it does not claim (its handler answers NO-USER for it);
-4. while the application runs, OTHER_USER (no forward configured) and ROGUE_USER (whose
-   forward points at APP_USER's identd) connect to ngircd from their own children.
+4. while the application runs, OTHER_USER (no forward configured), ROGUE_USER (whose
+   forward points at APP_USER's identd) and FORWARDED_USER (whose identd is down while
+   IMPOSTOR_USER listens on its port with TCP_DEFER_ACCEPT) connect to ngircd from their
+   own children.
 
 Prints JSON: ``{"app": {case: welcome result}, "others": {user: welcome result},
-"app_asked": [[server_port, client_port, querier]], "ports": {case: local port},
+"app_asked": [[server_port, client_port, querier]], "impostor_asked": [query line],
+"ports": {case: local port},
 "daemon_log", "log"}``; ``user`` in a welcome result is the user part of the ``001`` mask.
 """
 
@@ -51,7 +54,10 @@ from aioidentd import HostClaimError, HostClaims
 from aioidentd.server import IdentRequest, IdentServer
 
 APP_USER, OTHER_USER, ROGUE_USER, CLAIMING_USER = "games", "man", "lp", "news"
+#: FORWARDED_USER's identd is down; IMPOSTOR_USER listens on its port with TCP_DEFER_ACCEPT.
+FORWARDED_USER, IMPOSTOR_USER = "uucp", "proxy"
 APP_PORT = 10113
+IMPOSTOR_PORT = 10114
 IRC_HOST = "127.0.0.2"
 CONFIG = """\
 [server]
@@ -71,6 +77,12 @@ forward_proxy = "v2"
 [user.{rogue}]
 answer = "forward"
 forward = "127.0.0.1:{port}"
+
+# Its identd is down, and another user listens on the port with TCP_DEFER_ACCEPT (the
+# kernel shows the daemon's connection with no owner until the query is sent): never believed.
+[user.{forwarded}]
+answer = "forward"
+forward = "127.0.0.1:{impostor_port}"
 
 # May choose answers: claims over the claims socket.
 [user.{claiming}]
@@ -172,6 +184,31 @@ def application(report: int, go: int) -> None:
     asyncio.run(main())
 
 
+def impostor(report: int, go: int) -> None:
+    """IMPOSTOR_USER's program: a listener with TCP_DEFER_ACCEPT on FORWARDED_USER's
+    forward port that answers every query as "impostor", until ``go``; reports the
+    queries it was sent."""
+    asked: list[str] = []
+    with socket.socket() as listener:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+        listener.bind(("127.0.0.1", IMPOSTOR_PORT))
+        listener.listen(8)
+        os.write(report, b'{"listening": true}\n')
+        while True:
+            ready, _, _ = select.select([listener.fileno(), go], [], [])
+            if go in ready:
+                break
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    line = conn.recv(1000).split(b"\n")[0].strip()
+                    if line:
+                        asked.append(line.decode(errors="replace"))
+                        conn.sendall(line + b":USERID:UNIX:impostor\r\n")
+    os.write(report, json.dumps({"asked": asked}).encode() + b"\n")
+
+
 def plain_user(source: str) -> Callable[[int, int], None]:
     def work(report: int, go: int) -> None:
         async def main() -> dict[str, Any]:
@@ -234,6 +271,8 @@ def main() -> dict[str, Any]:
             CONFIG.format(
                 app=APP_USER,
                 rogue=ROGUE_USER,
+                forwarded=FORWARDED_USER,
+                impostor_port=IMPOSTOR_PORT,
                 claiming=CLAIMING_USER,
                 port=APP_PORT,
                 claims=claims_path,
@@ -260,11 +299,22 @@ def main() -> dict[str, Any]:
                 raise RuntimeError(f"application: {first['error']}")
             output.update(first)
             wait_port("127.0.0.1", APP_PORT)
+            imp_pid, imp_report, imp_go = as_user(IMPOSTOR_USER, impostor)
+            children.append(imp_pid)
+            listening = read_report(imp_report)
+            if "error" in listening:
+                raise RuntimeError(f"impostor: {listening['error']}")
             output["others"] = {}
-            for user, source in ((OTHER_USER, "127.0.0.8"), (ROGUE_USER, "127.0.0.9")):
+            for user, source in (
+                (OTHER_USER, "127.0.0.8"),
+                (ROGUE_USER, "127.0.0.9"),
+                (FORWARDED_USER, "127.0.0.13"),
+            ):
                 pid, report, _go = as_user(user, plain_user(source))
                 children.append(pid)
                 output["others"][user] = read_report(report)
+            os.write(imp_go, b"go")
+            output["impostor_asked"] = read_report(imp_report).get("asked")
             roots = socket.create_connection((IRC_HOST, IRC_PORT), source_address=("127.0.0.12", 0))
             pid, report, _go = as_user(CLAIMING_USER, claiming(claims_path, roots.getsockname()[1]))
             children.append(pid)

@@ -68,6 +68,15 @@ def test_other_users_connections_never_reach_the_application(forward: dict[str, 
     assert others["lp"]["port"] not in asked_ports
 
 
+def test_another_users_deferred_accept_listener_is_not_believed(forward: dict[str, Any]) -> None:
+    """uucp's identd is down and proxy listens on its forward port with TCP_DEFER_ACCEPT:
+    the daemon (privileges dropped, real kernel lookups) takes the listener's owner for the
+    target's, so proxy is never asked, and ngircd sees uucp's own answer."""
+    assert forward["others"]["uucp"]["user"] == "uucp", forward["daemon_log"]
+    assert "it is run by uid 13, not by the user (uid 10)" in forward["daemon_log"]
+    assert forward["impostor_asked"] == [], forward["daemon_log"]
+
+
 def test_claims_over_the_local_socket_show_in_ngircd(forward: dict[str, Any]) -> None:
     """news runs no identd: it claims its connections on the daemon's claims socket."""
     claims = forward["claims"]
