@@ -21,7 +21,9 @@ made by a child that switches to uid 65534). What runs, all on 127.0.0.1:
   ``--concurrency`` queries in flight, one query per new connection, closed with an RST),
   sending queries from a file and checking every answer against the file's exact line.
 
-Two kinds of query, each measured against both servers:
+Two kinds of query, each measured against both servers (and hits against a third: ours
+with ``[default] answer = "pseudonym"``, whose CPU per query is compared with ours
+answering user names, issue 21's cost):
 
 * hit: ``A,B`` naming a live connection 127.0.0.1:A (a socket owned by nobody, uid 65534)
   <-> 127.0.0.1:B (a listener of this script), sent from 127.0.0.1, which is that
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import encodings.idna  # noqa: F401  (connect() needs it; the nobody child cannot import it)
 import os
+import secrets
 import shutil
 import socket
 import struct
@@ -58,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from aioidentd.pseudonym import Pseudonyms
 from bench_lookup import open_sockets
 from bench_server import (
     HOST,
@@ -72,6 +77,16 @@ from bench_server import (
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
+#: The same daemon answering answer = "pseudonym" (hit queries only: a miss never gets
+#: that far), for issue 21's cost: its server CPU per query against ours with user names.
+PSEUDONYM = "ours-pseudonym"
+PSEUDONYM_CONF = """\
+[pseudonym]
+key_file = "{key}"
+
+[default]
+answer = "pseudonym"
+"""
 #: Debian's /etc/oidentd.conf (oidentd 2.5.0) without its comments.
 OIDENTD_CONF = """\
 default {
@@ -253,15 +268,29 @@ def main(argv: list[str] | None = None) -> int:
             used = ports_in_use()
             free = [p for p in range(600, 1024) if p not in used][:64]
             lists["miss"] = [(f"{s},{c}", f"{s},{c}:ERROR:NO-USER") for c, s in enumerate(free, 1)]
-            files: dict[str, Path] = {}
+            files: dict[str | tuple[str, str], Path] = {}
             for kind, entries in lists.items():
                 files[kind] = tmp / f"{kind}.txt"
                 files[kind].write_text("".join(f"{q}\t{a}\n" for q, a in entries))
 
-            ours_port, oid_port = free_port(), free_port()
+            secret = secrets.token_bytes(32)
+            key_file = tmp / "pseudonym.key"
+            key_file.write_text(secret.hex() + "\n")
+            key_file.chmod(0o400)
+            pseudonym_conf = tmp / "pseudonym.toml"
+            pseudonym_conf.write_text(PSEUDONYM_CONF.format(key=key_file))
+            pseudonym_id = Pseudonyms(secret, rotate="monthly").of(str(NOBODY), HOST)
+            files[("hit", PSEUDONYM)] = tmp / "hit-pseudonym.txt"
+            files[("hit", PSEUDONYM)].write_text(
+                "".join(f"{a},{b_port}\t{a},{b_port}:USERID:UNIX:{pseudonym_id}\n" for a in a_ports)
+            )
+            ours_port, oid_port, pn_port = free_port(), free_port(), free_port()
             ours_argv = [sys.executable, "-m", "aioidentd", "serve", "--host", HOST]
             ours_argv += ["--port", str(ours_port)]
             servers["ours"] = Server("ours", ours_argv, ours_port, env)
+            pn_argv = [sys.executable, "-m", "aioidentd", "serve", "--host", HOST, "--port"]
+            pn_argv += [str(pn_port), "--config", str(pseudonym_conf)]
+            servers[PSEUDONYM] = Server(PSEUDONYM, pn_argv, pn_port, env)
             servers["oidentd"] = Server(
                 "oidentd",
                 [oidentd, "-i", "-S", "-q", "-a", HOST, "-p", str(oid_port), "-C", str(conf)],
@@ -270,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             for server in servers.values():
                 server.wait_ready()
-            for kind, entries in lists.items():
-                q, want = entries[0]
+            for kind in lists:
                 for server in servers.values():
+                    if (kind, server.name) == ("miss", PSEUDONYM):
+                        continue
+                    first = files.get((kind, server.name), files[kind]).read_text()
+                    q, want = first.partition("\n")[0].split("\t")
                     got = query(server.port, q).rstrip("\r\n")
                     if got != want:
                         raise RuntimeError(
@@ -294,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                         if rnd % 2:
                             order.reverse()
                         for server in order:
-                            run_list(exe, server, files[kind], args.concurrency, warmup)
-                            run = run_list(exe, server, files[kind], args.concurrency, seconds)
+                            if (kind, server.name) == ("miss", PSEUDONYM):
+                                continue
+                            listfile = files.get((kind, server.name), files[kind])
+                            run_list(exe, server, listfile, args.concurrency, warmup)
+                            run = run_list(exe, server, listfile, args.concurrency, seconds)
                             scenario.table.append(table_lines())
                             key = (kind, server.name)
                             scenario.results.setdefault(key, Result()).runs.append(run)
@@ -352,6 +387,17 @@ def report(scenarios: list[Scenario], concurrency: int) -> None:
                 bv = getattr(base, attr) if base else 0
                 ratio = _ratio(mv, bv) if attr not in ("ok", "errors") else ""
                 print(f"    {label:38}{format(mv, fmt):>12}{format(bv, fmt):>12}{ratio:>14}")
+    print('\nanswer = "pseudonym" vs user names (hit queries, the same daemon, issue 21: <= 1.1):')
+    for scenario in scenarios:
+        plain = scenario.results.get(("hit", "ours"))
+        pseudonym = scenario.results.get(("hit", PSEUDONYM))
+        if plain and pseudonym:
+            print(
+                f"  {scenario.label}: server CPU per query {pseudonym.server_us_per_query:.1f} us "
+                f"vs {plain.server_us_per_query:.1f} us: x"
+                f"{_ratio(pseudonym.server_us_per_query, plain.server_us_per_query)}; "
+                f"connections/s x{_ratio(pseudonym.qps, plain.qps)}"
+            )
     if len(scenarios) == 2:
         print("\nScaling, big table / few sockets (1.00 = unaffected by the table size):")
         for kind in KINDS:

@@ -26,9 +26,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from aioidentd import __version__  # noqa: E402
 from aioidentd.policy import settings  # noqa: E402
+from aioidentd.pseudonym import NETWORK_NAME  # noqa: E402
 
 OUT = ROOT / "schema" / "aioidentd.schema.json"
-_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number"}
+_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", dict: "object"}
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 _PORT_RANGE = {"type": "string", "pattern": r"^\s*\d{1,9}\s*(-\s*\d{1,9}\s*)?$"}
 _ADDRESS = {"type": "string", "minLength": 1}
@@ -59,6 +60,14 @@ def value_schema(name: str, spec: settings.Key) -> dict[str, Any]:
         return {**base, "enum": list(inspect.getclosurevars(check).nonlocals["choices"])}
     if check in (settings._not_empty, settings._path):
         return {**base, "minLength": 1}
+    if check is settings._absolute:
+        return {**base, "pattern": "^/"}
+    if check is settings._named_networks:
+        return {
+            "type": "object",
+            "propertyNames": {"pattern": f"^{NETWORK_NAME.pattern}$"},
+            "additionalProperties": _one_or_many(_ADDRESS),
+        }
     if check is settings._socket_path:
         return {**base, "pattern": "^/", "maxLength": 107}
     if check is settings._forward_port:
@@ -96,7 +105,7 @@ def descriptions() -> dict[str, dict[str, str]]:
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if not section or not line.startswith("|") or len(cells) < 2:
             continue
-        key = re.fullmatch(r"`([a-z_]+)`", cells[0])
+        key = re.fullmatch(r"`([a-z0-9_]+)`", cells[0])
         if key:
             meaning = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", cells[-1]).replace("`", "")
             found.setdefault(section, {})[key.group(1)] = meaning
@@ -121,6 +130,7 @@ def schema() -> dict[str, Any]:
         "server": table_schema(settings.DaemonSettings, docs["[server]"]),
         "reply": table_schema(settings.ReplySettings, docs["[reply]"]),
         "metrics": table_schema(settings.MetricsSettings, docs["[metrics]"]),
+        "pseudonym": table_schema(settings.PseudonymSettings, docs["[pseudonym]"]),
         "default": answer,
         "user": {"type": "object", "additionalProperties": answer},
         "group": {"type": "object", "additionalProperties": answer},

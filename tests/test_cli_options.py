@@ -15,7 +15,7 @@ from aioidentd import __version__
 from aioidentd.cli import _arguments, build_parser, main
 from support import run_aioidentd
 
-COMMANDS = ["serve", "query", "check-config", "explain"]
+COMMANDS = ["serve", "query", "check-config", "explain", "resolve"]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

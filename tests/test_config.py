@@ -296,7 +296,7 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             answer = "hiden"
             """,
             "aioidentd.toml:2: 'answer' in [default] must be one of 'username', 'uid', "
-            "'fixed', 'random', 'hidden', 'no-user', 'forward', got 'hiden' "
+            "'fixed', 'random', 'pseudonym', 'hidden', 'no-user', 'forward', got 'hiden' "
             "(did you mean 'hidden'?)",
         ),
         (
@@ -614,13 +614,15 @@ def test_every_key_of_the_schema_is_documented() -> None:
         AnswerSettings,
         DaemonSettings,
         MetricsSettings,
+        PseudonymSettings,
         ReplySettings,
         Rule,
         keys_of,
     )
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
-    for section in (DaemonSettings, ReplySettings, MetricsSettings, AnswerSettings, Rule):
+    sections = (DaemonSettings, ReplySettings, MetricsSettings, PseudonymSettings, AnswerSettings)
+    for section in (*sections, Rule):
         for name, _, _ in keys_of(section):
             assert f"| `{name}` |" in doc, f"{section.__name__}: {name}"
 

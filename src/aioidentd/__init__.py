@@ -6,7 +6,8 @@ every other module is internal. The layers, lowest first: :mod:`aioidentd.errors
 :mod:`aioidentd.server` (the embeddable server, with :mod:`aioidentd.claims` for the
 application's own connections, :mod:`aioidentd.controller` to run it in a thread and
 :mod:`aioidentd.stats` for its counters) and
-:mod:`aioidentd.client` beside it, :mod:`aioidentd.lookup` (who owns a connection),
+:mod:`aioidentd.client` beside it, :mod:`aioidentd.pseudonym` (per-network ids from a
+key, for applications and the daemon), :mod:`aioidentd.lookup` (who owns a connection),
 :mod:`aioidentd.policy` (the daemon's answers), :mod:`aioidentd.daemon` and the command
 line on top.
 """
@@ -35,6 +36,7 @@ from aioidentd.protocol import (
     parse_query,
     parse_reply,
 )
+from aioidentd.pseudonym import Pseudonyms
 from aioidentd.server import Handler, IdentRequest, IdentServer
 from aioidentd.stats import ServerStats
 
@@ -59,6 +61,7 @@ __all__ = [
     "InvalidQuery",
     "MalformedReply",
     "PendingConnection",
+    "Pseudonyms",
     "Query",
     "Reply",
     "ServerStats",

@@ -15,9 +15,10 @@ from aioidentd import __version__
 from aioidentd.cli import check_config as check_config
 from aioidentd.cli import explain as explain
 from aioidentd.cli import query as query
+from aioidentd.cli import resolve as resolve
 from aioidentd.cli import serve as serve
 
-_COMMANDS = (serve, query, check_config, explain)
+_COMMANDS = (serve, query, check_config, explain, resolve)
 _VERSION_HELP = "print the version and exit"
 
 

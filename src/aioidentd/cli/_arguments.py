@@ -4,6 +4,7 @@ same way (argparse turns these errors into one ``usage`` line and exit status 2)
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ __all__ = [
     "SubParsers",
     "add_config_options",
     "config_path",
+    "ip_address",
     "port",
     "seconds",
 ]
@@ -44,6 +46,14 @@ def port(low: int = 1) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def ip_address(text: str) -> str:
+    """An IP address (IPv6 with or without brackets), in its normal spelling."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
 def seconds(text: str) -> float:

@@ -11,28 +11,21 @@ a configuration that does not load, or a connection that cannot be chosen.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import sys
 from typing import TYPE_CHECKING
 
 from aioidentd._printable import printable_lines
-from aioidentd.cli._arguments import add_config_options, config_path, port
+from aioidentd.cli._arguments import add_config_options, config_path, ip_address, port
 from aioidentd.daemon.explain import explain, find_connections
-from aioidentd.errors import ConfigError, SocketLookupError
+from aioidentd.daemon.pseudonym_key import read_daemon_key
+from aioidentd.errors import ConfigError, DaemonError, SocketLookupError
 from aioidentd.policy import Config, load_config
 from aioidentd.protocol import Address, show_address
 
 if TYPE_CHECKING:
     from aioidentd.cli._arguments import SubParsers
-
-
-def _address(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
 def _local(text: str) -> tuple[str | None, int]:
@@ -42,7 +35,7 @@ def _local(text: str) -> tuple[str | None, int]:
         return None, port()(text)
     if host.count(":") and not host.startswith("["):
         raise argparse.ArgumentTypeError(f"write an IPv6 address as [ADDR]:PORT, not {text!r}")
-    return _address(host), port()(number)
+    return ip_address(host), port()(number)
 
 
 def register(subparsers: SubParsers) -> None:
@@ -57,7 +50,7 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     parser.add_argument(
-        "remote_host", type=_address, metavar="REMOTE_HOST", help="the other end's IP address"
+        "remote_host", type=ip_address, metavar="REMOTE_HOST", help="the other end's IP address"
     )
     parser.add_argument(
         "remote_port", type=port(), metavar="REMOTE_PORT", help="the other end's port"
@@ -72,7 +65,7 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument(
         "--from",
         dest="querier",
-        type=_address,
+        type=ip_address,
         metavar="ADDR",
         help="the address the query comes from (default REMOTE_HOST)",
     )
@@ -119,12 +112,18 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(path) if path else Config()
     except ConfigError as exc:
         return _fail(str(exc))
+    key = None
+    if config.uses_pseudonyms:
+        try:
+            key = read_daemon_key(config.pseudonym.key_file, config.daemon.user)
+        except DaemonError as exc:
+            return _fail(str(exc))
     remote = (args.remote_host, args.remote_port)
     local = _choose(remote, args.local)
     if isinstance(local, str):
         return _fail(local)
     try:
-        result = explain(config, local, remote, querier=args.querier)
+        result = explain(config, local, remote, querier=args.querier, pseudonym_key=key)
     except (SocketLookupError, OSError) as exc:
         return _fail(f"cannot look up connections: {exc}")
     if args.json:

@@ -44,6 +44,7 @@ from aioidentd.daemon.privileges import (
     resolve_identity,
     stop_with_parent,
 )
+from aioidentd.daemon.pseudonym_key import load_or_create_key
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
 from aioidentd.daemon.supervisor import supervise, unblock_forwarded
@@ -79,6 +80,8 @@ class Daemon:
     nat_source: ConntrackHelper | InProcess | None = None
     #: A worker: the signals the supervisor relays are blocked until serve() handles them.
     _signals_blocked: bool = dataclasses.field(default=False, init=False)
+    #: The secret of ``answer = "pseudonym"``, read (or made) before privileges are dropped.
+    pseudonym_key: bytes | None = None
 
     @property
     def static(self) -> bool:
@@ -116,6 +119,7 @@ class Daemon:
         except ActivationError as exc:
             raise DaemonError(str(exc)) from None
         identity = self._identity()
+        self._load_pseudonym_key(identity)
         if settings.claims_socket is not None and not self.static and connected is None:
             if settings.workers > 1:
                 raise DaemonError(
@@ -218,6 +222,17 @@ class Daemon:
         if nat is not None:
             self.nat_source = nat.client(index)
 
+    def _load_pseudonym_key(self, identity: Identity | None) -> None:
+        """The key of ``answer = "pseudonym"``, made on first start: as root, given to the
+        daemon's user (who must read it again at a reload); never logged."""
+        if not self.config.uses_pseudonyms or self.static:
+            return
+        path = self.config.pseudonym.key_file
+        owner = None if identity is None else (identity.uid, identity.gid)
+        self.pseudonym_key, created = load_or_create_key(path, owner)
+        if created:
+            logger.info("created a new pseudonym key in %s", path)
+
     def _identity(self) -> Identity | None:
         if os.geteuid() != 0:
             return None
@@ -303,7 +318,7 @@ class Daemon:
         if lookup is not None:
             responder = KernelResponder(
                 lookup,
-                Policy(self.config),
+                Policy(self.config, pseudonym_key=self.pseudonym_key),
                 log_queries=settings.log_queries,
                 forward_timeout=settings.forward_timeout,
             )
@@ -406,8 +421,20 @@ class Daemon:
                 hint = " " + _readable_hint(self.config_path)
             logger.warning("SIGHUP: keeping the running configuration: %s%s", exc, hint)
             return False
+        key = self.pseudonym_key
+        if fresh.uses_pseudonyms and (
+            key is None or fresh.pseudonym.key_file != self.config.pseudonym.key_file
+        ):
+            try:
+                key, created = load_or_create_key(fresh.pseudonym.key_file)
+            except DaemonError as exc:
+                logger.warning("SIGHUP: keeping the running configuration: %s", exc)
+                return False
+            if created:
+                logger.info("created a new pseudonym key in %s", fresh.pseudonym.key_file)
+        self.pseudonym_key = key
         if responder is not None:
-            responder.policy = Policy(fresh)
+            responder.policy = Policy(fresh, pseudonym_key=key)
             responder.log_queries = fresh.daemon.log_queries
         old = self.config.daemon
         live = ("log_queries",)

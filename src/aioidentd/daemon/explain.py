@@ -123,12 +123,14 @@ def explain(
     lookup: SocketLookup | None = None,
     user_db: UserDB | None = None,
     proc: str = "/proc",
+    pseudonym_key: bytes | None = None,
 ) -> Explanation:
     """Explain the daemon's answer for ``local`` (this host) <-> ``remote`` when the
     query comes from ``querier`` (default: the remote host, as RFC 1413 intends).
 
     ``lookup`` defaults to the daemon's (:func:`default_lookup`), ``user_db`` to the
-    system's passwd and group databases (see :class:`Policy`). Raises
+    system's passwd and group databases (see :class:`Policy`); ``pseudonym_key`` is
+    needed when the configuration answers ``"pseudonym"``. Raises
     :class:`SocketLookupError` only when no lookup can be opened at all.
     """
     steps: list[Step] = []
@@ -150,7 +152,7 @@ def explain(
     steps.append(Step("lookup", _backend(lookup)))
     responder = KernelResponder(
         lookup,
-        Policy(config, user_db=user_db),
+        Policy(config, user_db=user_db, pseudonym_key=pseudonym_key),
         forward_timeout=config.daemon.forward_timeout,
     )
     decision, privilege_steps = _decide(config, responder, local, asked_remote)

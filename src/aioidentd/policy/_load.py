@@ -32,6 +32,7 @@ from aioidentd.policy.settings import (
     ForwardTarget,
     MetricsSettings,
     NatRule,
+    PseudonymSettings,
     ReplySettings,
     Rule,
     keys_of,
@@ -111,6 +112,7 @@ class _Loader:
         daemon = self.daemon = DaemonSettings(**self.section(DaemonSettings, document, "server"))
         reply = ReplySettings(**self.section(ReplySettings, document, "reply"))
         metrics = MetricsSettings(**self.section(MetricsSettings, document, "metrics"))
+        pseudonym = PseudonymSettings(**self.section(PseudonymSettings, document, "pseudonym"))
         default = self.settings(
             self.table(document.get("default", {}), ("default",)), ("default",), reply
         )
@@ -146,6 +148,7 @@ class _Loader:
             daemon=daemon,
             reply=reply,
             metrics=metrics,
+            pseudonym=pseudonym,
             default=default,
             users=MappingProxyType(users),
             groups=MappingProxyType(groups),

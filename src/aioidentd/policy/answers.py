@@ -1,49 +1,75 @@
-"""The configured answer kinds (``username``, ``uid``, ``fixed``, ``random``, ``hidden``,
-``no-user``) made into decisions, with the ``[reply]`` settings every decision carries
-(opsys, charset, error masking)."""
+"""The configured answer kinds (``username``, ``uid``, ``fixed``, ``random``,
+``pseudonym``, ``hidden``, ``no-user``) made into decisions, with the ``[reply]`` settings
+every decision carries (opsys, charset, error masking)."""
 
 from __future__ import annotations
 
 import logging
 
 from aioidentd.policy.decision import Decision
-from aioidentd.policy.settings import AnswerSettings, Config
+from aioidentd.policy.settings import AnswerSettings, Config, PseudonymSettings
 from aioidentd.policy.trail import SILENT, Trail
 from aioidentd.policy.users import UserLog
 from aioidentd.protocol import Address, random_user_id, safe_user_id, show_address
+from aioidentd.pseudonym import Pseudonyms
 
-__all__ = ["Answers"]
+__all__ = ["Answers", "pseudonyms_for"]
+
+
+def pseudonyms_for(settings: PseudonymSettings, key: bytes) -> Pseudonyms:
+    """The ids ``[pseudonym]`` describes, made with ``key``."""
+    return Pseudonyms(
+        key,
+        length=settings.length,
+        rotate=settings.rotate,
+        networks=settings.networks,
+        ipv4_prefix=settings.ipv4_prefix,
+        ipv6_prefix=settings.ipv6_prefix,
+    )
 
 
 class Answers:
     """Decisions as the configuration's ``[reply]`` table shapes them."""
 
-    def __init__(self, config: Config, log: UserLog) -> None:
+    def __init__(self, config: Config, log: UserLog, pseudonyms: Pseudonyms | None) -> None:
         self.config = config
         self._log = log
+        self.pseudonyms = pseudonyms
 
     def from_settings(
         self,
         uid: int,
         name: str | None,
         settings: AnswerSettings,
+        remote: Address,
         note: str | None,
         trail: Trail = SILENT,
     ) -> Decision:
-        """The answer the effective settings give (the user chose none)."""
+        """The answer the effective settings give (the user chose none) for a connection
+        to ``remote`` (whose host is the querier)."""
         kind = settings.answer or "hidden"
         source = settings.source
-        why = f"{kind}, {source}"
+        where = source
         for rule in self.config.rules:
             if rule.settings.source == source:
-                why += f" matched: {rule.describe() or 'any connection'}"
+                where += f" matched: {rule.describe() or 'any connection'}"
+        why = f"{kind}, {where}"
         if kind == "hidden":
             return self.error(kind, source, uid, name, "HIDDEN-USER", note, trail, why)
         if kind == "no-user":
             return self.error(kind, source, uid, name, "NO-USER", note, trail, why)
         charset = self.config.reply.charset
         raw: bytes | None = None
-        if kind == "random":
+        if kind == "pseudonym":
+            pseudonyms = self.pseudonyms
+            assert pseudonyms is not None  # Policy() refuses a configuration without it
+            text, network, epoch = pseudonyms.lookup(str(uid), remote[0])
+            # Letters and digits by construction: no wire rule to check (the check is a
+            # third of this answer's cost).
+            raw = text.encode(charset or "ascii")
+            why = f"pseudonym on network {network}{f' ({epoch})' if epoch else ''}, {where}"
+            trail.extend(_pseudonym_steps, pseudonyms, uid, name, network, epoch, text)
+        elif kind == "random":
             text = random_user_id()
             trail.add("a random id, drawn afresh for each query")
         elif kind == "fixed" and settings.reply is not None:
@@ -135,3 +161,19 @@ class Answers:
             ),
             why=f"lookup-failed, {error}",
         )
+
+
+def _pseudonym_steps(
+    pseudonyms: Pseudonyms,
+    uid: int,
+    name: str | None,
+    network: str,
+    epoch: str,
+    text: str,
+) -> tuple[str]:
+    rotation = f"epoch {epoch}, rotated {pseudonyms.rotate}" if epoch else "never rotated"
+    who = f"{name} (uid {uid})" if name else f"uid {uid}"
+    return (
+        f"the pseudonym of {who} for the querier's network {network} ({rotation}): "
+        f"{text!r}; aioidentd resolve {text} --from ADDRESS names the user",
+    )

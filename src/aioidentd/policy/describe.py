@@ -61,6 +61,8 @@ def describe(config: Config) -> str:
             lines.append(f"  [{label}.{key}] {settings.describe()}")
     effective = merge_settings(config.default, BUILTIN_DEFAULT)
     lines.append(f"  [default] {effective.describe()}")
+    if config.uses_pseudonyms:
+        lines.extend(_pseudonyms(config))
     if config.nat:
         lines.append("NAT (connections this host translates, found in conntrack; first match):")
         for entry in config.nat:
@@ -93,4 +95,21 @@ def _metrics(config: Config) -> list[str]:
         lines.append(
             f"  metrics written to {metrics.textfile} every {metrics.textfile_interval:g} s"
         )
+    return lines
+
+
+def _pseudonyms(config: Config) -> list[str]:
+    """What ``answer = "pseudonym"`` sends, in words."""
+    settings = config.pseudonym
+    rotation = "never rotated" if settings.rotate == "never" else f"rotated {settings.rotate}"
+    lines = [
+        f"pseudonyms: {settings.length} characters [a-z0-9], {rotation} (UTC), key "
+        f"{settings.key_file} (created at the first start if missing)",
+    ]
+    for name, ranges in settings.networks.items():
+        lines.append(f"  network {name}: {', '.join(str(network) for network in ranges)}")
+    lines.append(
+        f"  any other querier: its /{settings.ipv4_prefix} (IPv4) or /{settings.ipv6_prefix} "
+        f"(IPv6) is its network"
+    )
     return lines

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 
-from aioidentd.policy.answers import Answers
+from aioidentd.policy.answers import Answers, pseudonyms_for
 from aioidentd.policy.decision import CLAIM_NOT_USED, NAT_FORWARD_NOT_USED, Decision
 from aioidentd.policy.delegated import Delegated
 from aioidentd.policy.layers import Layers, merge_settings
@@ -31,6 +31,7 @@ from aioidentd.policy.trail import SILENT, Recording, Trail
 from aioidentd.policy.user_choice import UserChoice, privileged_port
 from aioidentd.policy.users import FILE_LOG_INTERVAL, SystemUserDB, UserDB, UserLog
 from aioidentd.protocol import Address, Reply, show_address
+from aioidentd.pseudonym import Pseudonyms
 
 __all__ = [
     "FILE_LOG_INTERVAL",
@@ -50,7 +51,8 @@ class Policy:
 
     ``user_db`` defaults to the system's passwd and group databases. ``geteuid`` is
     injectable only so that tests running as root can exercise reply files; the daemon
-    must leave it alone.
+    must leave it alone. ``pseudonym_key`` is the secret of ``answer = "pseudonym"``
+    (required when a table answers so; see :mod:`aioidentd.pseudonym`).
     """
 
     def __init__(
@@ -59,12 +61,20 @@ class Policy:
         *,
         user_db: UserDB | None = None,
         geteuid: Callable[[], int] = os.geteuid,
+        pseudonym_key: bytes | None = None,
     ) -> None:
         self.config = config
         self.user_db: UserDB = user_db if user_db is not None else SystemUserDB()
         log = UserLog(logger)
+        pseudonyms = None
+        if config.uses_pseudonyms:
+            if pseudonym_key is None:
+                raise ValueError('answer = "pseudonym" needs the key: Policy(pseudonym_key=...)')
+            pseudonyms = pseudonyms_for(config.pseudonym, pseudonym_key)
+        #: What ``answer = "pseudonym"`` answers with (None: no table answers so).
+        self.pseudonyms: Pseudonyms | None = pseudonyms
         self._layers = Layers(config, self.user_db)
-        self._answers = Answers(config, log)
+        self._answers = Answers(config, log, pseudonyms)
         self._choice = UserChoice(config, self.user_db, self._answers, log, geteuid)
         self._delegated = Delegated(self._layers, self._answers, self._choice)
         tables = [
@@ -124,7 +134,7 @@ class Policy:
             chosen, note = self._choice.choose(uid, name, settings, local, remote, trail)
             if chosen is not None:
                 return chosen
-        decision = self._answers.from_settings(uid, name, settings, note, trail)
+        decision = self._answers.from_settings(uid, name, settings, remote, note, trail)
         if note is not None and privileged_port(remote, settings) is not None:
             # Normal (a user's IRC id is not for their mail): INFO, not WARNING.
             return replace(decision, note_level=logging.INFO)

@@ -31,6 +31,15 @@ from aioidentd.protocol import (
     check_token,
     show_address,
 )
+from aioidentd.pseudonym import (
+    LENGTH,
+    MAX_LENGTH,
+    MIN_LENGTH,
+    NETWORK_NAME,
+    ROTATIONS,
+    Rotation,
+    overlap,
+)
 
 __all__ = [
     "ANSWER_KINDS",
@@ -48,6 +57,7 @@ __all__ = [
     "NatRule",
     "Network",
     "PortRange",
+    "PseudonymSettings",
     "ReplySettings",
     "Rule",
     "keys_of",
@@ -55,7 +65,9 @@ __all__ = [
 ]
 
 #: How a policy shows a user: the values of ``answer =``.
-AnswerKind = Literal["username", "uid", "fixed", "random", "hidden", "no-user", "forward"]
+AnswerKind = Literal[
+    "username", "uid", "fixed", "random", "pseudonym", "hidden", "no-user", "forward"
+]
 #: How a forwarded query tells the target who really asked: not at all, or with a PROXY
 #: protocol header of that version.
 ForwardProxy = Literal["none", "v1", "v2"]
@@ -668,6 +680,50 @@ class MetricsSettings:
     textfile_interval: float = key(15.0, float, _seconds)
 
 
+#: Where the pseudonym key is kept unless ``key_file`` says otherwise: the state directory
+#: systemd gives the unit (``StateDirectory=aioidentd``).
+DEFAULT_KEY_FILE: Final = "/var/lib/aioidentd/pseudonym.key"
+
+
+def _absolute(name: str, value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{name} must be an absolute path, got {value!r}")
+    return value
+
+
+def _named_networks(name: str, value: dict[str, Any]) -> Mapping[str, tuple[Network, ...]]:
+    """``{name: [range, ...]}``; a range in two networks is refused (the id would depend
+    on which is looked at first)."""
+    named: dict[str, tuple[Network, ...]] = {}
+    for network, ranges in value.items():
+        where = f"'{network}' in {name}"
+        if not NETWORK_NAME.fullmatch(network):
+            raise ValueError(
+                f"{where}: a network's name is 1-64 of A-Z a-z 0-9 . _ - (a letter or digit first)"
+            )
+        named[network] = _networks(where, ranges)
+        clash = overlap(named)
+        if clash is not None:
+            raise ValueError(f"{name}: {clash}")
+    return MappingProxyType(named)
+
+
+def _no_networks() -> Mapping[str, tuple[Network, ...]]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymSettings:
+    """``[pseudonym]``: how ``answer = "pseudonym"`` makes ids (see :mod:`aioidentd.pseudonym`)."""
+
+    key_file: str = key(DEFAULT_KEY_FILE, str, _absolute)
+    length: int = key(LENGTH, int, _whole(MIN_LENGTH, MAX_LENGTH))
+    rotate: Rotation = key("monthly", str, _choice(ROTATIONS))
+    ipv4_prefix: int = key(24, int, _whole(0, 32))
+    ipv6_prefix: int = key(48, int, _whole(0, 128))
+    networks: Mapping[str, tuple[Network, ...]] = key(_no_networks, dict, _named_networks)
+
+
 def _no_tables() -> Mapping[Any, AnswerSettings]:
     return MappingProxyType({})
 
@@ -684,8 +740,15 @@ class Config:
     daemon: DaemonSettings = key(DaemonSettings, dict, name="server")
     reply: ReplySettings = key(ReplySettings, dict)
     metrics: MetricsSettings = key(MetricsSettings, dict)
+    pseudonym: PseudonymSettings = key(PseudonymSettings, dict)
     default: AnswerSettings = key(lambda: BUILTIN_DEFAULT, dict)
     users: Mapping[str | int, AnswerSettings] = key(_no_tables, dict, name="user")
     groups: Mapping[str, AnswerSettings] = key(_no_tables, dict, name="group")
     rules: tuple[Rule, ...] = key((), list, name="rule")
     nat: tuple[NatRule, ...] = key((), list)
+
+    @property
+    def uses_pseudonyms(self) -> bool:
+        """Whether any table answers ``"pseudonym"`` (then the daemon needs the key)."""
+        tables = [self.default, *self.users.values(), *self.groups.values()]
+        return any(t.answer == "pseudonym" for t in (*tables, *(r.settings for r in self.rules)))
