@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 1113
 
-.PHONY: run dist test lint typecheck unit man schema docs deb test-pythons bench bench-daemon bench-claims bench-forward bench-stats deps venv clean
+.PHONY: run dist test lint typecheck unit man schema docs deb test-pythons bench bench-daemon bench-claims bench-forward bench-stats bench-hostile deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,13 @@ bench-claims: venv
 ## against oidentd 2.5's forward, in one run (needs root)
 bench-forward: venv deps
 	$(BIN)/python benchmarks/bench_forward.py $(BENCH_ARGS)
+
+## Hostile clients with figures: against the ident port (bench_hostile.py), and local users
+## and scrapers against the claims socket and the metrics endpoint, each under attack against
+## the same daemon unattacked (bench_hostile_local.py; needs root)
+bench-hostile: venv deps
+	$(BIN)/python benchmarks/bench_hostile.py
+	$(BIN)/python benchmarks/bench_hostile_local.py
 
 ## The man pages, from the argument parser and docs/config.md (tests/test_manpages.py checks them)
 man: venv

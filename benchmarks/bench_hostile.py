@@ -508,20 +508,26 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", nargs="*", help=f"any of {', '.join(SCENARIOS)} (all)")
+def cli(scenarios: dict[str, Callable[..., Figures]], doc: str | None) -> None:
+    """The command line of a script of scenarios: run the named ones (all by default) and
+    print their figures."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("scenario", nargs="*", help=f"any of {', '.join(scenarios)} (all)")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     args = parser.parse_args()
-    unknown = [name for name in args.scenario if name not in SCENARIOS]
+    unknown = [name for name in args.scenario if name not in scenarios]
     if unknown:
-        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
-    for name in args.scenario or list(SCENARIOS):
-        figures = SCENARIOS[name]()
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(scenarios)}")
+    for name in args.scenario or list(scenarios):
+        figures = scenarios[name]()
         if args.json:
             print(json.dumps({"scenario": name, **figures}), flush=True)
         else:
             print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+
+def main() -> None:
+    cli(SCENARIOS, __doc__)
 
 
 if __name__ == "__main__":

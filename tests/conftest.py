@@ -70,6 +70,20 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+@pytest.fixture
+def scenario(record_property: Any) -> Callable[..., dict[str, Any]]:
+    """``scenario(table, name, **options)`` runs one scenario of a benchmark's table
+    (``SCENARIOS`` of benchmarks/bench_hostile*.py) and records its figures, which the run's
+    summary prints (below)."""
+
+    def run(table: dict[str, Callable[..., dict[str, Any]]], name: str, **options: Any) -> Any:
+        figures = table[name](**options)
+        record_property("figures", f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        return figures
+
+    return run
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the figures that tests recorded (``record_property("figures", ...)``): the
     hostile-input suite's measurements belong in CI's output, not only in its verdicts."""

@@ -36,7 +36,7 @@ from aioidentd.daemon.claims_socket import MAX_REQUEST, ClaimsService, bind_clai
 from aioidentd.lookup import ProcNetLookup, default_lookup
 from aioidentd.policy import ConfigError, Policy, parse_config
 from aioidentd.protocol import SENDABLE_CHARSETS, UserIdReply
-from support import needs_root, wait_until_async
+from support import both_loops, needs_root, wait_until_async
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 ALLOWED = f'[user."{ME}"]\nanswer = "username"\nallow_user_reply = true\n'
@@ -81,6 +81,7 @@ def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return asyncio.to_thread(function, *args, **kwargs)
 
 
+@both_loops
 async def test_a_claim_answers_for_its_connection_until_released(
     tmp_path: Path, connection: Any
 ) -> None:
@@ -231,6 +232,7 @@ def raw_exchange(path: str, data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in received.splitlines()]
 
 
+@both_loops
 async def test_bad_requests_get_a_clear_refusal_and_harm_nothing(
     tmp_path: Path, connection: Any
 ) -> None:
@@ -520,3 +522,82 @@ async def test_a_claim_checked_by_the_proc_scan_leaves_the_event_loop_serving(
         await service.close()
     assert answered == b'{"ok": true}\n'  # served while the scan was still waiting
     assert claimed == b'{"ok": true}\n'
+
+
+async def test_lines_no_parser_can_digest_get_a_clear_refusal(tmp_path: Path) -> None:
+    """JSON nested past the parser's recursion limit and an interface index no kernel
+    has used to raise inside the daemon (a traceback per connection, no answer)."""
+    impossible = {
+        "op": "claim",
+        "local": ["fe80::1%4294967296", 1],
+        "remote": ["fe80::2%1", 2],
+        "user_id": "x",
+    }
+    async with host(tmp_path) as (_port, path, _service):
+        answers = await call(
+            raw_exchange,
+            path,
+            b"[" * 1020 + b"]" * 1020 + b"\n" + json.dumps(impossible).encode() + b"\n",
+        )
+        assert answers == [
+            {"ok": False, "error": "request nested too deeply"},
+            {"ok": False, "error": "no network interface has the index 4294967296"},
+        ]
+
+
+async def test_a_failing_request_is_answered_and_logged_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with host(tmp_path) as (_port, path, service):
+
+        def broken(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+            raise RuntimeError("lookup bug")
+
+        monkeypatch.setattr(service.lookup, "owner", broken)
+        request = json.dumps(
+            {"op": "claim", "local": ["127.0.0.1", 1], "remote": ["127.0.0.1", 2], "user_id": "x"}
+        ).encode()
+        for _ in range(3):
+            answers = await call(raw_exchange, path, request + b"\n" + request + b"\n")
+            assert (
+                answers
+                == [{"ok": False, "error": "internal error (the daemon's log says more)"}] * 2
+            )
+        failures = [r for r in caplog.records if "unexpected failure" in r.getMessage()]
+        assert len(failures) == 1 and failures[0].exc_info is not None  # the rest counted
+
+
+@both_loops
+async def test_at_a_users_limit_its_idle_connection_silent_longest_makes_room(
+    tmp_path: Path, connection: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never one that holds a claim: when all of them do, the new one is refused."""
+    import aioidentd.daemon.claims_socket as claims_socket
+
+    monkeypatch.setattr(claims_socket, "MAX_CONNECTIONS_PER_UID", 3)
+    client, _ = connection
+    async with host(tmp_path) as (port, path, service):
+        with HostClaims(path) as holder:
+            await call(holder.claim, client, "kept")  # the oldest, and it holds a claim
+            idle = []
+            for _ in range(2):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(path)
+                idle.append(sock)
+            await wait_until_async(lambda: len(service._controls) == 3)
+            # A fourth: the older idle one goes, the claim stays.
+            with HostClaims(path) as fourth:
+                await call(fourth.connecting("127.0.0.1").__enter__)
+                assert await call(idle[0].recv, 100) == b""  # closed for it
+                assert await ask(port, client) == "USERID UNIX kept"
+                idle[1].close()
+                await wait_until_async(lambda: len(service._controls) == 2)
+                # Both left hold something now: a third is still fine, a fourth refused.
+                with HostClaims(path) as third:
+                    await call(third.connecting("127.0.0.1").__enter__)
+                    refused = await call(raw_exchange, path, b"")
+                    assert refused == [
+                        {"ok": False, "error": f"too many connections from uid {os.getuid()}"}
+                    ]
+            for sock in idle:
+                sock.close()

@@ -8,6 +8,7 @@ to defend itself (figures from the same scenarios on the old server in the comme
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,9 @@ import bench_hostile
 
 
 @pytest.fixture
-def run(record_property: Any) -> Any:
+def run(scenario: Any) -> Any:
     """Runs one scenario; its figures are printed in the run's summary (conftest)."""
-
-    def run(name: str, **options: Any) -> dict[str, Any]:
-        figures: dict[str, Any] = bench_hostile.SCENARIOS[name](**options)
-        record_property("figures", f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-        return figures
-
-    return run
+    return functools.partial(scenario, bench_hostile.SCENARIOS)
 
 
 def test_clients_that_never_read_do_not_grow_the_server(run: Any) -> None:

@@ -27,6 +27,7 @@ from aioidentd.stats import LATENCY_BOUNDS
 from peers import unavailable
 from support import (
     ask,
+    both_loops,
     require_ipv6,
     run_aioidentd,
     serve_process,
@@ -130,6 +131,7 @@ async def _exchange(port: int, request: bytes) -> bytes:
     return await asyncio.to_thread(http_get, port, request)
 
 
+@both_loops
 async def test_only_get_metrics_is_served_and_bad_requests_get_a_status(
     quick_timeouts: None,
 ) -> None:
@@ -154,29 +156,31 @@ async def test_only_get_metrics_is_served_and_bad_requests_get_a_status(
         await endpoint.close()
 
 
-async def test_too_many_clients_at_once_are_closed_and_the_endpoint_stays_up(
+@both_loops
+async def test_a_full_house_of_half_requests_still_lets_a_scrape_in(
     quick_timeouts: None,
 ) -> None:
     endpoint = await _endpoint()
     port = endpoint.address[1]
-    silent = []
+    held = []
     try:
         for _ in range(metrics_module.MAX_CLIENTS):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            silent.append(writer)
-        await wait_until_async(lambda: endpoint._clients == metrics_module.MAX_CLIENTS)
-        # One more is closed at once (reset), without an answer.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
-        with contextlib.suppress(ConnectionResetError):
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
-        # The silent ones time out; then the endpoint answers again.
-        await wait_until_async(lambda: endpoint._clients == 0)
+            writer.write(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            held.append((reader, writer))
+        await wait_until_async(lambda: endpoint.connections == metrics_module.MAX_CLIENTS)
+        # One more is served: the connection silent longest makes room for it.
         ok = await _exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")
         assert body_of(ok).endswith("x_total 1\n")
+        first_reader = held[0][0]
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(first_reader.read(), 5) == b""  # closed for it
+        # The others get their 408 when their time is up, and the slots are free again.
+        late = await asyncio.wait_for(held[-1][0].read(), 5)
+        assert late.startswith(b"HTTP/1.1 408 Request Timeout"), late
+        await wait_until_async(lambda: endpoint.connections == 0)
     finally:
-        for writer in silent:
+        for _, writer in held:
             writer.close()
         await endpoint.close()
 

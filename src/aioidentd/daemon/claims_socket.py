@@ -25,25 +25,37 @@ most :data:`MAX_REQUEST` octets::
     -> {"ok": true} | {"ok": false, "error": "why not"}
 
 :class:`aioidentd.HostClaims` is the client.
+
+The socket runs on the daemon's one connection core, as the ident port does: the driver
+(:mod:`aioidentd.driver`) does the I/O and a sans-IO
+:class:`~aioidentd.daemon.claims_session.ClaimsSession` per connection reads the lines
+(bounded, in slices, with its deadlines); this module decides what each request means. Any
+local user may connect, so nothing one of them sends can hold the event loop (slices of
+:data:`~aioidentd.daemon.claims_session.BUDGET` lines), grow the daemon (answers left
+unread stop the reading at :data:`HIGH_WATER`), fill the log (one line per kind per 10 s,
+a failure of the daemon's own included, answered as an internal error) or take another
+user's slots (:data:`MAX_CONNECTIONS_PER_UID`, eviction within the user's own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from aioidentd._ratelimit import RateLimitedLog
 from aioidentd.claims import normalise_host
+from aioidentd.daemon.claims_session import MAX_REQUEST, ClaimsSession, Malformed, Request
+from aioidentd.driver import Channel, Driver
 from aioidentd.errors import SocketLookupError
+from aioidentd.listener import Listener
 from aioidentd.lookup import SocketLookup
 from aioidentd.policy import Policy
 from aioidentd.protocol import (
@@ -63,8 +75,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The longest request line read; a longer one closes the control connection.
-MAX_REQUEST: Final = 2048
 #: Claims one uid may hold at once, and control connections one uid may keep open.
 MAX_CLAIMS_PER_UID: Final = 4096
 MAX_CONNECTIONS_PER_UID: Final = 64
@@ -75,18 +85,28 @@ MAX_PENDING: Final = 64
 SWEEP_INTERVAL: Final = 30.0
 #: A control connection that sends half a line and stops is closed after this long.
 PARTIAL_LINE_TIMEOUT: Final = 10.0
+#: Answers (at most a little longer than their requests) a control connection may leave
+#: unread before the daemon stops reading its requests.
+HIGH_WATER: Final = 16 * 1024
 _PEERCRED: Final = struct.Struct("3i")
+#: The largest interface index the kernel's socket addresses hold.
+_MAX_SCOPE: Final = 0xFFFFFFFF
 
 _Key = tuple[str, int, str, int]
 
 
 def _key(local: Address, remote: Address) -> _Key:
-    return (
+    key = (
         normalise_host(str(local[0])),
         int(local[1]),
         normalise_host(str(remote[0])),
         int(remote[1]),
     )
+    for host in (key[0], key[2]):
+        scope = host.partition("%")[2]
+        if scope and int(scope) > _MAX_SCOPE:
+            raise ValueError(f"no network interface has the index {scope}")
+    return key
 
 
 @dataclass(slots=True, eq=False)
@@ -158,11 +178,13 @@ class ClaimsService:
         self._claims: dict[_Key, HostClaim] = {}
         self._per_uid: dict[int, int] = {}
         self._controls: set[_Control] = set()
+        self._per_uid_controls: dict[int, int] = {}
         #: (uid, remote host) -> how many control connections declared "connecting".
         self._pending: dict[tuple[int, str], int] = {}
         #: Queries waiting for a claim on their connection.
         self._waiters: dict[_Key, list[asyncio.Future[None]]] = {}
-        self._server: asyncio.base_events.Server | None = None
+        self._driver: Driver | None = None
+        self._listener: Listener | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._log: RateLimitedLog | None = None
 
@@ -179,18 +201,27 @@ class ClaimsService:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._log = RateLimitedLog(logger, call_later=loop.call_later)
-        self._server = await loop.create_unix_server(lambda: _Control(self), sock=sock)
+        self._driver = Driver(
+            loop,
+            self,
+            "claims socket",
+            max_connections=MAX_CONNECTIONS,
+            high_water=HIGH_WATER,
+            low_water=HIGH_WATER // 4,
+        )
+        self._listener = Listener(loop, sock, self._driver.accept, "claims socket")
+        self._listener.start()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
-        for control in list(self._controls):
-            control.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._driver is not None:
+            self._driver.close_all()
+            self._driver = None
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -215,7 +246,7 @@ class ClaimsService:
         for claim, owner in zip(claims, owners, strict=True):
             if not isinstance(owner, str) and owner != claim.uid:
                 self._remove(claim)
-        if self._server is not None and self._server.is_serving():
+        if self._driver is not None:  # still serving
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def _look_up(self, key: _Key) -> int | str | None:
@@ -280,6 +311,7 @@ class ClaimsService:
         self._claims[claim.key] = claim
         self._per_uid[claim.uid] = self._per_uid.get(claim.uid, 0) + 1
         claim.owner.claims.add(claim.key)
+        claim.owner.held()
         for waiter in self._waiters.pop(claim.key, ()):
             if not waiter.done():
                 waiter.set_result(None)
@@ -295,6 +327,7 @@ class ClaimsService:
         else:
             self._per_uid.pop(claim.uid, None)
         claim.owner.claims.discard(claim.key)
+        claim.owner.held()
 
     def _pending_change(self, uid: int, host: str, delta: int) -> None:
         key = (uid, host)
@@ -337,6 +370,7 @@ class ClaimsService:
             elif host in control.pending:
                 control.pending.remove(host)
                 self._pending_change(control.uid, host, -1)
+            control.held()
             return None
         return f"unknown op {op!r} (claim, release, connecting, connected)"
 
@@ -377,8 +411,133 @@ class ClaimsService:
         raw = None if user_id is None else encode_user_id(user_id, charset)
         return self._add(HostClaim(uid, key, raw, opsys, charset, error, control))
 
-    def _closed(self, control: _Control) -> None:
+    # -- the driver's service -------------------------------------------------------------
+
+    def open(self, channel: Channel, now: float) -> ClaimsSession:
+        """A new control connection: who it is (the kernel says), and whether that user
+        may have one more."""
+        try:
+            raw = channel.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            _pid, uid, _gid = _PEERCRED.unpack(raw)
+        except (OSError, struct.error):
+            uid = -1
+        session = ClaimsSession(now, uid, PARTIAL_LINE_TIMEOUT)
+        if uid == -1:
+            self._refuse(session, "cannot tell who is connecting (SO_PEERCRED)", now)
+            return session
+        if self._per_uid_controls.get(uid, 0) >= MAX_CONNECTIONS_PER_UID and not self._evict(uid):
+            reason = f"too many connections from uid {uid}"
+            self._refuse(session, reason, now)
+            return session
+        control = _Control(uid, session)
+        channel.context = control
+        self._controls.add(control)
+        self._per_uid_controls[uid] = self._per_uid_controls.get(uid, 0) + 1
+        return session
+
+    def _evict(self, uid: int) -> bool:
+        """Make room for one more connection of ``uid`` at its limit: close its connection
+        silent longest that holds no claim (a user's limit never costs another user, nor
+        any claim); False when every one holds claims."""
+        if self._driver is None:
+            return False
+        for channel in self._driver.channels:  # silent longest first
+            control = channel.context
+            if isinstance(control, _Control) and control.uid == uid and control.idle:
+                self.log(
+                    "evicted",
+                    "claims socket: uid %d has %d connections; closing its connection "
+                    "silent longest",
+                    uid,
+                    MAX_CONNECTIONS_PER_UID,
+                )
+                channel.abort()
+                return True
+        return False
+
+    def _refuse(self, session: ClaimsSession, reason: str, now: float) -> None:
+        self.log("admit", "claims socket: refused uid %d: %s", session.uid, reason)
+        session.refuse(reason, now)
+
+    def events(self, channel: Channel, events: Iterable[Any]) -> None:
+        control = channel.context
+        assert isinstance(control, _Control)
+        control.backlog.extend(events)
+        self._serve(channel, control)
+
+    def _serve(self, channel: Channel, control: _Control) -> None:
+        """Answer the requests read, in order; one carried out off the event loop (a
+        blocking lookup) holds the rest, and the reading, until its answer is in."""
+        session = control.session
+        while control.backlog and control.busy is None:
+            event = control.backlog.pop(0)
+            if isinstance(event, Malformed):
+                message = (
+                    "claims socket: uid %d sent an over-long line"
+                    if event.kind == "huge"
+                    else "claims socket: uid %d sent a line that is not JSON"
+                )
+                self.log(event.kind, message, control.uid)
+                session.reply(event.reason)
+                continue
+            try:
+                outcome = self.handle(control, event.value)
+            except Exception:
+                outcome = self._failed(control)
+            if outcome is None or isinstance(outcome, str):
+                self._answered(control, outcome)
+                continue
+            busy = control.busy = asyncio.ensure_future(outcome)
+            busy.add_done_callback(lambda done: self._done(channel, control, done))
+            session.hold()
+
+    def _done(self, channel: Channel, control: _Control, busy: asyncio.Future[str | None]) -> None:
+        control.busy = None
+        if busy.cancelled() or channel.closed:
+            return
+        try:
+            reason = busy.result()
+        except Exception:
+            reason = self._failed(control)
+        self._answered(control, reason)
+        self._serve(channel, control)
+        if control.busy is None:
+            control.session.release()
+        channel.update()
+
+    def _answered(self, control: _Control, reason: str | None) -> None:
+        if reason is not None:
+            self.log("refused", "claims socket: uid %d refused: %s", control.uid, reason)
+        control.session.reply(reason)
+
+    def _failed(self, control: _Control) -> str:
+        """A bug, not the user's fault: a clear answer, and the first traceback of each
+        10 s in the log."""
+        if self._log is not None:
+            self._log.log(
+                "unexpected",
+                logging.ERROR,
+                "unexpected failures of claims requests",
+                "claims socket: unexpected failure of a request from uid %d",
+                control.uid,
+                exc_info=True,
+            )
+        return "internal error (the daemon's log says more)"
+
+    def closed(self, channel: Channel) -> None:
+        control = channel.context
+        if not isinstance(control, _Control):
+            return
+        channel.context = None
+        if control.busy is not None:
+            control.busy.cancel()
+        control.backlog.clear()
         self._controls.discard(control)
+        count = self._per_uid_controls.get(control.uid, 1) - 1
+        if count:
+            self._per_uid_controls[control.uid] = count
+        else:
+            self._per_uid_controls.pop(control.uid, None)
         for key in list(control.claims):
             claim = self._claims.get(key)
             if claim is not None:
@@ -386,15 +545,6 @@ class ClaimsService:
         for host in control.pending:
             self._pending_change(control.uid, host, -1)
         control.pending.clear()
-
-    def _admit(self, control: _Control) -> str | None:
-        if len(self._controls) >= MAX_CONNECTIONS:
-            return "too many connections to the claims socket"
-        same = sum(1 for other in self._controls if other.uid == control.uid)
-        if same >= MAX_CONNECTIONS_PER_UID:
-            return f"too many connections from uid {control.uid}"
-        self._controls.add(control)
-        return None
 
     def log(self, kind: str, message: str, *args: object) -> None:
         if self._log is not None:
@@ -443,118 +593,27 @@ def _answer(request: dict[str, Any]) -> _Answer:
     return user_id, opsys or "UNIX", charset, error
 
 
-class _Control(asyncio.Protocol):
-    """One client of the claims socket: its uid, its claims, its requests."""
+class _Control:
+    """One client of the claims socket as the service sees it: its uid, its claims, the
+    hosts it declared connecting (its protocol is the session's)."""
 
-    def __init__(self, service: ClaimsService) -> None:
-        self.service = service
-        self.uid = -1
+    __slots__ = ("backlog", "busy", "claims", "pending", "session", "uid")
+
+    def __init__(self, uid: int, session: ClaimsSession) -> None:
+        self.uid = uid
+        self.session = session
         self.claims: set[_Key] = set()
         self.pending: list[str] = []
-        self._transport: asyncio.Transport | None = None
-        self._buffer = b""
-        self._timer: asyncio.TimerHandle | None = None
-        #: A request being carried out off the event loop; reading waits for it.
-        self._busy: asyncio.Future[str | None] | None = None
+        #: A request carried out off the event loop, and the requests read after it,
+        #: which wait for its answer (answers go out in order).
+        self.busy: asyncio.Future[str | None] | None = None
+        self.backlog: list[Request | Malformed] = []
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            _pid, self.uid, _gid = _PEERCRED.unpack(raw)
-        except (OSError, AttributeError, struct.error):
-            self._refuse("cannot tell who is connecting (SO_PEERCRED)")
-            return
-        reason = self.service._admit(self)
-        if reason is not None:
-            self._refuse(reason)
+    @property
+    def idle(self) -> bool:
+        """Whether closing it would cost nothing: no claim, no declared connection."""
+        return not self.claims and not self.pending
 
-    def _refuse(self, reason: str) -> None:
-        self.service.log("admit", "claims socket: refused uid %d: %s", self.uid, reason)
-        self._reply(reason)
-        self.close()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._serve()
-
-    def _serve(self) -> None:
-        while self._busy is None and (end := self._buffer.find(b"\n")) >= 0:
-            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            if len(line) > MAX_REQUEST:
-                self._overlong()
-                return
-            self._request(line)
-            if self._transport is None or self._transport.is_closing():
-                return
-        if self._busy is not None:
-            return  # reading is paused: the rest waits for its answer
-        if len(self._buffer) > MAX_REQUEST:
-            self._overlong()
-            return
-        self._arm()
-
-    def _overlong(self) -> None:
-        self.service.log("huge", "claims socket: uid %d sent an over-long line", self.uid)
-        self._reply(f"request longer than {MAX_REQUEST} octets")
-        self._buffer = b""
-        self.close()
-
-    def _arm(self) -> None:
-        """Half a line may not hold the connection's slot for ever; an idle connection
-        between requests (it keeps its claims alive) may."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._buffer and self._transport is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(PARTIAL_LINE_TIMEOUT, self.close)
-
-    def _request(self, line: bytes) -> None:
-        try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            self.service.log("garbage", "claims socket: uid %d sent a non-JSON line", self.uid)
-            self._reply("not a JSON object")
-            return
-        outcome = self.service.handle(self, request)
-        if outcome is None or isinstance(outcome, str):
-            self._answered(outcome)
-            return
-        self._busy = asyncio.ensure_future(outcome)
-        self._busy.add_done_callback(self._done)
-        if self._transport is not None:
-            self._transport.pause_reading()
-
-    def _done(self, busy: asyncio.Future[str | None]) -> None:
-        self._busy = None
-        if busy.cancelled() or self._transport is None:
-            return
-        self._answered(busy.result())
-        if not self._transport.is_closing():
-            self._transport.resume_reading()
-            self._serve()
-
-    def _answered(self, reason: str | None) -> None:
-        if reason is not None:
-            self.service.log("refused", "claims socket: uid %d refused: %s", self.uid, reason)
-        self._reply(reason)
-
-    def _reply(self, reason: str | None) -> None:
-        if self._transport is None or self._transport.is_closing():
-            return
-        answer = {"ok": True} if reason is None else {"ok": False, "error": reason}
-        self._transport.write(json.dumps(answer).encode() + b"\n")
-
-    def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._busy is not None:
-            self._busy.cancel()
-        self._transport = None
-        self.service._closed(self)
+    def held(self) -> None:
+        """Its claims changed: one that holds any is never closed to make room."""
+        self.session.evictable = self.idle

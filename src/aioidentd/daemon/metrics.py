@@ -2,11 +2,14 @@
 (``[metrics] listen``) and a file for node_exporter's textfile collector (``[metrics]
 textfile``), both on the daemon's event loop, stdlib only.
 
-The endpoint is reachable by whoever can reach its address, so it is built like the ident
-port: a request head of at most :data:`MAX_REQUEST` octets, read within
-:data:`REQUEST_TIMEOUT` seconds, at most :data:`MAX_CLIENTS` at once, only ``GET
-/metrics`` answered, the connection closed after each response, and its
-log lines rate-limited.
+The endpoint is reachable by whoever can reach its address, so it runs on the same
+connection core as the ident port (:mod:`aioidentd.driver`, one sans-IO
+:class:`~aioidentd.daemon.metrics_session.MetricsSession` per connection): a request head
+of at most :data:`MAX_REQUEST` octets, sent within :data:`REQUEST_TIMEOUT` seconds, only
+``GET /metrics`` answered, the connection closed after each response, bounded buffers
+both ways, and its log lines rate-limited. At :data:`MAX_CLIENTS` connections a new one
+closes the one silent longest, so connections that send half a request and wait cannot
+keep a scraper out.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
 from aioidentd._ratelimit import RateLimitedLog
+from aioidentd.daemon.metrics_session import MAX_REQUEST, Failure, MetricsSession, Scrape
+from aioidentd.driver import Channel, Driver
+from aioidentd.listener import Listener
 from aioidentd.policy.settings import MetricsSettings, parse_listen
 from aioidentd.prometheus import CONTENT_TYPE, render
 from aioidentd.protocol import show_address
@@ -40,31 +46,32 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The longest request head read (request line and headers); Prometheus sends ~300 octets.
-MAX_REQUEST: Final = 4096
 #: Seconds a client has to send its request head, and then to read the response.
 REQUEST_TIMEOUT: Final = 5.0
-#: Connections served at once; more are closed at once.
+#: Connections served at once; at the limit a new one closes the one silent longest.
 MAX_CLIENTS: Final = 16
+BACKLOG: Final = 128
 
 
 def bind_metrics(listen: str) -> socket.socket:
-    """The endpoint's listening socket, bound before the daemon drops privileges."""
+    """The endpoint's listening socket, bound before the daemon drops privileges. Its
+    backlog is larger than the connection limit: while clients that hold slots reconnect
+    as fast as they are closed, a full queue would drop a scraper's SYN (a 1 s retry)."""
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=MAX_CLIENTS)
+    return socket.create_server((host, port), family=family, backlog=BACKLOG)
 
 
 class MetricsEndpoint:
-    """``GET /metrics`` on ``sock``, answered with ``render()``."""
+    """``GET /metrics`` on ``sock``, answered with ``render()`` (the driver's service)."""
 
     def __init__(self, sock: socket.socket, render: Callable[[], str]) -> None:
         self._sock = sock
         self._render = render
-        self._server: asyncio.Server | None = None
-        self._clients = 0
+        self._driver: Driver | None = None
+        self._listener: Listener | None = None
         self._log: RateLimitedLog | None = None
-        #: Requests answered (any status), for tests and the SIGUSR1 line.
+        #: Requests answered (any status), for tests.
         self.requests = 0
 
     @property
@@ -72,70 +79,51 @@ class MetricsEndpoint:
         host, port = self._sock.getsockname()[:2]
         return host, port
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._driver) if self._driver is not None else 0
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._log = RateLimitedLog(logger, call_later=loop.call_later)
-        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_REQUEST)
+        # A response is a few KiB: a peer that does not read it holds that much, no more.
+        self._driver = Driver(
+            loop, self, "metrics endpoint", max_connections=MAX_CLIENTS, read_size=MAX_REQUEST
+        )
+        self._listener = Listener(loop, self._sock, self._driver.accept, "metrics endpoint")
+        self._listener.start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), REQUEST_TIMEOUT)
-            self._server = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._driver is not None:
+            self._driver.close_all()
+            self._driver = None
         if self._log is not None:
             self._log.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= MAX_CLIENTS:
-            self._note("busy", "metrics connections refused (too many at once)")
-            writer.transport.abort()
-            return
-        self._clients += 1
-        try:
-            status, body = await self._respond(reader)
+    # -- the driver's service -------------------------------------------------------------
+
+    def open(self, channel: Channel, now: float) -> MetricsSession:
+        return MetricsSession(now, REQUEST_TIMEOUT)
+
+    def events(self, channel: Channel, events: Iterable[Any]) -> None:
+        session = channel.session
+        assert isinstance(session, MetricsSession)
+        for event in events:
             self.requests += 1
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: "
-                f"{CONTENT_TYPE if status.startswith('200') else 'text/plain; charset=utf-8'}"
-                f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
-            )
-            if status.startswith("405"):
-                head += "Allow: GET\r\n"
-            writer.write(head.encode() + b"\r\n" + body)
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (TimeoutError, ConnectionError, OSError):
-            writer.transport.abort()
-        finally:
-            self._clients -= 1
-            writer.close()
+            if isinstance(event, Scrape):
+                body = self._render().encode()
+                session.respond("200 OK", body, CONTENT_TYPE, asyncio.get_running_loop().time())
+            elif isinstance(event, Failure) and self._log is not None:
+                self._log.log(
+                    event.kind, logging.INFO, event.summary, "%s (first of its kind)", event.summary
+                )
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, bytes]:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-        except TimeoutError:
-            self._note("timeout", "metrics requests not sent in time")
-            return "408 Request Timeout", b"request not sent in time\n"
-        except asyncio.LimitOverrunError:
-            self._note("large", "metrics requests too large")
-            return "431 Request Header Fields Too Large", b"request too large\n"
-        except asyncio.IncompleteReadError:
-            return "400 Bad Request", b"incomplete request\n"
-        request_line = head.split(b"\r\n", 1)[0]
-        parts = request_line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            self._note("bad", "malformed metrics requests")
-            return "400 Bad Request", b"malformed request\n"
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method != b"GET":
-            return "405 Method Not Allowed", b"only GET /metrics\n"
-        if target != b"/metrics":
-            return "404 Not Found", b"only /metrics is served here\n"
-        return "200 OK", self._render().encode()
-
-    def _note(self, kind: str, summary: str) -> None:
-        if self._log is not None:
-            self._log.log(kind, logging.INFO, summary, "%s (first of its kind)", summary)
+    def closed(self, channel: Channel) -> None:
+        pass
 
 
 def write_textfile(path: str, text: str) -> None:
