@@ -296,7 +296,8 @@ def test_locator_handles_quoted_dotted_and_multiline() -> None:
             answer = "hiden"
             """,
             "aioidentd.toml:2: 'answer' in [default] must be one of 'username', 'uid', "
-            "'fixed', 'random', 'pseudonym', 'hidden', 'no-user', 'forward', got 'hiden' "
+            "'fixed', 'random', 'random-numeric', 'pseudonym', 'hidden', 'no-user', 'forward', "
+            "got 'hiden' "
             "(did you mean 'hidden'?)",
         ),
         (

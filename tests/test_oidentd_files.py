@@ -66,10 +66,17 @@ def test_the_lounge_4_4_matches_the_whole_connection() -> None:
     assert parse_user_file(LOUNGE_NEW).problems == ()
 
 
-def test_a_line_for_the_port_pair_wins_over_global_wherever_it_is() -> None:
-    text = LOUNGE_OLD + ZNC
+def test_the_last_block_that_matches_wins_as_in_oidentd() -> None:
+    """oidentd puts each block it reads in front of the others: with ``global`` first
+    (as its manual says), a range wins; with ``global`` last, global always does."""
+    text = ZNC + LOUNGE_OLD
     assert chosen(text, (LOCAL, 45678), ("192.0.2.10", 6697)) == 'reply "lounge1"'
     assert chosen(text, (LOCAL, 50000), ("192.0.2.10", 6697)) == 'reply "alice"'
+    text = LOUNGE_OLD + ZNC
+    assert chosen(text, (LOCAL, 45678), ("192.0.2.10", 6697)) == 'reply "alice"'
+    overlapping = 'fport 6660:6699 { reply "wide" }\nfport 6697 { reply "narrow" }\n'
+    assert chosen(overlapping, (LOCAL, 1), ("192.0.2.10", 6697)) == 'reply "narrow"'
+    assert chosen(overlapping, (LOCAL, 1), ("192.0.2.10", 6667)) == 'reply "wide"'
 
 
 def test_the_rest_of_the_user_file_syntax() -> None:
@@ -299,3 +306,34 @@ def test_check_config_explains_a_user_file(tmp_path: Path) -> None:
     done = run_aioidentd("check-config", str(config), "--user-file", str(broken))
     assert done.returncode == 1
     assert done.stderr.strip() == f"aioidentd: {broken}: line 1: block not closed with '}}'"
+
+
+def test_each_choice_needs_its_own_permission(owner: int, home: Path) -> None:
+    """oidentd's capabilities, one key each: hide with allow_user_hide, random with
+    allow_user_random, and so on; a reply with allow_user_reply. Unset, each follows
+    allow_user_reply (what a file written before these keys means)."""
+    write(
+        home,
+        owner,
+        ".oidentd.conf",
+        'global { reply "chosen" }\nfport 7000 { hide }\nfport 7001 { numeric }\n'
+        "fport 7002 { random_numeric }\n",
+    )
+    write(home, owner, ".aioidentd-reply", "ours\n")
+    only_hide = policy(owner, home, "[default]\nallow_user_hide = true\n")
+    assert answer(only_hide, owner, remote=("192.0.2.10", 7000)) == "ERROR HIDDEN-USER"
+    # Neither the reply file nor a reply in the oidentd file: allow_user_reply is off.
+    assert answer(only_hide, owner) == "alice"
+    decision = only_hide.decide(owner, (LOCAL, 45678), ("192.0.2.10", 7001))
+    assert decision.user_id == b"alice"
+    assert decision.note is not None and "says numeric, and allow_user_numeric is off" in (
+        decision.note
+    )
+    no_hide = policy(owner, home, ALLOW + "allow_user_hide = false\n")
+    assert answer(no_hide, owner) == "ours"  # the reply file comes first
+    (home / ".aioidentd-reply").unlink()
+    assert answer(no_hide, owner, remote=("192.0.2.10", 7000)) == "alice"
+    assert answer(no_hide, owner, remote=("192.0.2.10", 7001)) == str(owner)
+    assert answer(no_hide, owner) == "chosen"
+    numeric = answer(no_hide, owner, remote=("192.0.2.10", 7002))
+    assert numeric.startswith("user") and 0 <= int(numeric[4:]) < 100000

@@ -130,7 +130,8 @@ def render(
             "aioidentd_decisions_total",
             counter,
             "The daemon's answers from its socket lookup and policy, by kind (username, uid, "
-            "fixed, random, hidden, no-user, user-reply, no-socket, lookup-failed).",
+            "fixed, random, random-numeric, hidden, no-user, user-reply, no-socket, "
+            "lookup-failed).",
             [({"kind": kind}, count) for kind, count in sorted(decisions.items())],
         )
         out.metric(

@@ -55,6 +55,7 @@ __all__ = [
     "parse_query",
     "parse_reply",
     "port_pair",
+    "random_numeric_id",
     "random_user_id",
     "safe_user_id",
     "show_address",
@@ -318,6 +319,13 @@ def random_user_id() -> str:
     """A fresh random user id (:data:`RANDOM_ALPHABET`, :data:`RANDOM_LENGTH` long), drawn
     with :mod:`secrets` so that one answer says nothing about the next."""
     return "".join(secrets.choice(RANDOM_ALPHABET) for _ in range(RANDOM_LENGTH))
+
+
+def random_numeric_id() -> str:
+    """``user`` and a fresh number from 0 to 99999 (``user4711``): oidentd's
+    ``random_numeric``, kept in its exact form so that hosts moving from oidentd send
+    the same kind of id."""
+    return f"user{secrets.randbelow(100000)}"
 
 
 def show_address(address: Address) -> str:

@@ -10,7 +10,13 @@ from aioidentd.policy.decision import Decision
 from aioidentd.policy.settings import AnswerSettings, Config, PseudonymSettings
 from aioidentd.policy.trail import SILENT, Trail
 from aioidentd.policy.users import UserLog
-from aioidentd.protocol import Address, random_user_id, safe_user_id, show_address
+from aioidentd.protocol import (
+    Address,
+    random_numeric_id,
+    random_user_id,
+    safe_user_id,
+    show_address,
+)
 from aioidentd.pseudonym import Pseudonyms
 
 __all__ = ["Answers", "pseudonyms_for"]
@@ -72,6 +78,9 @@ class Answers:
         elif kind == "random":
             text = random_user_id()
             trail.add("a random id, drawn afresh for each query")
+        elif kind == "random-numeric":
+            text = random_numeric_id()
+            trail.add("'user' and a random number, drawn afresh for each query")
         elif kind == "fixed" and settings.reply is not None:
             text = settings.reply
         elif kind == "username" and name is not None:

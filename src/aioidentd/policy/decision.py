@@ -64,7 +64,15 @@ class Decision:
     @property
     def spoofed(self) -> bool:
         """The reply is not the user's real identity: worth logging with the real one."""
-        return self.kind in ("fixed", "random", "user-reply", "forward", "claim", "nat-forward")
+        return self.kind in (
+            "fixed",
+            "random",
+            "random-numeric",
+            "user-reply",
+            "forward",
+            "claim",
+            "nat-forward",
+        )
 
     def reply(self, server_port: int, client_port: int) -> Reply:
         """The protocol reply for the queried port pair."""

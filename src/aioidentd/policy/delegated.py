@@ -162,7 +162,8 @@ class Delegated:
             source=f"[[nat]] #{rule.number}",
             user_name=_inner(inner),
             user_id=raw,
-            opsys=self._reply.opsys,
+            # A static entry may name its own (an oidentd_masq.conf line's system type).
+            opsys=(rule.opsys if kind != "nat-forward" else None) or self._reply.opsys,
             charset=charset,
         )
 

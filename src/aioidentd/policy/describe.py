@@ -77,7 +77,7 @@ def describe(config: Config) -> str:
             "own connections (aioidentd.HostClaims)"
         )
     tables = [config.default, *config.users.values(), *config.groups.values()]
-    if any(table.allow_user_reply for table in [*tables, *(r.settings for r in config.rules)]):
+    if any(table.may_choose() for table in [*tables, *(r.settings for r in config.rules)]):
         lines.append(
             "users allowed to choose: ~/.aioidentd-reply, else ~/.config/oidentd.conf or "
             "~/.oidentd.conf (global and to/fport/from/lport blocks with reply, random, "

@@ -15,6 +15,7 @@ from typing import Any
 from aioidentd.policy.settings import (
     BUILTIN_DEFAULT,
     BUILTIN_ROOT,
+    PERMISSION_KEYS,
     AnswerSettings,
     Config,
     Network,
@@ -27,7 +28,7 @@ from aioidentd.protocol import Address, ip_of
 __all__ = ["Layers", "address_in", "merge_settings"]
 
 #: The settings whose origin the trail names besides ``answer``.
-_TRAIL_SETTINGS = ("allow_user_reply", "allow_spoof_other", "allow_spoof_privport")
+_TRAIL_SETTINGS = PERMISSION_KEYS
 
 
 def merge_settings(first: AnswerSettings, *rest: AnswerSettings) -> AnswerSettings:

@@ -16,8 +16,11 @@ never guessed at: the block or statement is left out and named, with its line, i
 A file whose braces or quotes do not close is refused as a whole
 (:class:`~aioidentd.errors.ReplyFileRefused`).
 
-Which block applies: the first range block, in file order, whose filters all match the
-connection; else ``global``. This is what oidentd does for a port pair over ``global``.
+Which block applies: the **last** block, in file order, whose filters all match the
+connection, ``global`` (which matches every connection) included. This is oidentd's
+rule (it puts each block it reads in front of the others), so a file that works with
+oidentd answers the same here; its manual asks for ``global`` first, which makes it the
+fallback.
 """
 
 from __future__ import annotations
@@ -29,9 +32,17 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from aioidentd.errors import ReplyFileRefused
-from aioidentd.protocol import Address, ip_of, random_user_id, unmapped
+from aioidentd.protocol import Address, ip_of, random_numeric_id, random_user_id, unmapped
 
-__all__ = ["MAX_REPLIES", "Choice", "Entry", "UserFile", "parse_user_file"]
+__all__ = [
+    "MAX_REPLIES",
+    "Choice",
+    "Entry",
+    "Token",
+    "UserFile",
+    "parse_user_file",
+    "tokenize",
+]
 
 #: oidentd takes at most 20 replies in a user file's ``reply`` list.
 MAX_REPLIES: Final = 20
@@ -80,7 +91,7 @@ class Choice:
         if self.kind == "random":
             return random_user_id()
         if self.kind == "random_numeric":
-            return f"user{secrets.randbelow(100000)}"
+            return random_numeric_id()
         if self.kind == "numeric":
             return str(uid)
         return None
@@ -141,15 +152,12 @@ class UserFile:
     problems: tuple[str, ...] = ()
 
     def choose(self, local: Address, remote: Address) -> Entry | None:
-        """The block for the connection ``local`` <-> ``remote``: the first matching range,
-        else ``global``, else None."""
-        fallback: Entry | None = None
-        for entry in self.entries:
-            if entry.is_global:
-                fallback = fallback or entry
-            elif entry.matches(local, remote):
+        """The block for the connection ``local`` <-> ``remote``: the last one written
+        that matches it (``global`` matches all), else None."""
+        for entry in reversed(self.entries):
+            if entry.is_global or entry.matches(local, remote):
                 return entry
-        return fallback
+        return None
 
 
 def _in(host: str, network: _Network) -> bool:
@@ -160,9 +168,14 @@ def _in(host: str, network: _Network) -> bool:
     return address in network
 
 
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    """``(kind, value, line)`` of every token that matters; refuses an unclosed quote or
-    comment."""
+Token = tuple[str, str, int]
+
+
+def tokenize(text: str) -> list[Token]:
+    """``(kind, value, line)`` of every token that matters (``kind`` is ``"string"`` for a
+    quoted string, unescaped, ``"brace"`` or ``"word"``); refuses an unclosed quote or
+    comment. The system file (:mod:`aioidentd.oidentd.system_conf`) has the same
+    lexical grammar."""
     tokens: list[tuple[str, str, int]] = []
     line = 1
     position = 0
@@ -216,7 +229,7 @@ def _network(text: str) -> _Network | None:
 def parse_user_file(text: str) -> UserFile:
     """Read an oidentd user file (see the module notes). Raises
     :class:`ReplyFileRefused` when its structure is broken."""
-    tokens = _tokens(text)
+    tokens = tokenize(text)
     entries: list[Entry] = []
     problems: list[str] = []
     index = 0

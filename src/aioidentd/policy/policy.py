@@ -83,7 +83,7 @@ class Policy:
             *config.groups.values(),
             *(rule.settings for rule in config.rules),
         ]
-        self._reads_files = any(table.allow_user_reply for table in tables)
+        self._reads_files = any(table.may_choose() for table in tables)
 
     @property
     def reads_files(self) -> bool:
@@ -130,7 +130,7 @@ class Policy:
     ) -> Decision:
         """The user's choice where they may choose, else what the settings say."""
         note: str | None = None
-        if settings.allow_user_reply:
+        if settings.may_choose():
             chosen, note = self._choice.choose(uid, name, settings, local, remote, trail)
             if chosen is not None:
                 return chosen

@@ -45,6 +45,8 @@ __all__ = [
     "ANSWER_KINDS",
     "BUILTIN_DEFAULT",
     "BUILTIN_ROOT",
+    "PERMISSION_KEYS",
+    "USER_CHOICES",
     "AnswerKind",
     "AnswerSettings",
     "Config",
@@ -66,7 +68,15 @@ __all__ = [
 
 #: How a policy shows a user: the values of ``answer =``.
 AnswerKind = Literal[
-    "username", "uid", "fixed", "random", "pseudonym", "hidden", "no-user", "forward"
+    "username",
+    "uid",
+    "fixed",
+    "random",
+    "random-numeric",
+    "pseudonym",
+    "hidden",
+    "no-user",
+    "forward",
 ]
 #: How a forwarded query tells the target who really asked: not at all, or with a PROXY
 #: protocol header of that version.
@@ -382,6 +392,13 @@ class AnswerSettings:
     allow_user_reply: bool | None = key(None, bool)
     allow_spoof_other: bool | None = key(None, bool)
     allow_spoof_privport: bool | None = key(None, bool)
+    #: What else a user's oidentd file may choose, one key per oidentd capability
+    #: (``hide``, ``random``, ``random_numeric``, ``numeric``); unset everywhere, each
+    #: follows ``allow_user_reply``, as before these keys existed.
+    allow_user_hide: bool | None = key(None, bool)
+    allow_user_random: bool | None = key(None, bool)
+    allow_user_random_numeric: bool | None = key(None, bool)
+    allow_user_numeric: bool | None = key(None, bool)
     #: ``answer = "forward"``: the identd to ask (``forward`` and ``forward_proxy`` in the
     #: file, combined by the loader). After merging, ``answer`` is the answer used when
     #: the forward fails: the next layer's.
@@ -390,6 +407,17 @@ class AnswerSettings:
     #: Where the settings were written (``[user.alice]``) and the line, for logs.
     source: str = "built-in"
     line: int | None = None
+
+    def allows(self, choice: str) -> bool:
+        """Whether a user's oidentd file may say ``choice`` (``reply``, ``hide``,
+        ``random``, ``random_numeric``, ``numeric``): its ``allow_*`` key, and where that
+        is unset, ``allow_user_reply``."""
+        value = getattr(self, USER_CHOICES[choice])
+        return bool(self.allow_user_reply if value is None else value)
+
+    def may_choose(self) -> bool:
+        """Whether the user may choose anything (a reply file is read at all)."""
+        return any(self.allows(choice) for choice in USER_CHOICES)
 
     def describe(self) -> str:
         parts: list[str] = []
@@ -403,12 +431,38 @@ class AnswerSettings:
             ("allow_user_reply", "own reply file"),
             ("allow_spoof_other", "others' names"),
             ("allow_spoof_privport", "own reply to privileged remote ports"),
+            ("allow_user_hide", "hiding in own oidentd file"),
+            ("allow_user_random", "random in own oidentd file"),
+            ("allow_user_random_numeric", "random_numeric in own oidentd file"),
+            ("allow_user_numeric", "numeric in own oidentd file"),
         ):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{label} {'allowed' if value else 'refused'}")
         return ", ".join(parts) if parts else "(sets nothing; inherits)"
 
+
+#: What a user's oidentd file may choose -> the key that allows it (oidentd's
+#: capabilities ``spoof``, ``hide``, ``random``, ``random_numeric``, ``numeric``).
+USER_CHOICES: Final = MappingProxyType(
+    {
+        "reply": "allow_user_reply",
+        "hide": "allow_user_hide",
+        "random": "allow_user_random",
+        "random_numeric": "allow_user_random_numeric",
+        "numeric": "allow_user_numeric",
+    }
+)
+#: Every permission key, merged one by one like the others.
+PERMISSION_KEYS: Final = (
+    "allow_user_reply",
+    "allow_spoof_other",
+    "allow_spoof_privport",
+    "allow_user_hide",
+    "allow_user_random",
+    "allow_user_random_numeric",
+    "allow_user_numeric",
+)
 
 #: What applies when no table says anything: answer the login name, no spoofing.
 BUILTIN_DEFAULT: Final = AnswerSettings(
@@ -493,6 +547,9 @@ class NatRule:
     reply: str | None = key(None, str)
     forward_port: int = key(113, int, _forward_port)
     forward_proxy: ForwardProxy = key("none", str, _choice(get_args(ForwardProxy)))
+    #: The operating-system field of this entry's static USERID answers (an
+    #: oidentd_masq.conf line's third word); unset: ``[reply] opsys``.
+    opsys: str | None = key(None, str, _token)
 
     def describe(self) -> str:
         where = " or ".join(str(network) for network in self.networks)
@@ -504,6 +561,8 @@ class NatRule:
             what = f"fixed {self.reply!r}"
         else:
             what = self.answer
+        if self.opsys is not None and self.answer != "forward":
+            what += f" (opsys {self.opsys})"
         return f"inner {where}: {what}"
 
 

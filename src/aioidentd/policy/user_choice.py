@@ -16,7 +16,7 @@ from aioidentd.errors import ReplyFileRefused
 from aioidentd.policy.answers import Answers
 from aioidentd.policy.decision import Decision
 from aioidentd.policy.oidentd_conf import parse_user_file
-from aioidentd.policy.settings import AnswerSettings, Config
+from aioidentd.policy.settings import USER_CHOICES, AnswerSettings, Config
 from aioidentd.policy.trail import SILENT, Trail
 from aioidentd.policy.userfiles import REPLY_FILE, read_oidentd_file, read_reply_file
 from aioidentd.policy.users import MAX_UID, UserDB, UserLog
@@ -60,7 +60,8 @@ class UserChoice:
         remote: Address,
         trail: Trail = SILENT,
     ) -> tuple[Decision | None, str | None]:
-        """The user's own answer (the user may choose: ``allow_user_reply``), or None and
+        """The user's own answer (the user may choose: ``allow_user_reply`` and the
+        ``allow_user_*`` keys of an oidentd file's choices), or None and
         why not (None when the user simply chose nothing; the reason is in ``trail`` too;
         not logged here: see :class:`~aioidentd.policy.decision.Decision`)."""
         chosen, note = self._reply_file(uid, name, settings, remote, trail)
@@ -92,6 +93,10 @@ class UserChoice:
         if note is not None:
             trail.add("reply file %s: not read: %s", where, note)
             return None, note
+        if not settings.allow_user_reply:
+            # Only an oidentd file's other choices (hide, random, ...) are allowed.
+            trail.add("reply file %s: not read: allow_user_reply is off", where)
+            return None, None
         home = self.user_db.home_of(uid) or ""
         try:
             text = read_reply_file(home, uid)
@@ -133,6 +138,13 @@ class UserChoice:
                 trail.add("oidentd file %s: nothing in it applies to this connection", path)
                 return None, None
             source = f"{path} line {entry.line}"
+            if not settings.allows(entry.choice.kind):
+                refused = (
+                    f"{source} says {entry.choice.kind}, and "
+                    f"{USER_CHOICES[entry.choice.kind]} is off"
+                )
+                trail.add("oidentd file: not used: %s", refused)
+                return None, f"oidentd file: {refused}"
             chosen = entry.choice.user_id(uid)
             why = f"user-reply, {source}"
             if chosen is None:
