@@ -121,8 +121,9 @@ def aioidentd_page() -> str:
     lines.append(
         escape(
             "aioidentd answers RFC 1413 ident queries (serve), asks them (query), checks "
-            "a configuration (check-config) and explains an answer (explain). Every "
-            "command takes --help and --version."
+            "a configuration (check-config), explains an answer (explain) and converts an "
+            "oidentd host's configuration (import-oidentd). Every command takes --help and "
+            "--version."
         )
     )
     lines.append(".SH COMMANDS")
@@ -130,6 +131,7 @@ def aioidentd_page() -> str:
         lines.append(f'.SS "aioidentd {name}"')
         lines.append(escape(sub.description or ""))
         lines += _options(sub)
+    lines += _migration()
     lines += [
         ".SH SIGNALS",
         "\\fBserve\\fR handles:",
@@ -190,6 +192,32 @@ def aioidentd_page() -> str:
         "\\fBaioidentd.toml\\fR(5), \\fBoidentd\\fR(8), \\fBsystemd.socket\\fR(5), RFC 1413",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _migration() -> list[str]:
+    """The mapping tables of docs/migrating.md (flags, system file, NAT file), each under
+    its heading: what ``import-oidentd`` writes for each oidentd line."""
+    lines = [
+        ".SH MOVING FROM OIDENTD",
+        escape(
+            "aioidentd import-oidentd turns each oidentd flag, oidentd.conf line and "
+            "oidentd_masq.conf line into what the tables below say; the differences that "
+            "remain, and why, are on the documentation's page Moving from oidentd "
+            "(docs/migrating.md)."
+        ),
+    ]
+    heading = ""
+    rows: list[str] = []
+    for line in [*(ROOT / "docs" / "migrating.md").read_text().splitlines(), ""]:
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            lines.append(f'.SS "{inline(heading, bold=True)}"')
+            lines += _table(rows)
+            rows = []
+    return lines
 
 
 # --------------------------------------------------------------------------- aioidentd.toml(5)

@@ -15,7 +15,7 @@ from aioidentd import __version__
 from aioidentd.cli import _arguments, build_parser, main
 from support import run_aioidentd
 
-COMMANDS = ["serve", "query", "check-config", "explain", "resolve"]
+COMMANDS = ["serve", "query", "check-config", "explain", "resolve", "import-oidentd"]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -8,6 +8,9 @@ can carry every case at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import select
 import signal
 import socket
 import subprocess
@@ -120,3 +123,40 @@ def stop(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def hold_in_child(prepare: Callable[[], object], timeout: float = 20.0) -> int:
+    """Fork a child that runs ``prepare()`` (become a user, enter a namespace, open
+    connections) and then keeps what it made until it is killed; return its pid once
+    ``prepare`` has finished, or raise with the child's error."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(ready_r)
+            held = prepare()
+            os.write(ready_w, b"ok\n")
+            while held is not None:
+                signal.pause()
+        except BaseException as exc:
+            os.write(ready_w, f"error {exc!r}\n".encode())
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    ready, _, _ = select.select([ready_r], [], [], timeout)
+    answer = os.read(ready_r, 4096) if ready else b"no answer"
+    os.close(ready_r)
+    if answer != b"ok\n":
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise RuntimeError(f"the child failed: {answer.decode(errors='replace').strip()}")
+    return pid
+
+
+def end_child(pid: int) -> None:
+    """Kill a child of :func:`hold_in_child` and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

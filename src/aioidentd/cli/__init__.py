@@ -14,11 +14,12 @@ from typing import NoReturn
 from aioidentd import __version__
 from aioidentd.cli import check_config as check_config
 from aioidentd.cli import explain as explain
+from aioidentd.cli import import_oidentd as import_oidentd
 from aioidentd.cli import query as query
 from aioidentd.cli import resolve as resolve
 from aioidentd.cli import serve as serve
 
-_COMMANDS = (serve, query, check_config, explain, resolve)
+_COMMANDS = (serve, query, check_config, explain, resolve, import_oidentd)
 _VERSION_HELP = "print the version and exit"
 
 
