@@ -15,6 +15,7 @@ import pytest
 from aioidentd.daemon.claims_session import (
     BUDGET,
     LINGER,
+    MAX_DEPTH,
     MAX_REQUEST,
     ClaimsSession,
     Malformed,
@@ -117,6 +118,20 @@ def test_each_line_gets_one_answer_in_order_and_bad_json_a_clear_one() -> None:
         {"ok": False, "error": "request nested too deeply"},
     ]
     assert session.end == KEEP and session.deadline == math.inf and session.activity == 1
+
+
+def test_the_depth_limit_is_the_same_on_every_python() -> None:
+    """Python 3.11's parser gave up near 1,000 levels and 3.12's reads far deeper: the
+    refusal is our limit, and brackets inside strings (escaped quotes too) are text."""
+    session = ClaimsSession(0.0, uid=1000)
+    deepest = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    deeper = b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)
+    text = json.dumps({"op": '\\" [[' + "[" * 100}).encode()
+    serve(session, session.receive(deepest + b"\n" + deeper + b"\n" + text + b"\n", 1.0))
+    got = [str(answer["error"]) for answer in answers(session) if isinstance(answer, dict)]
+    assert len(got) == 3
+    assert got[0].startswith("got [[") and got[1] == "request nested too deeply"
+    assert got[2].startswith("got {'op': ")
 
 
 def test_a_burst_is_handled_in_slices_between_which_the_loop_runs() -> None:

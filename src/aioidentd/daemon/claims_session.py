@@ -15,8 +15,10 @@ The rules, each against one way a local user could hurt the daemon:
   ident queries (``more``);
 * half a line may not hold the connection for ever (``partial_timeout`` after its first
   octet); an idle connection between requests may, since it keeps its claims alive;
-* whatever JSON cannot be read (not JSON, not UTF-8, nested deeper than the parser can
-  go) becomes a clear refusal on the wire, never an exception;
+* whatever JSON cannot be read (not JSON, not UTF-8, nested deeper than
+  :data:`MAX_DEPTH`) becomes a clear refusal on the wire, never an exception; the depth
+  is our own limit, not the parser's, whose recursion limit differs between Pythons
+  (3.11 gives up near 1,000 levels, 3.12 reads far deeper);
 * once the connection is ending, at most :data:`LINGER` seconds are left for the peer to
   read the last answers.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "BUDGET",
     "BUDGET_OCTETS",
     "LINGER",
+    "MAX_DEPTH",
     "MAX_REQUEST",
     "ClaimsSession",
     "Malformed",
@@ -43,6 +46,8 @@ __all__ = [
 
 #: The longest request line read; a longer one ends the control connection.
 MAX_REQUEST: Final = 2048
+#: The deepest nesting of arrays and objects read; a request needs two levels.
+MAX_DEPTH: Final = 32
 #: Request lines, and octets of them, handled per call before the event loop gets its
 #: turn (an answer is at most a little longer than its request, so this bounds what one
 #: call can add to the write buffer too).
@@ -71,8 +76,42 @@ class Malformed:
 Event = Request | Malformed
 
 
+_OPEN: Final = frozenset(b"[{")
+_CLOSE: Final = frozenset(b"]}")
+_QUOTE: Final = ord('"')
+_BACKSLASH: Final = ord("\\")
+
+
+def nested_too_deeply(line: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the line opens more than ``limit`` arrays or objects inside each other
+    (brackets inside JSON strings do not count)."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for octet in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif octet == _BACKSLASH:
+                escaped = True
+            elif octet == _QUOTE:
+                in_string = False
+        elif octet == _QUOTE:
+            in_string = True
+        elif octet in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        elif octet in _CLOSE:
+            depth -= 1
+    return False
+
+
 def parse(line: bytes) -> Event:
     """One request line read as JSON, or why it cannot be."""
+    if nested_too_deeply(line):
+        return Malformed("garbage", "request nested too deeply")
     try:
         return Request(json.loads(line))
     except RecursionError:
