@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from aioidentd import __version__  # noqa: E402
-from aioidentd.cli import _arguments, build_parser  # noqa: E402
+from aioidentd.cli import EXIT_BROKEN_PIPE, _arguments, build_parser  # noqa: E402
 from aioidentd.cli.query import EXIT_ERROR, EXIT_FAILED, EXIT_USERID  # noqa: E402
 from aioidentd.policy.userfiles import OIDENTD_FILES, REPLY_FILE  # noqa: E402
 
@@ -167,6 +167,12 @@ def aioidentd_page() -> str:
         ".TP",
         "\\fB130\\fR",
         escape("serve was interrupted before it started serving."),
+        ".TP",
+        f"\\fB{EXIT_BROKEN_PIPE}\\fR",
+        escape(
+            "the reader of standard output went away (check-config FILE | head -1): the "
+            "command stopped quietly, as a program that SIGPIPE ends."
+        ),
     ]
     assert EXIT_USERID == 0
     lines += [

@@ -8,6 +8,9 @@ and its behaviour live side by side and no module grows a switch over command na
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -21,6 +24,11 @@ from aioidentd.cli import serve as serve
 
 _COMMANDS = (serve, query, check_config, explain, resolve, import_oidentd)
 _VERSION_HELP = "print the version and exit"
+
+#: The status when the reader of our output went away (``check-config FILE | head -1``):
+#: that of a program killed by SIGPIPE, as the shell reports it, so that ``set -o
+#: pipefail`` sees what it sees for any other such program.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,11 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aioidentd`` and ``python -m aioidentd``; returns the exit status.
 
-    Bad arguments exit with status 2 and a one-line message.
+    Bad arguments exit with status 2 and a one-line message. When standard output is
+    a pipe whose reader has gone (``| head -0``, ``| true``), the command stops quietly
+    with :data:`EXIT_BROKEN_PIPE`: no traceback, nothing more written.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("a command is required")
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit, where a broken pipe cannot be caught
+    except BrokenPipeError:
+        _silence_output()
+        return EXIT_BROKEN_PIPE
     return status
+
+
+def _silence_output() -> None:
+    """Point standard output (and error, if it is the same broken pipe) at /dev/null, so
+    that the interpreter's own flush at exit finds nothing to fail on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                with contextlib.suppress(OSError, ValueError):
+                    os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)

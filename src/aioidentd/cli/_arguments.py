@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "SubParsers",
     "add_config_options",
+    "config_file",
     "config_path",
     "ip_address",
     "port",
@@ -69,12 +70,25 @@ def seconds(text: str) -> float:
     return value
 
 
+def config_file(text: str) -> str:
+    """A configuration file's path: never empty, since ``--config "$CONF"`` with the
+    variable unset must not quietly mean "no file" (and so every interface, port 113 and
+    the default policy) nor read the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "an empty file name (an unset variable?): name the file, or give --no-config "
+            "for the built-in policy"
+        )
+    return text
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and ``--no-config``, the same for every command that reads the
     daemon's configuration."""
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--config",
+        type=config_file,
         metavar="FILE",
         help=f"the TOML configuration, see aioidentd.toml(5) (default {DEFAULT_CONFIG} when "
         f"it exists, else the built-in policy)",

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from aioidentd._printable import printable_lines
+from aioidentd.cli._arguments import config_file
 from aioidentd.errors import ConfigError, ReplyFileRefused
 from aioidentd.policy import describe, load_config
 from aioidentd.policy.oidentd_conf import parse_user_file
@@ -28,7 +29,9 @@ def register(subparsers: SubParsers) -> None:
         description="Validate an aioidentd TOML configuration file and print the effective "
         "policy. Exit status 0 when it is valid, 1 when it is not.",
     )
-    parser.add_argument("config", metavar="FILE", help="the configuration file (TOML)")
+    parser.add_argument(
+        "config", type=config_file, metavar="FILE", help="the configuration file (TOML)"
+    )
     parser.add_argument(
         "--user-file",
         metavar="PATH",

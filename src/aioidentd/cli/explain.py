@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="aioidentd explain: %(message)s")
     try:
         path = config_path(args)
-        config = load_config(path) if path else Config()
+        config = load_config(path) if path is not None else Config()
     except ConfigError as exc:
         return _fail(str(exc))
     key = None

@@ -91,7 +91,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         path = config_path(args)
-        config = load_config(path) if path else Config()
+        config = load_config(path) if path is not None else Config()
         key = read_daemon_key(config.pseudonym.key_file, config.daemon.user)
     except (ConfigError, DaemonError) as exc:
         return _fail(str(exc))

@@ -99,7 +99,7 @@ class Daemon:
 
         Raises :class:`ConfigError` with a ``file:line: message`` text.
         """
-        config = load_config(config_path) if config_path else Config()
+        config = load_config(config_path) if config_path is not None else Config()
         if config_path is None and base is not None:
             config = dataclasses.replace(config, daemon=base)
         config = _with_overrides(config, overrides)

@@ -330,8 +330,11 @@ def load_config(path: str) -> Config:
     """Read, parse and validate a configuration file; raise :class:`ConfigError`.
 
     An unreadable file (missing, a directory, no permission) and a file that is not
-    UTF-8 are ConfigErrors too, so that callers have one exception to report.
+    UTF-8 are ConfigErrors too, so that callers have one exception to report. So is an
+    empty ``path`` (an unset variable), which must not fall back to "no file".
     """
+    if not path:
+        raise ConfigError("''", None, "the configuration file's name is empty")
     try:
         with open(path, "rb") as file:
             data = file.read()
