@@ -6,18 +6,21 @@ gateway and real inner identds are in tests/interop/test_nat_netns.py."""
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 import textwrap
+import threading
 
 import pytest
 
 import aioidentd
 from aioidentd import IdentServer
 from aioidentd.daemon import KernelResponder
-from aioidentd.daemon.nat import NatResolver, TranslationSource
-from aioidentd.errors import ConfigError
+from aioidentd.daemon.nat import ConntrackHelper, NatResolver, TranslationSource, _answer
+from aioidentd.errors import ConfigError, SocketLookupError
 from aioidentd.lookup import StaticLookup
 from aioidentd.lookup.conntrack import (
+    ConntrackLookup,
     Translation,
     encode_get_request,
     parse_conntrack_reply,
@@ -68,6 +71,54 @@ def test_no_entry_is_none_and_a_refusal_is_a_permission_error() -> None:
     assert parse_conntrack_reply(error(errno.ENOENT), 3) is None
     with pytest.raises(PermissionError):
         parse_conntrack_reply(error(errno.EPERM), 3)
+
+
+class TableLookup(ConntrackLookup):
+    """Connection tracking as a table, or failing with ``error``: what the helper
+    process asks, without the kernel."""
+
+    def __init__(self, table: dict[tuple[Address, Address], Translation]) -> None:
+        super().__init__()
+        self.close()
+        self.table = table
+        self.error: str | None = None
+
+    def translation(self, outer: Address, server: Address) -> Translation | None:
+        if self.error is not None:
+            raise SocketLookupError(self.error)
+        return self.table.get((outer, server))
+
+
+def test_the_helper_channel_says_found_none_and_failed_apart() -> None:
+    """A worker asks the conntrack helper over a socket pair: a translation, no entry
+    (NO-USER then) and a failed lookup (UNKNOWN-ERROR) must come back as such. (The
+    answer's status was read from its identity field, so "no entry" came back as a
+    translation to 0.0.0.0 port 0: a catch-all [[nat]] forward then failed and the query
+    got the server's HIDDEN-USER fallback instead of NO-USER.)"""
+    lookup = TableLookup({(OUTER, SERVER): Translation(("10.0.0.2", 51515), SERVER)})
+    worker, helper_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def serve() -> None:
+        with helper_end:
+            while request := helper_end.recv(512):
+                helper_end.send(_answer(lookup, request))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    helper = ConntrackHelper(worker, timeout=5)
+    try:
+        assert helper.translation(OUTER, SERVER) == Translation(("10.0.0.2", 51515), SERVER)
+        assert helper.translation(("198.51.100.2", 40002), SERVER) is None
+        six = (("2001:db8::2", 40001), ("2001:db8::1", 6667))
+        lookup.table[six] = Translation(("fd00::2", 51515), ("2001:db8::1", 6667))
+        assert helper.translation(*six) == Translation(("fd00::2", 51515), ("2001:db8::1", 6667))
+        lookup.error = "conntrack: Operation not permitted"
+        with pytest.raises(SocketLookupError, match="Operation not permitted"):
+            helper.translation(OUTER, SERVER)
+    finally:
+        helper.close()
+        thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_the_proc_table_fallback_matches_the_reply_tuple() -> None:
@@ -196,6 +247,9 @@ async def test_a_failed_forward_falls_back_to_the_next_static_entry() -> None:
 async def test_untranslated_or_unlisted_connections_are_no_user() -> None:
     config = "[[nat]]\nnetwork = '10.0.0.0/8'\nanswer = 'hidden'\n"
     assert await ask_gateway(config, {}) == "ERROR NO-USER"
+    # oidentd -f's conversion: a forward for every inner host; nothing translated.
+    catch_all = "[[nat]]\nnetwork = '0.0.0.0/0'\nanswer = 'forward'\n"
+    assert await ask_gateway(catch_all, {}) == "ERROR NO-USER"
     table = {GATEWAY: Translation(("192.0.2.9", 51515), ("127.0.0.1", 6667))}
     assert await ask_gateway(config, table) == "ERROR NO-USER"
     table = {GATEWAY: Translation(("10.1.2.3", 51515), ("127.0.0.1", 6667))}

@@ -17,7 +17,8 @@ up in conntrack in each query's process, which needs CAP_NET_ADMIN, so as its de
 user it finds none (aioidentd keeps a small root helper for that and drops the rest).
 
 Prints JSON ``{"cases": [{"flags", "status", "problems", "toml", "rows"}], "log"}``;
-a row is ``{"inner", "query", "oidentd": [answer], "ours": [answer]}``.
+a row is ``{"inner", "query", "oidentd": [answer], "ours": [answer]}`` (``inner`` is
+``"none"`` for the query about a port no connection has).
 """
 
 from __future__ import annotations
@@ -154,12 +155,17 @@ def main() -> dict[str, Any]:
             resolv.write_text("nameserver 127.0.0.1\n")
             oidentd = shutil.which("oidentd") or "/usr/sbin/oidentd"
             asked = [(source, f"{translated[source]}, {SERVER_PORT}") for source in sources]
+            # A port the gateway translated for nobody: no conntrack entry, NO-USER (a
+            # catch-all forward must not turn that into another answer).
+            unused = next(p for p in range(65000, 65100) if p not in translated.values())
+            nobody = ("none", f"{unused}, {SERVER_PORT}")
             for flags in FLAGS:
                 # With -f both forward to the inner host first (none listens there), and
                 # oidentd takes seconds for each failed forward: three hosts (a host
                 # line, the masking defect, a masked line) show the order. 10.0.1.5's
                 # forward gets no answer at all (no route back for the gateway's SYN).
                 queries = [q for q in asked if q[0] in FORWARDED] if "f" in flags else asked
+                queries = [*queries, nobody]
                 conversion = convert(
                     "", system_name=str(empty), masq=MASQ, masq_name=str(masq), flags=flags
                 )

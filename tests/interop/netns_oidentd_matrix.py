@@ -2,7 +2,8 @@
 each configuration of ``oidentd_cases.CASES`` in turn, asked the same queries about the
 same live connections of real local users.
 
-usage: python netns_oidentd_matrix.py
+usage: python netns_oidentd_matrix.py  (AIOIDENTD_MATRIX_CASES=name,name: only those cases,
+while iterating)
 
 1. It re-runs itself in a private mount namespace, where a passwd and a group file of
    its own (the host's, plus the users of ``oidentd_cases.USERS`` with homes in a
@@ -287,7 +288,9 @@ def main() -> dict[str, Any]:
                 raise RuntimeError(f"uid {NO_PASSWD_UID} has a passwd entry here")
             asked = queries()
             started = time.monotonic()
-            for case in CASES:
+            only = os.environ.get("AIOIDENTD_MATRIX_CASES")
+            chosen = [c for c in CASES if only is None or c.name in only.split(",")]
+            for case in chosen:
                 output["cases"].append(one_case(case, workdir, asked))
             output["seconds"] = round(time.monotonic() - started, 1)
         except Exception as exc:

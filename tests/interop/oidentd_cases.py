@@ -133,13 +133,26 @@ default {
 }
 """
 
+#: What Debian's oidentd.service runs with its shipped /etc/default/oidentd
+#: (OIDENT_OPTIONS="-mf -l 10", OIDENT_USER and OIDENT_GROUP oident): ``oidentd -S
+#: ${OIDENT_OPTIONS} -u ${OIDENT_USER} -g ${OIDENT_GROUP}``, and ``-P`` with the default
+#: router when OIDENT_BEHIND_PROXY=yes and there is one (the test's namespace has none).
+DEBIAN_FLAGS: Final = "-S -mf -l 10 -u oident -g oident"
+#: The variables of Debian's /etc/default/oidentd that DEBIAN_FLAGS comes from.
+DEBIAN_DEFAULTS: Final = {
+    "OIDENT_OPTIONS": "-mf -l 10",
+    "OIDENT_USER": "oident",
+    "OIDENT_GROUP": "oident",
+    "OIDENT_BEHIND_PROXY": "yes",
+}
+
 CASES: Final = (
     Case(
         "debian-default",
-        "Debian's /etc/oidentd.conf and the -l 10 of /etc/default/oidentd (its -mf is the "
-        "NAT-file proof's)",
+        "Debian's /etc/oidentd.conf, run as its oidentd.service runs it with its "
+        "/etc/default/oidentd (no default route here, so no -P)",
         DEBIAN_DEFAULT,
-        "-l 10",
+        DEBIAN_FLAGS,
     ),
     Case("empty", "an empty file: oidentd's built-in defaults", ""),
     Case(

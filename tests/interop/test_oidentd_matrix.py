@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from interop_peers import require_program, run_driver
-from oidentd_cases import CASES, REPLY_LISTS
+from oidentd_cases import CASES, DEBIAN_DEFAULTS, REPLY_LISTS
 
 from support import needs_root
 
@@ -163,6 +164,16 @@ def test_every_answer_matches_or_the_difference_is_documented(matrix: dict[str, 
     assert not failures, "answers differ without a documented reason:\n" + "\n".join(failures)
 
 
+def test_the_debian_case_runs_with_what_debian_ships() -> None:
+    """The "debian-default" case's flags are those of the installed package's
+    /etc/default/oidentd (read by the shell, as its unit reads it)."""
+    require_program("oidentd")
+    names = " ".join(f'"${name}"' for name in DEBIAN_DEFAULTS)
+    shell = f". /etc/default/oidentd && printf '%s\\n' {names}"
+    found = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True)
+    assert dict(zip(DEBIAN_DEFAULTS, found.stdout.splitlines(), strict=True)) == DEBIAN_DEFAULTS
+
+
 def test_every_configuration_converts_whole(matrix: dict[str, Any]) -> None:
     """The matrix's configurations are what the policy can say: nothing refused."""
     for case in matrix["cases"]:
@@ -172,6 +183,8 @@ def test_every_configuration_converts_whole(matrix: dict[str, Any]) -> None:
 def masq_reason(
     flags: str, row: dict[str, Any], theirs: tuple[str, ...], ours: tuple[str, ...]
 ) -> str | None:
+    if row["inner"] == "none":
+        return None
     inner = ipaddress.ip_address(row["inner"])
     # After the /25 line that did not match left the host masked, oidentd misses the
     # line naming 10.0.0.3 and matches the /26 line for hosts it does not hold.

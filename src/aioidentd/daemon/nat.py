@@ -114,7 +114,7 @@ class ConntrackHelper(TranslationSource):
                 ident, _pack_address(outer[0]), outer[1], _pack_address(server[0]), server[1]
             )
             answer = _exchange(sock, request, ident, self.timeout)
-        status, _, inner, inner_port, seen, seen_port = _ANSWER.unpack_from(answer)
+        _ident, status, inner, inner_port, seen, seen_port = _ANSWER.unpack_from(answer)
         if status == _ERROR:
             raise SocketLookupError(answer[_ANSWER.size :].decode(errors="replace"))
         if status == _NONE:
