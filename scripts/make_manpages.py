@@ -154,15 +154,20 @@ def aioidentd_page() -> str:
         ".TP",
         f"\\fB{EXIT_ERROR}\\fR",
         escape(
-            "serve and check-config: the configuration is invalid or the daemon cannot "
-            "start (the reason is one line on standard error); query and explain: the "
-            "answer is an ERROR."
+            "serve: the daemon cannot start (a port taken, no way to look up "
+            "connections: the reason is one line on standard error); check-config: a "
+            "--user-file cannot be read; query and explain: the answer is an ERROR; "
+            "resolve: the id names no user; import-oidentd: something could not be "
+            "converted."
         ),
         ".TP",
         f"\\fB{EXIT_FAILED}\\fR",
         escape(
-            "bad arguments; query: no answer (refused, timed out, malformed); explain: a "
-            "configuration that does not load or a connection that cannot be chosen."
+            "bad arguments; serve and check-config: a configuration that does not load "
+            "or that serve refuses to start with (the same rules in both); explain and "
+            "resolve: a configuration that does not load; query: no answer "
+            "(refused, timed out, malformed); explain: a connection that cannot be "
+            "chosen; import-oidentd: input that cannot be read."
         ),
         ".TP",
         "\\fB130\\fR",

@@ -5,13 +5,22 @@ process."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import ENV, aioidentd_argv, run_aioidentd, serve_process
+from peers import require_root
+from support import (
+    ENV,
+    aioidentd_argv,
+    run_aioidentd,
+    serve_process,
+    wait_until,
+    world_readable_dir,
+)
 
 #: Every command that reads the daemon's configuration, as a newcomer writes it with
 #: ``"$CONF"`` unset.
@@ -101,3 +110,126 @@ def test_a_real_shell_pipeline_shows_no_traceback(valid_config: Path) -> None:
         timeout=30,
     )
     assert done.returncode in (0, 141) and done.stderr == "", done.stderr
+
+
+# -- check-config refuses what serve refuses (one set of rules: daemon/refusals.py) ------------
+
+#: (file, the line and message both commands give). The daemon's own listening flags are
+#: added to serve's command line, so that a file serve wrongly accepted would not bind
+#: every interface's port 113 meanwhile.
+REFUSED = [
+    (
+        '[server]\nworkers = 2\nclaims_socket = "/run/aioidentd-test.sock"\n',
+        ":3: claims_socket needs workers = 1 (every query must see every claim), not workers = 2",
+    ),
+    (
+        '[server]\nworkers = 2\n\n[metrics]\nlisten = "127.0.0.1:0"\n',
+        ":4: [metrics] needs workers = 1 (each worker process counts its own queries), "
+        "not workers = 2",
+    ),
+    (
+        '[metrics]\ntextfile = "/tmp/aioidentd.prom"\n[server]\nworkers = 3\n',
+        ":1: [metrics] needs workers = 1 (each worker process counts its own queries), "
+        "not workers = 3",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), REFUSED)
+def test_check_config_refuses_what_serve_refuses(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "aioidentd.toml"
+    path.write_text(text)
+    checked = run_aioidentd("check-config", str(path))
+    served = run_aioidentd("serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0")
+    expected = f"aioidentd: {path}{message}\n"
+    assert (checked.returncode, checked.stdout, checked.stderr) == (2, "", expected)
+    assert (served.returncode, served.stderr) == (2, expected)
+
+
+def test_a_flag_that_breaks_a_rule_is_named_as_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "aioidentd.toml"
+    path.write_text('[server]\nworkers = 1\nclaims_socket = "/run/aioidentd-test.sock"\n')
+    served = run_aioidentd(
+        "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0", "--workers", "2"
+    )
+    assert (served.returncode, served.stderr) == (
+        2,
+        f"aioidentd: {path}:3: claims_socket needs workers = 1 (every query must see every "
+        f"claim), not --workers 2\n",
+    )
+
+
+def test_check_config_as_root_refuses_running_as_root(tmp_path: Path) -> None:
+    require_root("serve refuses user = root only when it starts as root")
+    path = tmp_path / "aioidentd.toml"
+    path.write_text('[server]\nuser = "root"\n')
+    checked = run_aioidentd("check-config", str(path))
+    served = run_aioidentd("serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0")
+    expected = f"aioidentd: {path}:2: refusing to run as root: set [server] user to an "
+    assert checked.returncode == served.returncode == 2
+    assert checked.stderr.startswith(expected) and served.stderr == checked.stderr
+    path.write_text('[server]\nuser = "root"\nallow_root = true\n')
+    assert run_aioidentd("check-config", str(path)).returncode == 0
+
+
+def test_sighup_keeps_the_running_policy_for_a_file_the_next_start_would_refuse() -> None:
+    with world_readable_dir("aioidentd-newcomer-") as directory:
+        path = directory / "aioidentd.toml"
+        path.write_text('[server]\nlisten = "127.0.0.1"\nport = 0\n')
+        with serve_process("--config", str(path)) as server:
+            server.port  # noqa: B018  (serving)
+            path.write_text(
+                '[server]\nlisten = "127.0.0.1"\nport = 0\nworkers = 2\n'
+                'claims_socket = "/run/aioidentd-test.sock"\n'
+            )
+            server.proc.send_signal(signal.SIGHUP)
+            line = server.wait_for(r"SIGHUP: keeping the running configuration: (.*)").group(1)
+            assert line == (
+                f"{path}:5: claims_socket needs workers = 1 (every query must see every "
+                f"claim), not workers = 2"
+            )
+            assert server.count("configuration reloaded") == 0
+            assert server.stop() == 0
+
+
+# -- tables naming accounts this host lacks: a warning with the line, once per load ------------
+
+UNKNOWN = (
+    '[user.nobody]\nanswer = "hidden"\n\n[user.nosuchuser-x]\nanswer = "hidden"\n\n'
+    '[group.nosuchgroup-x]\nanswer = "random"\n\n[user.4000000000]\nanswer = "hidden"\n'
+)
+
+
+def test_check_config_warns_of_users_and_groups_this_host_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "aioidentd.toml"
+    path.write_text(UNKNOWN)
+    done = run_aioidentd("check-config", str(path))
+    assert done.returncode == 0  # a user may be created later
+    assert "configuration is valid" in done.stdout
+    # Named with table and line; [user.nobody] exists, a uid is not looked up.
+    assert done.stderr.splitlines() == [
+        f"aioidentd: warning: {path}:4: [user.nosuchuser-x] names no user of this host "
+        f"(not in the passwd database): it does nothing until such a user exists",
+        f"aioidentd: warning: {path}:7: [group.nosuchgroup-x] names no group of this host "
+        f"(not in the group database): it does nothing until such a group exists",
+    ]
+
+
+def test_serve_warns_at_start_and_at_each_reload_once() -> None:
+    with world_readable_dir("aioidentd-newcomer-") as directory:
+        path = directory / "aioidentd.toml"
+        path.write_text('[server]\nlisten = "127.0.0.1"\nport = 0\nworkers = 2\n\n' + UNKNOWN)
+        with serve_process("--config", str(path)) as server:
+            server.port  # noqa: B018  (serving)
+            assert server.count(r"names no user of this host") == 1
+            assert server.count(r"toml:12: \[group.nosuchgroup-x\] names no group") == 1
+            server.proc.send_signal(signal.SIGHUP)
+            wait_until(
+                lambda: server.count("SIGHUP: configuration reloaded") == 2,
+                within=15,
+                what="both workers to reload",
+            )
+            # Said by the supervisor, not once per worker.
+            assert server.count(r"SIGHUP: \S+toml:9: \[user.nosuchuser-x\] names no user") == 1
+            assert server.count(r"names no user of this host") == 2
+            assert server.stop() == 0

@@ -80,7 +80,7 @@ def test_serve_reads_the_default_configuration_when_it_exists(
     default_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     default_config.write_text("[server]\nprot = 113\n")
-    assert main(["serve"]) == 1
+    assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert f"{default_config}:2: unknown key 'prot' in [server]" in err
 

@@ -534,18 +534,18 @@ def test_config_error_is_a_value_error() -> None:
 
 def test_check_config_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "good.toml"
-    path.write_text('[user.alice]\nanswer = "random"\n')
+    path.write_text('[user.nobody]\nanswer = "random"\n')  # a user every host has
     assert check_config(argparse.Namespace(config=str(path), user_file=[])) == 0
     out, err = capsys.readouterr()
     assert "good.toml: configuration is valid" in out
-    assert "[user.alice] random" in out
+    assert "[user.nobody] random" in out
     assert err == ""
 
 
 def test_check_config_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nport = 113\nmultple = true\n")
-    assert check_config(argparse.Namespace(config=str(path), user_file=[])) == 1
+    assert check_config(argparse.Namespace(config=str(path), user_file=[])) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
@@ -558,7 +558,7 @@ def test_check_config_superscript_uid_is_a_line_not_a_traceback(
 ) -> None:
     path = tmp_path / "digits.toml"
     path.write_text('[[rule]]\nlocal_port = 113\nuser = "²"\nanswer = "hidden"\n')
-    assert check_config(argparse.Namespace(config=str(path), user_file=[])) == 1
+    assert check_config(argparse.Namespace(config=str(path), user_file=[])) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
@@ -570,7 +570,7 @@ def test_check_config_superscript_uid_is_a_line_not_a_traceback(
 def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "nope.toml"
     args = build_parser().parse_args(["check-config", str(path)])
-    assert args.func(args) == 1
+    assert args.func(args) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"aioidentd: {path}: cannot read: No such file or directory\n"
@@ -578,7 +578,7 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_check_config_on_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert check_config(argparse.Namespace(config=str(tmp_path), user_file=[])) == 1
+    assert check_config(argparse.Namespace(config=str(tmp_path), user_file=[])) == 2
     assert capsys.readouterr().err.startswith(f"aioidentd: {tmp_path}: cannot read: ")
 
 

@@ -322,7 +322,7 @@ def test_a_missing_default_user_is_a_clear_error_naming_the_fix(
 def test_refuses_to_run_as_root_unless_allowed() -> None:
     need_root()
     proc = run_aioidentd("serve", "--port", "0", "--user", "root")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a configuration refused, as check-config refuses it
     assert "refusing to run as root" in proc.stderr
     assert "Traceback" not in proc.stderr
     with daemon("--port", "0", "--user", "root", "--allow-root") as d:
@@ -333,7 +333,7 @@ def test_refuses_to_run_as_root_unless_allowed() -> None:
 def test_unknown_user_is_a_clear_error() -> None:
     need_root()
     proc = run_aioidentd("serve", "--port", "0", "--user", "no-such-user-x")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "no such user: 'no-such-user-x'" in proc.stderr
 
 
@@ -484,11 +484,11 @@ def test_a_root_only_config_is_said_at_start_and_at_sighup(
         assert d.stop() == 0
 
 
-def test_bad_config_at_start_is_one_line_and_status_1(config_dir: Path) -> None:
+def test_bad_config_at_start_is_one_line_and_status_2(config_dir: Path) -> None:
     config = config_dir / "bad.toml"
     config.write_text('[server]\nport = 113\nlisen = "*"\n')
     proc = run_aioidentd("serve", "--config", str(config))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"aioidentd: {config}:3: unknown key 'lisen' in [server] (did you mean 'listen'?)"
     )

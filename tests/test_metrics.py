@@ -250,11 +250,11 @@ def test_metrics_where_they_cannot_work_are_refused(tmp_path: Path) -> None:
     proc = run_aioidentd(
         "serve", "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2"
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "[metrics] needs workers = 1" in proc.stderr
     config.write_text('[metrics]\nlisten = "localhost:9561"\n')
     proc = run_aioidentd("serve", "--config", str(config))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "aioidentd.toml:2: 'listen' in [metrics]: not an IP address: 'localhost'" in proc.stderr
     # The port is taken: a clear message, not a traceback.
     with socket.create_server(("127.0.0.1", 0)) as taken:

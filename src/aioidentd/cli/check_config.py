@@ -1,8 +1,10 @@
 """``aioidentd check-config FILE``: validate a configuration and show what it means.
 
-Meant to run before a reload (``check-config && systemctl reload``), so it prints the
-effective policy on success and exactly one ``file:line: message`` line on failure,
-never a traceback: the exit status is what scripts test.
+Meant to run before a start or a reload (``check-config && systemctl reload``, the units'
+``ExecStartPre=``), so it refuses every file ``serve`` refuses (the same rules:
+:mod:`aioidentd.daemon.refusals`), prints the effective policy on success and exactly
+one ``file:line: message`` line on failure, never a traceback: the exit status is what
+scripts test. Tables naming accounts this host lacks are warnings, not failures.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from aioidentd._printable import printable_lines
 from aioidentd.cli._arguments import config_file
+from aioidentd.daemon.refusals import check_startable, unknown_accounts
 from aioidentd.errors import ConfigError, ReplyFileRefused
 from aioidentd.policy import describe, load_config
 from aioidentd.policy.oidentd_conf import parse_user_file
@@ -27,7 +30,9 @@ def register(subparsers: SubParsers) -> None:
         "check-config",
         help="validate a configuration file and print the effective policy",
         description="Validate an aioidentd TOML configuration file and print the effective "
-        "policy. Exit status 0 when it is valid, 1 when it is not.",
+        "policy: what serve would refuse to start with is refused here too, and tables "
+        "naming a user or group this host does not have are warned about. Exit status 0 "
+        "when it is valid, 2 when it is not, 1 when a --user-file cannot be read.",
     )
     parser.add_argument(
         "config", type=config_file, metavar="FILE", help="the configuration file (TOML)"
@@ -52,9 +57,12 @@ def _say(text: str, file: TextIO | None = None) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        check_startable(config)
     except ConfigError as exc:
         _say(f"aioidentd: {exc}", sys.stderr)
-        return 1
+        return 2
+    for warning in unknown_accounts(config):
+        _say(f"aioidentd: warning: {warning}", sys.stderr)
     _say(describe(config))
     status = 0
     for path in args.user_file:

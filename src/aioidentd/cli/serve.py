@@ -167,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
             inetd=args.inetd,
         )
         return daemon.run()
-    except ConfigError as exc:
+    except ConfigError as exc:  # one that does not load, or that the daemon refuses
         print(f"aioidentd: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except DaemonError as exc:
         print(f"aioidentd: {exc}", file=sys.stderr)
         return 1

@@ -37,21 +37,15 @@ from aioidentd.daemon.nat import (
     NatResolver,
     start_helper,
 )
-from aioidentd.daemon.privileges import (
-    CREATE_SERVICE_USER,
-    Identity,
-    drop_privileges,
-    resolve_identity,
-    stop_with_parent,
-)
+from aioidentd.daemon.privileges import Identity, drop_privileges, stop_with_parent
 from aioidentd.daemon.pseudonym_key import load_or_create_key
+from aioidentd.daemon.refusals import check_startable, service_identity, unknown_accounts
 from aioidentd.daemon.responder import KernelResponder
 from aioidentd.daemon.sockets import acquire_sockets
 from aioidentd.daemon.supervisor import supervise, unblock_forwarded
 from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
 from aioidentd.policy import Config, DaemonSettings, Policy, load_config
-from aioidentd.policy.settings import SERVICE_USER
 from aioidentd.server import IdentServer
 
 __all__ = ["Daemon", "DaemonError"]
@@ -82,6 +76,8 @@ class Daemon:
     _signals_blocked: bool = dataclasses.field(default=False, init=False)
     #: The secret of ``answer = "pseudonym"``, read (or made) before privileges are dropped.
     pseudonym_key: bytes | None = None
+    #: A worker process: what a reload finds is said once, by the supervisor.
+    _worker: bool = dataclasses.field(default=False, init=False)
 
     @property
     def static(self) -> bool:
@@ -97,13 +93,30 @@ class Daemon:
     ) -> Daemon:
         """Read the file (or start from ``base``/built-in defaults) and apply overrides.
 
-        Raises :class:`ConfigError` with a ``file:line: message`` text.
+        Raises :class:`ConfigError` with a ``file:line: message`` text, for a file that
+        does not load and for one the daemon would refuse to start with (see
+        :mod:`.refusals`, which ``check-config`` asks too); logs a warning for each table
+        naming an account this host does not have.
         """
         config = load_config(config_path) if config_path is not None else Config()
         if config_path is None and base is not None:
             config = dataclasses.replace(config, daemon=base)
         config = _with_overrides(config, overrides)
-        return cls(config, config_path, overrides, **options)
+        daemon = cls(config, config_path, overrides, **options)
+        daemon._check(config)
+        for warning in unknown_accounts(config):
+            logger.warning("%s", warning)
+        return daemon
+
+    def _check(self, config: Config, inetd: bool | None = None) -> None:
+        """The one set of start rules (:func:`.refusals.check_startable`), for how this
+        daemon is started."""
+        check_startable(
+            config,
+            inetd=self.inetd if inetd is None else inetd,
+            static=self.static,
+            flags=self.overrides,
+        )
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -118,13 +131,11 @@ class Daemon:
             raise DaemonError(exc.strerror or str(exc)) from None
         except ActivationError as exc:
             raise DaemonError(str(exc)) from None
+        # Again, now that the sockets say whether this is one connection (Accept=yes).
+        self._check(self.config, inetd=self.inetd or connected is not None)
         identity = self._identity()
         self._load_pseudonym_key(identity)
         if settings.claims_socket is not None and not self.static and connected is None:
-            if settings.workers > 1:
-                raise DaemonError(
-                    "claims_socket needs workers = 1: every query must see every claim"
-                )
             try:
                 self.claims_sock = bind_claims_socket(settings.claims_socket)
             except OSError as exc:
@@ -134,7 +145,7 @@ class Daemon:
                 ) from None
         self._loop_factory()  # imports uvloop, if asked for, while the files are readable
         workers = settings.workers if not connected else 1
-        metrics_sock = self._metrics_socket(workers, connected is not None)
+        metrics_sock = self._metrics_socket()
         if workers > 1:
             per = len(socks) // workers
             groups = [socks[i * per : (i + 1) * per] for i in range(workers)]
@@ -143,6 +154,7 @@ class Daemon:
             supervisor = os.getpid()
 
             def work(index: int, group: Sequence[socket.socket]) -> int:
+                self._worker = True
                 lookup = None if self.static else self._lookup()
                 self._nat_client(nat, index)
                 self._drop(identity)
@@ -178,18 +190,10 @@ class Daemon:
             if nat is not None:
                 nat.close()
 
-    def _metrics_socket(self, workers: int, inetd: bool) -> socket.socket | None:
+    def _metrics_socket(self) -> socket.socket | None:
         """The ``[metrics] listen`` socket, bound with the ident port (before privileges
-        are dropped); ``[metrics]`` where it cannot work is an error, not ignored."""
+        are dropped); where ``[metrics]`` cannot work, _check() refused to start."""
         metrics = self.config.metrics
-        if metrics.listen is None and metrics.textfile is None:
-            return None
-        if inetd:
-            raise DaemonError("[metrics] does not work with --inetd (a process per connection)")
-        if workers > 1:
-            raise DaemonError(
-                "[metrics] needs workers = 1: each worker process counts its own queries"
-            )
         if metrics.listen is None:
             return None
         try:
@@ -234,27 +238,9 @@ class Daemon:
             logger.info("created a new pseudonym key in %s", path)
 
     def _identity(self) -> Identity | None:
-        if os.geteuid() != 0:
-            return None
-        settings = self.config.daemon
-        try:
-            identity = resolve_identity(settings.user, settings.group)
-        except PrivilegeError as exc:
-            if settings.user == SERVICE_USER and str(exc).startswith("no such user"):
-                # Not a fallback to nobody: that is the shared account this default exists
-                # to avoid, and a warning in a log is easy to miss.
-                raise DaemonError(
-                    f"{exc}: the daemon runs as this system user of its own by default; "
-                    f"create it ({CREATE_SERVICE_USER}), or choose another user with "
-                    f"--user or [server] user"
-                ) from None
-            raise DaemonError(str(exc)) from None
-        if identity.uid == 0 and not settings.allow_root:
-            raise DaemonError(
-                "refusing to run as root: set [server] user to an unprivileged user "
-                f"(default {SERVICE_USER}), or allow_root = true / --allow-root"
-            )
-        return identity
+        """Whom to become after binding (None when not root); refusals are
+        :mod:`.refusals`' (a missing user, root without allow_root)."""
+        return service_identity(self.config, flags=self.overrides)
 
     def _drop(self, identity: Identity | None) -> None:
         if identity is None:
@@ -415,6 +401,8 @@ class Daemon:
             return False
         try:
             fresh = _with_overrides(load_config(self.config_path), self.overrides)
+            # What the next restart would refuse is refused now, not said "reloaded".
+            self._check(fresh)
         except ConfigError as exc:
             hint = ""
             if not os.access(self.config_path, os.R_OK):
@@ -433,6 +421,9 @@ class Daemon:
             if created:
                 logger.info("created a new pseudonym key in %s", fresh.pseudonym.key_file)
         self.pseudonym_key = key
+        if not self._worker:
+            for warning in unknown_accounts(fresh):
+                logger.warning("SIGHUP: %s", warning)
         if responder is not None:
             responder.policy = Policy(fresh, pseudonym_key=key)
             responder.log_queries = fresh.daemon.log_queries

@@ -154,6 +154,7 @@ class _Loader:
             groups=MappingProxyType(groups),
             rules=tuple(rules),
             nat=nat,
+            lines=MappingProxyType(dict(self.locator.lines)),
         )
 
     def forward_time(self, document: dict[str, Any]) -> None:

@@ -805,6 +805,20 @@ class Config:
     groups: Mapping[str, AnswerSettings] = key(_no_tables, dict, name="group")
     rules: tuple[Rule, ...] = key((), list, name="rule")
     nat: tuple[NatRule, ...] = key((), list)
+    #: The line each table and key was written on (the loader's), for the messages of
+    #: rules checked after loading (see :mod:`aioidentd.daemon.refusals`).
+    lines: Mapping[tuple[str | int, ...], int] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+
+    def line_of(self, *path: str | int) -> int | None:
+        """The line where ``path`` (``"server", "workers"``), or else its nearest
+        parent written in the file, is; None for what the file does not say."""
+        for end in range(len(path), 0, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
 
     @property
     def uses_pseudonyms(self) -> bool:
