@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -216,6 +217,57 @@ async def test_a_query_waits_for_a_claim_being_made(tmp_path: Path, connection: 
             assert await asking == "USERID UNIX late"
             await call(pending.done)
             assert not service._pending
+
+
+class HeldPolicy:
+    """The real policy, its decision held in the lookup's thread until released: a
+    lookup slowed by load, long enough for the owner to claim and say "connected"."""
+
+    def __init__(self, real: Policy) -> None:
+        self.real = real
+        self.deciding = threading.Event()
+        self.release = threading.Event()
+
+    @property
+    def reads_files(self) -> bool:
+        return True  # (the decision in a worker thread, as with users' reply files)
+
+    def decide(self, *args: Any, **kwargs: Any) -> Any:
+        self.deciding.set()
+        self.release.wait(10)
+        return self.real.decide(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_a_claim_made_while_the_lookup_runs_is_the_answer(
+    tmp_path: Path, connection: Any
+) -> None:
+    """The query's lookup found no claim; before its decision reached the loop the owner
+    claimed the connection and ended its "connecting": the claim answers, not the real
+    user (CI saw ngircd get the real user so)."""
+    client, _ = connection
+    lookup = default_lookup()
+    policy = Policy(parse_config(textwrap.dedent(ALLOWED), "t"))
+    held = HeldPolicy(policy)
+    responder = KernelResponder(lookup, held)  # type: ignore[arg-type]
+    path = str(tmp_path / "claims.sock")
+    service = ClaimsService(lookup, lambda: policy)
+    await service.start(bind_claims_socket(path))
+    responder.claims = service
+    async with IdentServer("127.0.0.1", 0, handlers=[responder]) as server:
+        port = server.addresses[0][1]
+        with HostClaims(path) as claims:
+            pending = claims.connecting("127.0.0.1")
+            await call(pending.__enter__)
+            asking = asyncio.ensure_future(ask(port, client))
+            await wait_until_async(held.deciding.is_set, what="the lookup decides")
+            await call(claims.claim, client, "late")
+            await call(pending.done)
+            held.release.set()
+            assert await asking == "USERID UNIX late"
+    await service.close()
 
 
 def raw_exchange(path: str, data: bytes) -> list[dict[str, Any]]:

@@ -282,8 +282,9 @@ class ClaimsService:
         """Wait up to ``budget`` s (what is left before the querier's deadline) for
         ``uid``'s claim on the connection: the owner said the claim is coming."""
         wait = budget
-        if wait <= 0:
-            return None
+        claim = self.find(local, remote, uid)
+        if claim is not None or wait <= 0:
+            return claim  # (made between the query's lookup and now: no wake-up comes)
         key = _key(local, remote)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(waiter)

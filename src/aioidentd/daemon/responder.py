@@ -92,10 +92,22 @@ class KernelResponder:
     ) -> None:
         loop = asyncio.get_running_loop()
         decision = await loop.run_in_executor(None, self.decide, local, remote)
+        decision = self._claimed_meanwhile(decision, local, remote)
         if self._later(decision, remote):
             await self._answer_later(request, decision, local, remote)
             return
         self._send(request, decision)
+
+    def _claimed_meanwhile(self, decision: Decision, local: Address, remote: Address) -> Decision:
+        """The claim made while the lookup ran in its thread, if one was: the owner may
+        have claimed the connection and said "connected" in that time, so the decision,
+        taken without it and no longer expecting one, would give the real user."""
+        claims = self.claims
+        uid = decision.uid
+        if claims is None or uid is None or decision.kind == "claim" or not claims.active:
+            return decision
+        claim = claims.find(local, remote, uid)
+        return decision if claim is None else self._claimed(uid, local, remote, claim)
 
     def _later(self, decision: Decision, remote: Address) -> bool:
         """Whether the answer takes time: a forward, a claim on its way, a NAT lookup."""
