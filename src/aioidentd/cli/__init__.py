@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from aioidentd import __version__
 from aioidentd.cli import check_config as check_config
@@ -39,6 +40,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class _CommandParser(_Parser):
+    """A command's parser: an argument it does not know is its error, not the top-level
+    parser's, so that the message names the command's ``--help`` (argparse leaves what a
+    sub-command did not use to ``aioidentd``, which then points at the list of commands).
+
+    ``oidentd_flags`` maps oidentd's options (``-p``, its port) to the command's, for
+    hands used to oidentd; a mistyped long option is matched against the command's own."""
+
+    def __init__(self, *args: Any, oidentd_flags: Mapping[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.oidentd_flags: Mapping[str, str] = oidentd_flags or {}
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._hint(extras)}")
+        return parsed, extras
+
+    def _hint(self, extras: Sequence[str]) -> str:
+        for word in extras:
+            if not word.startswith("-") or word == "-":
+                continue
+            name = word.partition("=")[0]
+            if name in self.oidentd_flags:
+                return f"; did you mean {self.oidentd_flags[name]}? ({name} is oidentd's)"
+            if name.startswith("--"):
+                ours = [option for option in self._option_string_actions if option.startswith("--")]
+                close = difflib.get_close_matches(name, ours, n=1)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aioidentd",
@@ -46,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     version = f"aioidentd {__version__}"
     parser.add_argument("--version", action="version", version=version, help=_VERSION_HELP)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_CommandParser
+    )
     for command in _COMMANDS:
         command.register(subparsers)
     # Every command answers --version too: packagers' scripts and bug reports ask

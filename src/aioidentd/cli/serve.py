@@ -50,9 +50,33 @@ def _host(text: str) -> str:
     return text
 
 
+#: oidentd's options (2.5) that have an equivalent here, for the error that meets them.
+OIDENTD_FLAGS = {
+    "-a": "--host",
+    "--address": "--host",
+    "-C": "--config",
+    "-d": "--log-level debug",
+    "--debug": "--log-level debug",
+    "-g": "--group",
+    "-I": "--inetd",
+    "--stdio": "--inetd",
+    "-l": "--max-connections",
+    "--limit": "--max-connections",
+    "-p": "--port",
+    "-q": "--log-level warning",
+    "--quiet": "--log-level warning",
+    "-R": "--default",
+    "--reply-all": "--default",
+    "-t": "--idle-timeout",
+    "--timeout": "--idle-timeout",
+    "-u": "--user",
+}
+
+
 def register(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "serve",
+        oidentd_flags=OIDENTD_FLAGS,
         help="run the ident daemon",
         description="Run an RFC 1413 ident server. Answers come from the kernel's socket "
         "table through the policy of --config (or the built-in one), or, with --default "
