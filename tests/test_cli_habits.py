@@ -4,9 +4,23 @@ run as the real command in a child process."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from support import run_aioidentd
+from aioidentd.daemon.explain import explain
+from aioidentd.policy import parse_config
+from peers import NOBODY
+from support import (
+    FakeUserDB,
+    ask,
+    connection_as_nobody,
+    require_root,
+    run_aioidentd,
+    serve_process,
+    world_readable_dir,
+)
 
 # -- an option the command does not know: the command's error, with a hint -------------------
 
@@ -53,3 +67,70 @@ def test_an_unknown_option_is_the_commands_error_with_a_hint(
 ) -> None:
     done = run_aioidentd(*args)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", expected + "\n")
+
+
+# -- a byte order mark at the start of a file (Notepad writes one) --------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_a_configuration_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Before: "toml:1: TOML syntax: Invalid statement (column 1)" from every command.
+    path = tmp_path / "aioidentd.toml"
+    path.write_bytes(BOM + b'[server]\r\nlisten = "127.0.0.1"\r\nport = 0\r\n')
+    checked = run_aioidentd("check-config", str(path))
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert "configuration is valid" in checked.stdout
+    with serve_process("--config", str(path), "--default", "alice") as server:
+        assert ask(server.port, b"6193, 23\r\n") == b"6193,23:USERID:UNIX:alice\r\n"
+        assert server.stop() == 0
+    # Lines are still counted from the first.
+    path.write_bytes(BOM + b"[server]\nport = 1113\nprot = 1\n")
+    checked = run_aioidentd("check-config", str(path))
+    assert checked.returncode == 2
+    assert checked.stderr.startswith(f"aioidentd: {path}:3: unknown key 'prot' in [server]")
+
+
+def test_a_users_oidentd_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "aioidentd.toml"
+    config.write_text("[default]\nanswer = 'username'\n")
+    user_file = tmp_path / "oidentd.conf"
+    user_file.write_bytes(BOM + b'global {\n  reply "zncuser"\n}\n')
+    done = run_aioidentd("check-config", str(config), "--user-file", str(user_file))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert f'{user_file}:\n  line 1: global: reply "zncuser"' in done.stdout
+
+
+def test_a_reply_file_with_a_byte_order_mark_answers_without_it() -> None:
+    # The mark is no part of the id: the answer is 'ghost', not '\ufeffghost'.
+    require_root("to make a reply file owned by nobody")
+    with world_readable_dir("aioidentd-home-") as home:
+        db = FakeUserDB({NOBODY: ("nobody", str(home), ["nogroup"])})
+        reply = home / ".aioidentd-reply"
+        reply.write_bytes(BOM + b"ghost\r\n")
+        os.chown(reply, NOBODY, NOBODY)
+        reply.chmod(0o644)
+        allowed = parse_config("[user.nobody]\nallow_user_reply = true\n")
+        with connection_as_nobody() as (accepted, child_port):
+            result = explain(
+                allowed, ("127.0.0.1", child_port), accepted.getsockname()[:2], user_db=db
+            )
+    assert result.answer.endswith(":USERID:UNIX:ghost")
+
+
+def test_import_oidentd_reads_a_file_with_a_byte_order_mark_as_without(tmp_path: Path) -> None:
+    path = tmp_path / "oidentd.conf"
+    text = (
+        b"default {\n  default {\n    deny spoof\n  }\n}\n"
+        b"user root {\n  default {\n    force hide\n  }\n}\n"
+    )
+    path.write_bytes(text)
+    plain = run_aioidentd("import-oidentd", "--config", str(path), "--flags=-S")
+    path.write_bytes(BOM + text)
+    marked = run_aioidentd("import-oidentd", "--config", str(path), "--flags=-S")
+    assert "[user.root]" in plain.stdout and "\\ufeff" not in marked.stderr
+    assert (marked.returncode, marked.stdout, marked.stderr) == (
+        plain.returncode,
+        plain.stdout,
+        plain.stderr,
+    )

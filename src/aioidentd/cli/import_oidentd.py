@@ -9,6 +9,7 @@ loads, without it), 2 input that cannot be read or that oidentd itself would ref
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -67,6 +68,7 @@ def _read(path: str) -> str:
         data = file.read(MAX_INPUT + 1)
     if len(data) > MAX_INPUT:
         raise OidentdInputError(f"{path}: larger than {MAX_INPUT} octets")
+    data = data.removeprefix(codecs.BOM_UTF8)  # a Windows editor's, not oidentd's syntax
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -44,6 +44,9 @@ from aioidentd.protocol import safe_user_id
 
 __all__ = ["load_config", "parse_config"]
 
+#: The byte order mark, as it reads once a UTF-8 file is decoded.
+BOM = "\ufeff"
+
 _TOP_KEYS = tuple(name for name, _, _ in keys_of(Config))
 _SETTINGS_KEYS = tuple(name for name, _, _ in keys_of(AnswerSettings))
 _CONDITION_KEYS = tuple(name for name, _, _ in keys_of(Rule))
@@ -309,7 +312,11 @@ def _is(value: object, kind: type) -> bool:
 
 
 def parse_config(text: str, filename: str = "<string>") -> Config:
-    """Parse and validate a configuration given as text; raise :class:`ConfigError`."""
+    """Parse and validate a configuration given as text; raise :class:`ConfigError`.
+
+    A leading byte order mark is dropped: editors on Windows write one, and TOML (which
+    has none) would call the file's first statement invalid at column 1."""
+    text = text.removeprefix(BOM)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

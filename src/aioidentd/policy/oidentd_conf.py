@@ -228,8 +228,9 @@ def _network(text: str) -> _Network | None:
 
 def parse_user_file(text: str) -> UserFile:
     """Read an oidentd user file (see the module notes). Raises
-    :class:`ReplyFileRefused` when its structure is broken."""
-    tokens = tokenize(text)
+    :class:`ReplyFileRefused` when its structure is broken. A leading byte order mark (a
+    Windows editor's) is dropped, as the daemon's own configuration drops it."""
+    tokens = tokenize(text.removeprefix("\ufeff"))
     entries: list[Entry] = []
     problems: list[str] = []
     index = 0

@@ -9,6 +9,7 @@ that every user file (ours, and oidentd's ``~/.config/oidentd.conf`` and
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import stat
@@ -55,7 +56,8 @@ def read_reply_file(home: str, uid: int) -> str | None:
     data = read_user_file(home, uid, REPLY_FILE, MAX_REPLY_FILE)
     if data is None:
         return None
-    line = data.split(b"\n", 1)[0].rstrip(b"\r").strip(b" \t")
+    # A Windows editor's byte order mark is not part of the id.
+    line = data.removeprefix(codecs.BOM_UTF8).split(b"\n", 1)[0].rstrip(b"\r").strip(b" \t")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError:
