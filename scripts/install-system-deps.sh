@@ -17,6 +17,7 @@ PACKAGES=(
   znc                                 # its identfile module writes ~/.oidentd.conf for us to read
   gcc                                 # builds the benchmark load generator (benchmarks/loadgen.c)
   groff-base                          # renders the man pages (tests/test_manpages.py)
+  mandoc                              # mandoc -Tlint checks them (tests/test_manpages.py)
   systemd                             # systemd-analyze verify / security for examples/systemd (tests/test_install.py)
   faketime                            # a daemon started next month: pseudonym rotation (tests/interop/test_irc_pseudonyms.py)
   # make deb (debian/) and tests/test_deb.py: debian/control's Build-Depends, lintian, git

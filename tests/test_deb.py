@@ -210,6 +210,19 @@ def test_the_package_is_an_ident_server_like_the_others(built: Built) -> None:
     assert "python3" in field("Depends")
 
 
+def test_the_files_the_man_pages_name_are_in_the_package(built: Built) -> None:
+    """aioidentd.toml(5)'s FILES names where the package puts the example and the schema:
+    the paths must be the package's, not the repository's."""
+    page = (ROOT / "man" / "aioidentd.toml.5").read_text()
+    named = re.findall(r"^\\fI(/usr/[^\\]+)\\fR$", page.partition(".SH FILES")[2], re.M)
+    assert len(named) >= 2, named
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(built.deb)], capture_output=True, text=True, check=True
+    ).stdout
+    packaged = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    assert not [path for path in named if path not in packaged], named
+
+
 SCRIPT = (
     OVERLAY
     + r"""
