@@ -29,7 +29,7 @@ SECTIONS = {
     "daemon.md": ["The host identd"],
     "project.md": ["Tested against real peers", "Speed", "Development"],
 }
-EXAMPLES = ["irc_bot.py", "bouncer.py", "sync_bot.py"]
+EXAMPLES = ["irc_bot.py", "bouncer.py", "sync_bot.py", "irc_jaraco.py", "irc_pydle.py"]
 
 
 def readme_sections() -> dict[str, str]:

@@ -58,7 +58,7 @@ def test_the_guides_are_the_readmes_sections(site: Path) -> None:
 
 def test_recipes_show_the_example_programs_whole(site: Path) -> None:
     recipes = (site / "recipes.html").read_text()
-    for name in ("irc_bot.py", "bouncer.py", "sync_bot.py"):
+    for name in ("irc_bot.py", "bouncer.py", "sync_bot.py", "irc_jaraco.py", "irc_pydle.py"):
         assert name in recipes
     assert "open_connection" in recipes
 

@@ -8,10 +8,14 @@ Runs, one after the other, against ngircd on 127.0.0.1:16667:
 * ``irc_bot.py 127.0.0.1 16667 alice bob`` (two connections, two identities);
 * ``sync_bot.py 127.0.0.1 16667 carol`` (blocking code, the server in a thread);
 * ``bouncer.py 127.0.0.1 16667 dave erin --listen 127.0.0.1:6700`` with three clients at
-  once (dave twice, erin once), each sending ``PASS <name>`` then registering.
+  once (dave twice, erin once), each sending ``PASS <name>`` then registering;
+* ``irc_jaraco.py 127.0.0.1 16667 frank grace`` (the ``irc`` package's asyncio reactor)
+  and ``irc_jaraco.py 127.0.0.1 16667 heidi ivan --blocking`` (its blocking one);
+* ``irc_pydle.py 127.0.0.1 16667 judy mallory`` (pydle, claimed after it connects).
 
 Prints JSON: ``{"irc_bot": {"rc", "stdout", "stderr"}, "sync_bot": {...}, "bouncer":
-{"clients": [{"name", "user", "error"}], "rc", "stdout", "stderr"}, "log"}``.
+{"clients": [{"name", "user", "error"}], "rc", "stdout", "stderr"}, "irc_jaraco_aio": {...},
+"irc_jaraco_blocking": {...}, "irc_pydle": {...}, "log"}``.
 """
 
 from __future__ import annotations
@@ -104,6 +108,16 @@ async def main() -> dict[str, Any]:
                 run, "sync_bot.py", "127.0.0.1", str(IRC_PORT), "carol"
             )
             output["bouncer"] = await bouncer()
+            irc = ("127.0.0.1", str(IRC_PORT))
+            output["irc_jaraco_aio"] = await asyncio.to_thread(
+                run, "irc_jaraco.py", *irc, "frank", "grace"
+            )
+            output["irc_jaraco_blocking"] = await asyncio.to_thread(
+                run, "irc_jaraco.py", *irc, "heidi", "ivan", "--blocking"
+            )
+            output["irc_pydle"] = await asyncio.to_thread(
+                run, "irc_pydle.py", *irc, "judy", "mallory"
+            )
         except Exception as exc:
             output["error"] = repr(exc)
         finally:

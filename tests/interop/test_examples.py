@@ -53,3 +53,26 @@ def test_bouncer_claims_for_each_user(results: dict[str, Any]) -> None:
     ], bouncer
     assert "ERROR :send PASS <user> first" in bouncer["refused"], bouncer
     assert "Traceback" not in bouncer["stderr"], bouncer
+
+
+# Libraries that open their own connections: the ``irc`` package through its
+# connect_factory (claimed before connecting), pydle through connecting() and a claim on
+# the writer it exposes. The welcome mask shows the ident ngircd got: ``~bot`` had it not.
+
+
+def test_irc_package_asyncio_reactor_connect_factory(results: dict[str, Any]) -> None:
+    run = results["irc_jaraco_aio"]
+    assert run["rc"] == 0, run
+    assert masks(run["stdout"]) == {"frank": "frank", "grace": "grace"}, run
+
+
+def test_irc_package_blocking_reactor_connect_factory(results: dict[str, Any]) -> None:
+    run = results["irc_jaraco_blocking"]
+    assert run["rc"] == 0, run
+    assert masks(run["stdout"]) == {"heidi": "heidi", "ivan": "ivan"}, run
+
+
+def test_pydle_claimed_after_it_connects(results: dict[str, Any]) -> None:
+    run = results["irc_pydle"]
+    assert run["rc"] == 0, run
+    assert masks(run["stdout"]) == {"judy": "judy", "mallory": "mallory"}, run
