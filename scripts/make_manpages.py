@@ -30,6 +30,7 @@ from aioidentd import __version__  # noqa: E402
 from aioidentd.cli import EXIT_BROKEN_PIPE, _arguments, build_parser  # noqa: E402
 from aioidentd.cli.query import EXIT_ERROR, EXIT_FAILED, EXIT_USERID  # noqa: E402
 from aioidentd.cli.serve import DEFAULT_HOST, DEFAULT_PORT  # noqa: E402
+from aioidentd.host_claims import DEFAULT_CLAIMS_SOCKET  # noqa: E402
 from aioidentd.policy.settings import DEFAULT_KEY_FILE  # noqa: E402
 from aioidentd.policy.userfiles import OIDENTD_FILES, REPLY_FILE  # noqa: E402
 
@@ -544,8 +545,9 @@ def _config_files() -> list[str]:
         "that needs it.",
     )
     lines += item(
-        "/run/aioidentd/claims.sock",
-        "the claims socket, where [server] claims_socket puts it (no socket unless it is set).",
+        DEFAULT_CLAIMS_SOCKET,
+        "the claims socket, where [server] claims_socket puts it (no socket unless it is "
+        "set), and where aioidentd.HostClaims looks by default.",
     )
     lines += item(
         DEB_EXAMPLE,

@@ -166,7 +166,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
     return outside_code(markdown, spans)
 
 
-_ROLE = re.compile(r":(?:mod|class|func|meth|attr|data|exc|obj):(?=<code>)")
+_ROLE = re.compile(r":(?:mod|class|func|meth|attr|data|exc|obj):<code>(~?)([^<]*)</code>")
 _CODE = re.compile(r"<(pre|code)\b.*?</\1>", re.S)
 
 
@@ -189,4 +189,10 @@ def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
     stray = stray_fences(html)
     if stray:
         raise PluginError(f"{page.file.src_uri}: a code fence rendered as text: {stray[0]!r}")
-    return _ROLE.sub("", html)
+    return _ROLE.sub(_role_as_code, html)
+
+
+def _role_as_code(match: re.Match[str]) -> str:
+    """A Sphinx role's target as code; ``~a.b.C`` shown as ``C``, as Sphinx shows it."""
+    tilde, target = match.group(1), match.group(2)
+    return f"<code>{target.rsplit('.', 1)[-1] if tilde else target}</code>"

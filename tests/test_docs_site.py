@@ -145,3 +145,46 @@ def test_a_fence_rendered_as_text_fails_the_build() -> None:
     fine = markdown.markdown(source, extensions=["pymdownx.superfences"])
     assert not hooks().stray_fences(fine)
     assert not hooks().stray_fences("<pre><code>```python\n</code></pre><p><code>```</code></p>")
+
+
+def docstring_table(api: str, name: str, title: str) -> list[str]:
+    """The first cell of each row of ``title``'s table ("Parameters:", "Raises:") in the
+    entry of ``name`` itself, not in its members' entries."""
+    start = api.index(f'id="{name}"')
+    end = api.find('id="aioidentd.', start + 1)
+    entry = api[start : end if end > 0 else len(api)]
+    found = re.search(
+        rf'<span class="doc-section-title">{re.escape(title)}</span>.*?<tbody>(.*?)</tbody>',
+        entry,
+        re.S,
+    )
+    assert found, f"{name} has no {title} table"
+    return [
+        text_of(cell).strip()
+        for cell in re.findall(r"<tr\b[^>]*>\s*<td>(.*?)</td>", found.group(1), re.S)
+    ]
+
+
+def test_the_reference_has_parameters_returns_and_raises(site: Path) -> None:
+    """The constructors' and main functions' arguments are a table, each with its type,
+    default and meaning, not prose; what they return and raise too."""
+    api = (site / "api.html").read_text()
+    import inspect
+
+    from aioidentd import IdentServer
+
+    server = docstring_table(api, "aioidentd.IdentServer", "Parameters:")
+    assert "claim_wait" in server and "multiple" in server
+    # Every keyword argument has its row: one added without a word fails here.
+    assert server == list(inspect.signature(IdentServer).parameters), server
+    assert "ValueError" in docstring_table(api, "aioidentd.IdentServer", "Raises:")
+    assert "server" in docstring_table(api, "aioidentd.Controller", "Parameters:")
+    assert "OSError" in docstring_table(api, "aioidentd.Controller.start", "Raises:")
+    assert docstring_table(api, "aioidentd.HostClaims", "Parameters:") == ["path", "timeout"]
+    assert "HostClaimError" in docstring_table(api, "aioidentd.HostClaims.claim", "Raises:")
+    assert "local_addr" in docstring_table(api, "aioidentd.query", "Parameters:")
+    assert docstring_table(api, "aioidentd.query", "Returns:") == ["Reply"]
+    raised = docstring_table(api, "aioidentd.query", "Raises:")
+    assert {"IdentConnectError", "IdentTimeout", "IdentPortMismatch"} <= set(raised), raised
+    # Sphinx's ~ (show the last name) is honoured, not printed.
+    assert "<code>~" not in api

@@ -169,15 +169,36 @@ async def query(
 ) -> Reply:
     """Ask the identd on ``host`` who owns its end of a connection.
 
-    ``server_port`` is the connection's port on ``host`` and ``client_port`` the port on our
-    side (the RFC's order). ``local_addr`` binds the query's source address: identd answers
-    only about connections between itself and the querier's address, so on a multi-homed
-    host it must be the address of the connection asked about.
+    An ``ERROR`` answer is a normal outcome, returned like a USERID; only the lack of a
+    usable answer raises, so a caller handles "the identd said no" and "the identd could
+    not be asked" apart.
 
-    Returns a :class:`~aioidentd.protocol.UserIdReply` or
-    :class:`~aioidentd.protocol.ErrorReply` (an ``ERROR`` answer is a normal outcome).
-    Raises an :class:`~aioidentd.errors.IdentError` subclass when there is no usable answer;
-    ``timeout`` (seconds, or ``None`` for none) bounds the whole exchange.
+    :param host: the identd's host: the other end of the connection asked about.
+    :param server_port: the connection's port on ``host`` (the RFC's order: theirs
+        first).
+    :param client_port: the connection's port on this side.
+    :param port: the identd's port.
+    :param timeout: seconds for the whole exchange, connect included, or ``None`` for
+        no bound (the kernel's connect timeout still applies). 5 s by default: as long as
+        InspIRCd and Solanum wait.
+    :param local_addr: the query's source address. An identd answers only about
+        connections between itself and the querier's address, so on a multi-homed host
+        it must be the address of the connection asked about
+        (:func:`query_connection` picks it for an accepted connection).
+    :returns: a :class:`~aioidentd.protocol.UserIdReply` or an
+        :class:`~aioidentd.protocol.ErrorReply`.
+    :raises IdentConnectError: the identd could not be reached (refused, no route, a
+        host name that does not resolve).
+    :raises IdentTimeout: no complete answer within ``timeout``.
+    :raises IdentConnectionClosed: the identd closed the connection before a complete
+        answer.
+    :raises IdentProtocolError: the answer is malformed, or 1000 octets came without an
+        end of line.
+    :raises IdentPortMismatch: the answer is about another pair of ports.
+    :raises ValueError: a port out of range, or a ``timeout`` that is not a positive
+        number of seconds.
+    :raises TypeError: a port that is not an ``int``, or a ``timeout`` that is not a
+        number.
     """
     the_query = Query(server_port, client_port)
     check_port("port", port)
@@ -265,8 +286,16 @@ async def query_connection(
     The query names (the peer's port, our port), and is sent from the local address the
     peer connected to: the peer's identd only answers about connections between itself and
     the address the query comes from, which on a multi-homed host need not be the default
-    route's. Accepts an :class:`asyncio.StreamWriter`, an asyncio transport or a plain
-    socket. Returns and raises like :func:`query`.
+    route's.
+
+    :param connection: the accepted connection: an :class:`asyncio.StreamWriter`, an
+        asyncio transport or a plain socket.
+    :param port: the peer's identd's port.
+    :param timeout: as for :func:`query`.
+    :returns: the answer, as :func:`query` returns it.
+    :raises IdentError: as :func:`query` raises (a subclass saying what failed).
+    :raises ValueError: a connection with no TCP/IP addresses (closed, or not TCP/IP).
+    :raises TypeError: something that is not a connection.
     """
     if isinstance(connection, socket.socket):
         sockname, peername = connection.getsockname(), connection.getpeername()

@@ -45,6 +45,15 @@ class Controller:
             sock = controller.create_connection(("irc.example.net", 6667), user_id="carol")
 
     Every method may be called from any thread.
+
+    :param server: the server to run; it must not be started already. Its ``name``, if
+        any, names the thread.
+    :param timeout: seconds ``start()`` waits for the server to listen and ``stop()`` for
+        the thread to end, so that a wedged server fails the caller instead of hanging
+        it.
+    :param loop_factory: makes the thread's event loop (``uvloop.new_event_loop``, or a
+        loop with a policy of the application's); by default
+        :func:`asyncio.new_event_loop`.
     """
 
     def __init__(
@@ -65,7 +74,13 @@ class Controller:
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the thread and the server in it; return once it listens."""
+        """Start the thread and the server in it; return once it listens.
+
+        :raises OSError: the server could not listen (a port in use, an address this
+            host does not have); no thread is left behind.
+        :raises RuntimeError: the controller was started already.
+        :raises TimeoutError: the server was not listening within ``timeout`` seconds.
+        """
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("controller already started")

@@ -163,6 +163,15 @@ class HostClaims:
     Usable from any thread; each call is one short exchange with the daemon on a local
     socket, bounded by ``timeout`` seconds. Claims last while this object is open: closing
     it (or the process ending) releases them all.
+
+    Nothing is connected until the first call, so making one never fails: a daemon that
+    is not running, or runs without ``claims_socket``, is reported by that call.
+
+    :param path: the daemon's ``[server] claims_socket``. The default is the path the
+        configuration and systemd pages set it to (with ``RuntimeDirectory=aioidentd``).
+    :param timeout: seconds each exchange may take. The daemon answers in well under a
+        millisecond; the bound is there so that a stopped daemon fails the call instead
+        of hanging a program's connect.
     """
 
     def __init__(self, path: str = DEFAULT_CLAIMS_SOCKET, *, timeout: float = 1.0) -> None:
@@ -230,11 +239,24 @@ class HostClaims:
         charset: str | None = None,
         error: str | None = None,
     ) -> HostClaim:
-        """Answer ``user_id`` (or ``error``) for one of this process's connections: a
-        :class:`asyncio.StreamWriter`, a transport, a connected socket, or
-        ``((local_host, local_port), (remote_host, remote_port))``. Raises
-        :class:`HostClaimError` when the daemon refuses (not our connection, the policy
-        does not let this user choose, an invalid id)."""
+        """Answer ``user_id`` (or ``error``) for one of this process's connections.
+
+        :param target: the connection: a :class:`asyncio.StreamWriter`, a transport, a
+            connected socket, or ``((local_host, local_port), (remote_host,
+            remote_port))``. It must exist: the daemon asks the kernel whose it is.
+        :param user_id: the id to answer.
+        :param opsys: the answer's operating system field.
+        :param charset: the id's charset, for an id that is not US-ASCII.
+        :param error: an error to answer instead of an id (``HIDDEN-USER``,
+            ``NO-USER``).
+        :returns: the claim, to :meth:`HostClaim.release` (or use as a ``with`` block).
+        :raises HostClaimError: the daemon refused (not this user's connection, the
+            policy does not let this user choose, an invalid id) or cannot be reached;
+            the message says which.
+        :raises ValueError: neither or both of ``user_id`` and ``error``, or a socket
+            or transport that is not connected.
+        :raises TypeError: a ``target`` that is not a connection.
+        """
         if (user_id is None) == (error is None):
             raise ValueError("give exactly one of user_id and error")
         local, remote = _ends(target)

@@ -143,19 +143,73 @@ class IdentServer:
        if ``default`` is set, else a fresh random id if ``random``, else
        ``ERROR:HIDDEN-USER``.
 
-    ``host`` may be one address, a list, or ``None`` for every interface (IPv4 and IPv6).
-    ``response_timeout`` defaults to 1 s because the IRC servers that ask give up after
-    1.5-10 s (Ergo 1.5, InspIRCd and Solanum 5, ngircd 4 in practice): a fallback sent at
-    1 s still reaches the most impatient of them. ``claim_wait`` (0.5 s) leaves the
-    handlers the other half of that second.
+    Every argument is checked here, so a wrong one fails when the server is made, not at
+    its first query. The limits bound what any client can make the server hold: a
+    connection, its queries, its handler tasks, its time.
 
-    ``trusted_proxies`` (addresses or networks, e.g. ``["127.0.0.1"]``) lets the host
-    daemon forward queries here: a connection from one of them may start with a PROXY
-    protocol header (v1 or v2) naming the real querier and the address it asked at, and
-    claims are then matched against those, exactly as if the querier had asked directly.
-    A header from any other address is an invalid query like any other text. Trusting
-    an address trusts every process that can connect from it to tell the truth about
-    who asked; on a multi-user host prefer a loopback address only the daemon uses.
+    :param host: where to listen: one address, a list of them, or ``None`` for every
+        interface (IPv4 and IPv6). Ignored when ``sock`` is given.
+    :param port: the port to listen on. 0 picks a free one (:attr:`addresses` tells
+        which): what tests and applications that pass the port on want. 113, where
+        clients ask, needs privileges; the embedding guide's "Port 113" shows a
+        redirect instead.
+    :param multiple: answer many queries per connection (pipelined ones in order), as
+        RFC 1413 allows. Off, one answer and the connection closes, as oidentd does: an
+        IRC server asks once, and a raw client gets its answer without waiting out
+        ``idle_timeout``.
+    :param idle_timeout: seconds a connection may stay silent between queries before it
+        is closed (RFC 1413 suggests 60-180 s); octets that do not complete a query do
+        not count, so a client cannot keep a connection by trickling bytes.
+    :param response_timeout: seconds from a query's arrival within which claims and
+        handlers must answer, else the fallback goes out. 1 s because the IRC servers
+        that ask give up after 1.5-10 s (Ergo 1.5, InspIRCd and Solanum 5, ngircd 4 in
+        practice): a fallback sent at 1 s still reaches the most impatient of them.
+    :param claim_wait: seconds a query from a host declared by :meth:`connecting` waits
+        for the claim being made (never past ``response_timeout``; 0: no wait). 0.5 s
+        leaves the handlers the other half of the default second.
+    :param default: the fallback's id, sent as ``USERID:UNIX:<default>``; checked now by
+        the rules every id the server sends keeps, so nothing invalid reaches the wire.
+    :param random: with no ``default``, the fallback is a fresh random id per query
+        (8 characters of ``[a-z0-9]``, from :mod:`secrets`): a querier learns nothing,
+        and two queries cannot be linked.
+    :param name: what the logs and ``repr`` call this server (and the
+        :class:`~aioidentd.Controller`'s thread), when an application runs several.
+    :param reply_style: ``"compact"`` (``6193,23:USERID:UNIX:stjohns``), or ``"spaced"``
+        (``6193 , 23 : USERID : UNIX : stjohns``) for very old clients that split on
+        spaces.
+    :param handlers: handlers to :meth:`register` at once.
+    :param max_connections: connections served at once. A new one beyond it closes the
+        connection that has sent no query for the longest (never one whose query is
+        being answered), so a full house still answers the next IRC server.
+    :param max_pending: queries one connection may have waiting for their answers (and,
+        per open connection, handler tasks kept after their query got the fallback, the
+        oldest cancelled first). Beyond it, reading that connection pauses until it
+        catches up: nothing is lost, and memory stays bounded.
+    :param backlog: the accept queue (``listen(2)``) of the sockets the server binds,
+        so that a burst of connections waits instead of being refused.
+    :param sock: a listening socket, or several, to serve instead of binding ``host``
+        and ``port``: one from systemd socket activation, or bound before privileges
+        were dropped. The server closes them when it closes.
+    :param first_query_timeout: seconds a new connection may stay silent before its
+        first query (at most ``idle_timeout``): a connection that never asks holds a
+        slot for seconds, not for the whole idle timeout.
+    :param defer_accept: Linux's ``TCP_DEFER_ACCEPT``: ``accept()`` completes once the
+        query has arrived, so a connection that sends nothing costs the server nothing
+        for its first second. Ignored where the option does not exist.
+    :param trusted_proxies: addresses or networks (e.g. ``["127.0.0.1"]``) whose
+        connections may start with a PROXY protocol header (v1 or v2) naming the real
+        querier and the address it asked at, as the host daemon's ``forward_proxy``
+        sends; claims are then matched against those, exactly as if the querier had
+        asked directly. A header from any other address is an invalid query like any
+        other text. Trusting an address trusts every process that can connect from it to
+        tell the truth about who asked: on a multi-user host prefer a loopback address
+        only the daemon uses.
+    :raises ValueError: an argument out of its range or of the wrong type (a port, a
+        number of seconds, a count below 1, a ``reply_style``, a ``default`` id that
+        cannot be sent, a ``trusted_proxies`` entry that is not an address or network),
+        naming the argument.
+    :raises TypeError: a ``default`` that is not ``str`` or ``bytes``, or a handler in
+        ``handlers`` that is not callable.
     """
 
     def __init__(
