@@ -16,6 +16,7 @@ from support import (
     FakeUserDB,
     ask,
     connection_as_nobody,
+    require_ipv6,
     require_root,
     run_aioidentd,
     serve_process,
@@ -134,3 +135,65 @@ def test_import_oidentd_reads_a_file_with_a_byte_order_mark_as_without(tmp_path:
         plain.stdout,
         plain.stderr,
     )
+
+
+# -- an IPv6 address in brackets, as URLs write it -------------------------------------------
+
+
+def test_serve_and_query_take_an_ipv6_address_in_brackets() -> None:
+    # Before: "cannot listen on '[::1]': Name or service not known", and query alike.
+    require_ipv6()
+    with serve_process(
+        "--no-config", "--host", "[::1]", "--port", "0", "--default", "alice"
+    ) as server:
+        port = int(server.wait_for(r"serving ident on \[::1\]:(\d+)").group(1))
+        done = run_aioidentd("query", "[::1]", "6193", "23", "--port", str(port))
+        assert (done.returncode, done.stdout, done.stderr) == (0, "USERID UNIX alice\n", "")
+        assert server.stop() == 0
+
+
+def test_listen_in_the_configuration_takes_brackets_too(tmp_path: Path) -> None:
+    require_ipv6()
+    path = tmp_path / "aioidentd.toml"
+    path.write_text('[server]\nlisten = ["[::1]", "127.0.0.1"]\nport = 0\n')
+    with serve_process("--config", str(path), "--default", "alice") as server:
+        port = int(server.wait_for(r"serving ident on \[::1\]:(\d+)").group(1))
+        assert ask(port, b"6193, 23\r\n", host="::1") == b"6193,23:USERID:UNIX:alice\r\n"
+        assert ask(port, b"6193, 23\r\n") == b"6193,23:USERID:UNIX:alice\r\n"
+        assert server.stop() == 0
+    path.write_text('[server]\nlisten = "[127.0.0.1]"\n')
+    done = run_aioidentd("check-config", str(path))
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"aioidentd: {path}:2: 'listen' in [server]: not an IP address: '[127.0.0.1]'\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["query", "[::1]:1113", "6193", "23"],
+            "'[::1]:1113' has a port: give the address alone, and --port 1113",
+        ),
+        (
+            ["serve", "--host", "[::1]:113"],
+            "'[::1]:113' has a port: give the address alone, and --port 113",
+        ),
+        (["query", "[::1", "6193", "23"], "unbalanced brackets: '[::1'"),
+        (
+            ["serve", "--host", "[localhost]"],
+            "only an IPv6 address goes in brackets, not '[localhost]'",
+        ),
+        (
+            ["serve", "--host", "[127.0.0.1]"],
+            "only an IPv6 address goes in brackets, not '[127.0.0.1]'",
+        ),
+    ],
+    ids=lambda case: " ".join(case) if isinstance(case, list) else "",
+)
+def test_a_wrong_bracketed_address_is_a_one_line_error(args: list[str], message: str) -> None:
+    done = run_aioidentd(*args)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"aioidentd {args[0]}: error: argument ") and message in line, line

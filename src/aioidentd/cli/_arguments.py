@@ -17,6 +17,7 @@ __all__ = [
     "add_config_options",
     "config_file",
     "config_path",
+    "host",
     "ip_address",
     "port",
     "seconds",
@@ -49,11 +50,36 @@ def port(low: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def host(text: str) -> str:
+    """A host name or an IP address; an IPv6 address may be in brackets (``[::1]``), as
+    URLs and most tools write it, which the resolver would take for a name."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty address")
+    if not (text.startswith("[") or text.endswith("]")):
+        return text
+    inner, closed, rest = text[1:].partition("]")
+    if not text.startswith("[") or not closed:
+        raise argparse.ArgumentTypeError(f"unbalanced brackets: {text!r}")
+    try:
+        ipaddress.IPv6Address(inner)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"only an IPv6 address goes in brackets, not {text!r}"
+        ) from None
+    if rest.startswith(":") and rest[1:].isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a port: give the address alone, and --port {rest[1:]}"
+        )
+    if rest:
+        raise argparse.ArgumentTypeError(f"text after the address: {text!r}")
+    return inner
+
+
 def ip_address(text: str) -> str:
     """An IP address (IPv6 with or without brackets), in its normal spelling."""
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
+        return str(ipaddress.ip_address(host(text)))
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from aioidentd.cli._arguments import port, seconds
+from aioidentd.cli._arguments import host, port, seconds
 from aioidentd.client import IDENT_PORT
 from aioidentd.client import query as ident_query
 from aioidentd.errors import IdentError
@@ -37,7 +37,9 @@ def register(subparsers: SubParsers) -> None:
             "from. Exit status: 0 USERID, 1 ERROR, 2 no answer (reason on stderr)."
         ),
     )
-    parser.add_argument("host", metavar="HOST", help="host whose identd to ask")
+    parser.add_argument(
+        "host", type=host, metavar="HOST", help="host whose identd to ask (name or address)"
+    )
     parser.add_argument(
         "server_port", metavar="SERVER_PORT", type=port(), help="the connection's port on HOST"
     )

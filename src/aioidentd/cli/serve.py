@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from aioidentd.cli._arguments import add_config_options, config_path
+from aioidentd.cli._arguments import add_config_options, config_path, host
 from aioidentd.daemon import Daemon
 from aioidentd.daemon.logs import LOG_FORMATS, configure_logging
 from aioidentd.errors import ConfigError, DaemonError
@@ -41,12 +41,6 @@ def _user_id(text: str) -> str:
         safe_user_id(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _host(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("empty address")
     return text
 
 
@@ -87,7 +81,7 @@ def register(subparsers: SubParsers) -> None:
     where.add_argument(
         "--host",
         action="append",
-        type=_host,
+        type=host,
         metavar="ADDR",
         help=f"address to listen on; repeat for several; '*' for every interface "
         f"(default with no configuration file: {DEFAULT_HOST})",

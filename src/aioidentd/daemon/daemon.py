@@ -46,6 +46,7 @@ from aioidentd.daemon.supervisor import supervise, unblock_forwarded
 from aioidentd.errors import ActivationError, ConfigError, DaemonError, PrivilegeError
 from aioidentd.lookup import SocketLookup, SocketLookupError, default_lookup
 from aioidentd.policy import Config, DaemonSettings, Policy, load_config
+from aioidentd.protocol import show_address
 from aioidentd.server import IdentServer
 
 __all__ = ["Daemon", "DaemonError"]
@@ -370,7 +371,7 @@ class Daemon:
                 await service.start(self.claims_sock)
                 responder.claims = service
                 logger.info("claims socket on %s", self.config.daemon.claims_socket)
-            where = ", ".join(f"{host}:{port}" for host, port in ident.addresses)
+            where = ", ".join(show_address(address) for address in ident.addresses)
             mode = "static answers" if self.static else "kernel lookups"
             engine = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
             logger.info("serving ident on %s (%s, %s)", where, mode, engine)

@@ -205,16 +205,20 @@ def _listen(name: str, value: Any) -> tuple[str, ...] | None:
     items = one_or_many(name, value)
     if items == ["*"]:
         return None
+    addresses: list[str] = []
     for item in items:
         if not isinstance(item, str):
             raise ValueError(f"{name} must list addresses as strings, not {type_name(item)}")
         if item == "*":
             raise ValueError("'*' (every interface) must be listed alone")
+        # "[::1]" as URLs write it; the brackets are no part of the address.
+        bare = item[1:-1] if item.startswith("[") and item.endswith("]") else item
         try:
-            ipaddress.ip_address(item)
+            ipaddress.IPv6Address(bare) if bare != item else ipaddress.ip_address(item)
         except ValueError:
             raise ValueError(f"{name}: not an IP address: {item!r}") from None
-    return tuple(items)
+        addresses.append(bare)
+    return tuple(addresses)
 
 
 _PORT_RANGE: Final = re.compile(r"\s*\d{1,9}\s*(-\s*\d{1,9}\s*)?")
