@@ -197,3 +197,32 @@ def test_a_wrong_bracketed_address_is_a_one_line_error(args: list[str], message:
     assert done.returncode == 2 and done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"aioidentd {args[0]}: error: argument ") and message in line, line
+
+
+# -- explain takes a host name, as query does ------------------------------------------------
+
+
+def test_explain_takes_a_host_name_as_query_does() -> None:
+    # Before: "argument REMOTE_HOST: not an IP address: 'localhost'".
+    with connection_as_nobody() as (accepted, child_port):
+        listener_port = str(accepted.getsockname()[1])
+        by_address = run_aioidentd("explain", "--no-config", "127.0.0.1", listener_port)
+        by_name = run_aioidentd("explain", "--no-config", "localhost", listener_port)
+        asked_by_name = run_aioidentd(
+            "explain", "--no-config", "localhost", listener_port, "--from", "localhost"
+        )
+    assert by_address.returncode == 0, by_address.stderr
+    first = f"connection 127.0.0.1:{child_port} <-> 127.0.0.1:{listener_port}, asked by 127.0.0.1"
+    assert by_address.stdout.splitlines()[0] == first
+    assert by_address.stdout.splitlines()[-1].endswith(
+        ":USERID:UNIX:nobody (username, built-in default)"
+    )
+    assert (by_name.returncode, by_name.stdout, by_name.stderr) == (0, by_address.stdout, "")
+    assert (asked_by_name.returncode, asked_by_name.stdout) == (0, by_address.stdout)
+
+
+def test_explain_says_when_a_name_does_not_resolve() -> None:
+    done = run_aioidentd("explain", "--no-config", "no-such-host.invalid", "6667")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("aioidentd explain: cannot resolve 'no-such-host.invalid': ")
+    assert len(done.stderr.splitlines()) == 1

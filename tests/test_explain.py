@@ -306,7 +306,8 @@ def test_command_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[default]\nanswer = "nobody"\n')
     cases = [
-        (["explain", "not-an-ip", "6667"], "not an IP address"),
+        (["explain", "no-such-host.invalid", "6667"], "cannot resolve"),
+        (["explain", HOST, "6667", "--from", "[host]"], "only an IPv6 address goes in brackets"),
         (["explain", HOST, "70000"], "port"),
         (["explain", HOST, "6667", "--local", "::1:5"], "[ADDR]:PORT"),
         (["explain", "--config", str(bad), HOST, "6667", "--local", "127.0.0.1:5"], "bad.toml:2"),

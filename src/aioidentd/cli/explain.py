@@ -11,13 +11,15 @@ a configuration that does not load, or a connection that cannot be chosen.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
+import socket
 import sys
 from typing import TYPE_CHECKING
 
 from aioidentd._printable import printable_lines
-from aioidentd.cli._arguments import add_config_options, config_path, ip_address, port
+from aioidentd.cli._arguments import add_config_options, config_path, host, ip_address, port
 from aioidentd.daemon.explain import explain, find_connections
 from aioidentd.daemon.pseudonym_key import read_daemon_key
 from aioidentd.errors import ConfigError, DaemonError, SocketLookupError
@@ -30,12 +32,12 @@ if TYPE_CHECKING:
 
 def _local(text: str) -> tuple[str | None, int]:
     """``PORT``, ``ADDR:PORT`` or ``[V6ADDR]:PORT``."""
-    host, sep, number = text.rpartition(":")
+    address, sep, number = text.rpartition(":")
     if not sep:
         return None, port()(text)
-    if host.count(":") and not host.startswith("["):
+    if address.count(":") and not address.startswith("["):
         raise argparse.ArgumentTypeError(f"write an IPv6 address as [ADDR]:PORT, not {text!r}")
-    return ip_address(host), port()(number)
+    return ip_address(address), port()(number)
 
 
 def register(subparsers: SubParsers) -> None:
@@ -50,7 +52,10 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     parser.add_argument(
-        "remote_host", type=ip_address, metavar="REMOTE_HOST", help="the other end's IP address"
+        "remote_host",
+        type=host,
+        metavar="REMOTE_HOST",
+        help="the other end's address or host name (resolved as query resolves HOST)",
     )
     parser.add_argument(
         "remote_port", type=port(), metavar="REMOTE_PORT", help="the other end's port"
@@ -65,9 +70,9 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument(
         "--from",
         dest="querier",
-        type=ip_address,
+        type=host,
         metavar="ADDR",
-        help="the address the query comes from (default REMOTE_HOST)",
+        help="the address (or host name) the query comes from (default REMOTE_HOST)",
     )
     add_config_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -79,28 +84,56 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _choose(remote: Address, local: tuple[str | None, int] | None) -> Address | str:
-    """Our end of the connection, or why it cannot be chosen."""
-    if local is not None and local[0] is not None:
-        return local[0], local[1]
-    local_port = None if local is None else local[1]
+def _resolve(name: str) -> list[str]:
+    """The addresses of ``name`` in the resolver's order, as ``query`` connects to them
+    (an address is its own); :class:`OSError` says why there are none."""
     try:
-        found = find_connections(remote, local_port)
+        return [str(ipaddress.ip_address(name))]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(name, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {name!r}: {exc.strerror}") from None
+    hosts = [str(info[4][0]) for info in found if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not hosts:
+        raise OSError(f"cannot resolve {name!r}: no IP address")
+    return list(dict.fromkeys(hosts))
+
+
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address.partition("%")[0]).version
+
+
+def _choose(
+    remotes: list[str], remote_port: int, local: tuple[str | None, int] | None
+) -> tuple[Address, Address] | str:
+    """Both ends of the connection, ours first, or why they cannot be chosen. With several
+    addresses for the remote host, the one a connection was found to (or the one of
+    ``--local``'s family)."""
+    if local is not None and local[0] is not None:
+        ours = local[0]
+        same = [remote for remote in remotes if _family(remote) == _family(ours)]
+        return (ours, local[1]), ((same or remotes)[0], remote_port)
+    local_port = None if local is None else local[1]
+    ends: dict[tuple[Address, Address], None] = {}
+    try:
+        for remote in remotes:
+            for entry in find_connections((remote, remote_port), local_port):
+                ends[entry.local, (remote, remote_port)] = None
     except OSError as exc:
         return f"cannot read the socket table ({exc}): give --local ADDR:PORT"
-    ends = list(dict.fromkeys(entry.local for entry in found))
     if len(ends) == 1:
-        return ends[0]
+        return next(iter(ends))
     which = f" from local port {local_port}" if local_port is not None else ""
+    where = " or ".join(show_address((remote, remote_port)) for remote in remotes)
     if not ends:
         return (
-            f"no connection to {show_address(remote)}{which} in this network namespace; "
+            f"no connection to {where}{which} in this network namespace; "
             f"give --local ADDR:PORT to explain the answer for one anyway"
         )
-    listed = ", ".join(show_address(end) for end in ends[:10])
-    return (
-        f"{len(ends)} connections to {show_address(remote)}{which} ({listed}): choose with --local"
-    )
+    listed = ", ".join(show_address(end) for end, _ in list(ends)[:10])
+    return f"{len(ends)} connections to {where}{which} ({listed}): choose with --local"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,12 +151,21 @@ def run(args: argparse.Namespace) -> int:
             key = read_daemon_key(config.pseudonym.key_file, config.daemon.user)
         except DaemonError as exc:
             return _fail(str(exc))
-    remote = (args.remote_host, args.remote_port)
-    local = _choose(remote, args.local)
-    if isinstance(local, str):
-        return _fail(local)
     try:
-        result = explain(config, local, remote, querier=args.querier, pseudonym_key=key)
+        remotes = _resolve(args.remote_host)
+        queriers = None if args.querier is None else _resolve(args.querier)
+    except OSError as exc:
+        return _fail(str(exc))
+    chosen = _choose(remotes, args.remote_port, args.local)
+    if isinstance(chosen, str):
+        return _fail(chosen)
+    local, remote = chosen
+    querier = None
+    if queriers is not None:  # the address of the connection's IP version, if it has one
+        same = [q for q in queriers if _family(q) == _family(remote[0])]
+        querier = (same or queriers)[0]
+    try:
+        result = explain(config, local, remote, querier=querier, pseudonym_key=key)
     except (SocketLookupError, OSError) as exc:
         return _fail(f"cannot look up connections: {exc}")
     if args.json:
