@@ -5,6 +5,7 @@ run as the real command in a child process."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from support import (
     FakeUserDB,
     ask,
     connection_as_nobody,
+    enter_own_network_namespace,
     require_ipv6,
     require_root,
     run_aioidentd,
@@ -226,3 +228,46 @@ def test_explain_says_when_a_name_does_not_resolve() -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("aioidentd explain: cannot resolve 'no-such-host.invalid': ")
     assert len(done.stderr.splitlines()) == 1
+
+
+# -- port 113 without privilege: the ways to have it, in the one line ------------------------
+
+
+def test_serve_on_port_113_without_privilege_names_the_ways_out() -> None:
+    """``aioidentd serve`` run by nobody on port 113: the command's own main() in a child
+    that became nobody (its interpreter may live where nobody cannot run it), in a network
+    namespace of its own, where no other server holds 113 and the kernel's default (ports
+    below 1024 need privilege) holds whatever the host's setting is."""
+    require_root("to become nobody in a child, in a network namespace of its own")
+    from aioidentd.cli import main
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 99
+        try:
+            "localhost".encode("idna")  # loaded lazily, from files nobody may not read
+            enter_own_network_namespace()
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.dup2(write_end, 2)
+            sys.stderr = open(2, "w", closefd=False)  # not pytest's capture  # noqa: SIM115
+            status = main(["serve", "--no-config", "--host", "127.0.0.1", "--port", "113"])
+        except BaseException as exc:
+            os.write(write_end, f"raised {exc!r}\n".encode())
+        finally:
+            sys.stderr.flush()
+            os.write(write_end, f"status {status}\n".encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        output = pipe.read()
+    os.waitpid(pid, 0)
+    assert output == (
+        "aioidentd: cannot bind 127.0.0.1 port 113: Permission denied: port 113 needs "
+        "privilege; start the daemon from systemd's aioidentd.socket (which binds the port "
+        "for it), or as root (it drops privileges once bound), or give it the capability "
+        "CAP_NET_BIND_SERVICE, or serve a high port (--port 1113) and redirect 113 to it\n"
+        "status 1\n"
+    )

@@ -19,6 +19,7 @@ import concurrent.futures.thread  # noqa: F401  (run_in_executor's pool)
 import contextlib
 import dataclasses
 import encodings.idna  # noqa: F401  (getaddrinfo() of a str host: a restarted worker's probe)
+import errno
 import grp
 import logging
 import os
@@ -129,7 +130,7 @@ class Daemon:
         try:
             socks, connected = acquire_sockets(settings, inetd=self.inetd)
         except OSError as exc:
-            raise DaemonError(exc.strerror or str(exc)) from None
+            raise DaemonError(_bind_failure(exc, settings.port)) from None
         except ActivationError as exc:
             raise DaemonError(str(exc)) from None
         # Again, now that the sockets say whether this is one connection (Accept=yes).
@@ -449,6 +450,20 @@ class Daemon:
             )
         logger.info("SIGHUP: configuration reloaded from %s", self.config_path)
         return True
+
+
+def _bind_failure(exc: OSError, port: int) -> str:
+    """Why the ident port could not be bound; for the privilege a port below 1024 needs,
+    the ways to have it (a bare "Permission denied" names none of them)."""
+    message = exc.strerror or str(exc)
+    if exc.errno != errno.EACCES:
+        return message
+    return (
+        f"{message}: port {port} needs privilege; start the daemon from systemd's "
+        f"aioidentd.socket (which binds the port for it), or as root (it drops privileges "
+        f"once bound), or give it the capability CAP_NET_BIND_SERVICE, or serve a high "
+        f"port (--port 1113) and redirect {port} to it"
+    )
 
 
 def _readable_hint(path: str) -> str:
