@@ -68,6 +68,32 @@ def bind_sockets(
             entry = (info[0], info[4])
             if entry[0] in (socket.AF_INET, socket.AF_INET6) and entry not in infos:
                 infos.append(entry)
+    # Port 0 with several addresses: the first bind picks the port, the others take the
+    # same number, which another program may hold on one of them; then all are tried
+    # again on a new port (a few times), rather than failing a start that asked for any.
+    for attempt in range(8):
+        try:
+            return _bind_all(infos, port, backlog, reuse_port)
+        except _TakenElsewhere as exc:
+            if attempt == 7:
+                raise exc.error from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _TakenElsewhere(Exception):
+    """A port chosen for the first address is in use on a later one."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _bind_all(
+    infos: list[tuple[socket.AddressFamily, tuple[Any, ...]]],
+    port: int,
+    backlog: int,
+    reuse_port: bool,
+) -> list[socket.socket]:
     socks: list[socket.socket] = []
     chosen_port = port
     try:
@@ -87,9 +113,12 @@ def bind_sockets(
             try:
                 sock.bind(address)
             except OSError as exc:
-                raise OSError(
+                error = OSError(
                     exc.errno, f"cannot bind {sockaddr[0]} port {chosen_port}: {exc.strerror}"
-                ) from None
+                )
+                if port == 0 and chosen_port != 0 and exc.errno == errno.EADDRINUSE:
+                    raise _TakenElsewhere(error) from None
+                raise error from None
             if chosen_port == 0:
                 chosen_port = sock.getsockname()[1]
             sock.listen(backlog)
