@@ -102,6 +102,10 @@ default {
 \t}
 }
 """
+#: The same daemon with no lookup at all (``--default nobody``: every query gets the fixed
+#: answer the hit queries expect), issue 18's baseline: the real-lookup path's server CPU
+#: per query should stay within 1.4x of it, hits and misses alike.
+STATIC = "ours-static"
 KINDS = ("hit", "miss")
 
 
@@ -285,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                 "".join(f"{a},{b_port}\t{a},{b_port}:USERID:UNIX:{pseudonym_id}\n" for a in a_ports)
             )
             ours_port, oid_port, pn_port = free_port(), free_port(), free_port()
+            static_port = free_port()
+            static_argv = [sys.executable, "-m", "aioidentd", "serve", "--host", HOST]
+            static_argv += ["--port", str(static_port), "--no-config", "--default", "nobody"]
+            servers[STATIC] = Server(STATIC, static_argv, static_port, env)
             ours_argv = [sys.executable, "-m", "aioidentd", "serve", "--host", HOST]
             ours_argv += ["--port", str(ours_port)]
             servers["ours"] = Server("ours", ours_argv, ours_port, env)
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait_ready()
             for kind in lists:
                 for server in servers.values():
-                    if (kind, server.name) == ("miss", PSEUDONYM):
+                    if kind == "miss" and server.name in (PSEUDONYM, STATIC):
                         continue
                     first = files.get((kind, server.name), files[kind]).read_text()
                     q, want = first.partition("\n")[0].split("\t")
@@ -326,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         if rnd % 2:
                             order.reverse()
                         for server in order:
-                            if (kind, server.name) == ("miss", PSEUDONYM):
+                            if kind == "miss" and server.name in (PSEUDONYM, STATIC):
                                 continue
                             listfile = files.get((kind, server.name), files[kind])
                             run_list(exe, server, listfile, args.concurrency, warmup)
@@ -398,6 +406,22 @@ def report(scenarios: list[Scenario], concurrency: int) -> None:
                 f"{_ratio(pseudonym.server_us_per_query, plain.server_us_per_query)}; "
                 f"connections/s x{_ratio(pseudonym.qps, plain.qps)}"
             )
+    print(
+        "\nreal kernel lookups vs the static answer (--default, no lookup; the same daemon, "
+        "issue 18: <= 1.4), server CPU per query:"
+    )
+    for scenario in scenarios:
+        static = scenario.results.get(("hit", STATIC))
+        if not static:
+            continue
+        for kind in KINDS:
+            real = scenario.results.get((kind, "ours"))
+            if real:
+                print(
+                    f"  {scenario.label}, {kind}: {real.server_us_per_query:.1f} us vs "
+                    f"{static.server_us_per_query:.1f} us: "
+                    f"x{_ratio(real.server_us_per_query, static.server_us_per_query)}"
+                )
     if len(scenarios) == 2:
         print("\nScaling, big table / few sockets (1.00 = unaffected by the table size):")
         for kind in KINDS:

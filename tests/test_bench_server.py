@@ -10,9 +10,12 @@ benchmark does not rot while the server changes under it. Twisted's column runs 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 import peers
 
@@ -51,3 +54,21 @@ def test_every_server_answers_every_checked_query(tmp_path: Path) -> None:
     for column, (run,) in memory.items():
         assert run.held == 50 and run.accepted == 50 and run.errors == 0, column
         assert (run.answered is not None) == (column != "oidentd"), column
+
+
+def test_the_fresh_connection_profile_compares_like_with_like(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/profile_fresh.py (issue 18's profile: user and kernel time apart, ours
+    against the C limit, the daemon's lookups against its static answer) runs and checks
+    every answer; a wrong one raises."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        peers.unavailable("no C compiler: the profile builds its load generator")
+    if os.geteuid() != 0:
+        peers.unavailable("the daemon's lookups are profiled as root (it drops to nobody)")
+    import profile_fresh
+
+    assert profile_fresh.main(["--rounds", "1", "--seconds", "0.3", "--lookups"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ours / C limit: total x") == 2, out
+    assert "lookups / static: total x" in out, out

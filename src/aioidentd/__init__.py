@@ -1,8 +1,9 @@
 """aioidentd: RFC 1413 ident server, client and daemon for asyncio.
 
 This module is the public API, with :mod:`aioidentd.protocol` and :mod:`aioidentd.errors`;
-every other module is internal. The layers, lowest first: :mod:`aioidentd.errors`,
-:mod:`aioidentd.protocol` (sans-IO parsing, formatting and value rules),
+every other module is internal. The layers, lowest first: :mod:`aioidentd.messages`
+(the query and reply values and their rules), :mod:`aioidentd.errors`,
+:mod:`aioidentd.protocol` (sans-IO parsing and formatting, and every name of messages),
 :mod:`aioidentd.server` (the embeddable server, with :mod:`aioidentd.claims` for the
 application's own connections, :mod:`aioidentd.controller` to run it in a thread and
 :mod:`aioidentd.stats` for its counters) and

@@ -5,8 +5,9 @@ library refused or failed at" in one clause, and one subclass per thing a caller
 to handle differently, so that nobody parses messages. Each also derives from the
 built-in exception it has always been (``ValueError`` for bad input, ``OSError`` for a
 failed lookup, ``RuntimeError`` for a process that cannot start), so existing
-``except ValueError`` code keeps working. Nothing here imports the rest of the package:
-this module is the bottom of the import graph, below even the protocol.
+``except ValueError`` code keeps working. Nothing here imports the rest of the package but
+the protocol's values (:mod:`aioidentd.messages`), which an exception carries: this module
+sits below the protocol, which raises its errors.
 
 A failed ident exchange is routine (most hosts run no identd, many firewalls drop port
 113), so a client caller must tell "the peer answered ERROR" (a normal return value) from
@@ -15,10 +16,7 @@ A failed ident exchange is routine (most hosts run no identd, many firewalls dro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from aioidentd.protocol import ErrorReply, Query, Reply
+from aioidentd.messages import ErrorReply, Query, Reply
 
 __all__ = [
     "ActivationError",
@@ -60,9 +58,6 @@ class InvalidQuery(AioidentdError, ValueError):
 
     @property
     def reply(self) -> ErrorReply:
-        # Imported here: the protocol module raises these, so it sits above this one.
-        from aioidentd.protocol import ErrorReply
-
         return ErrorReply(self.server_port, self.client_port, "INVALID-PORT")
 
 
