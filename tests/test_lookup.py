@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -233,6 +234,33 @@ def test_netlink_context_manager_and_close() -> None:
     nl.close()  # idempotent
     with pytest.raises(SocketLookupError, match="closed"):
         nl.owner(("127.0.0.1", 1), ("127.0.0.1", 2))
+
+
+@needs_ipv6
+def test_a_netlink_miss_is_one_request_where_the_kernel_finds_dual_stack_by_ipv4() -> None:
+    """Misses are most queries a busy identd gets; asking again in the v4-mapped form
+    doubled their cost on kernels that need no second request (every one tested: the
+    dual-stack cases above pass with the IPv4 request alone). A kernel that does need it
+    still gets it."""
+    asked: list[int] = []
+    with NetlinkLookup() as nl:
+        real = nl._request
+
+        def counting(lo: Any, re: Any, family: int) -> Any:
+            asked.append(family)
+            return real(lo, re, family)
+
+        nl._request = counting  # type: ignore[method-assign]
+        miss = (("127.0.0.1", 1), ("127.0.0.1", 2))
+        assert nl.owner(*miss) is None  # (the first miss also checks the kernel, once)
+        assert nl._mapped_retry is False, "this kernel does not find dual-stack sockets by IPv4"
+        asked.clear()
+        assert nl.owner(*miss) is None
+        assert asked == [socket.AF_INET]
+        nl._mapped_retry = True  # a kernel that needs the v4-mapped form
+        asked.clear()
+        assert nl.owner(*miss) is None
+        assert asked == [socket.AF_INET, socket.AF_INET6]
 
 
 def test_proc_is_blocking() -> None:

@@ -163,6 +163,9 @@ class NetlinkLookup:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._seq = 0
+        #: Whether a miss must be asked again in the v4-mapped form (None: not known yet;
+        #: see _families).
+        self._mapped_retry: bool | None = None
         try:
             family = socket.AF_NETLINK
         except AttributeError:  # pragma: no cover - non-Linux
@@ -198,12 +201,42 @@ class NetlinkLookup:
             return None
         lo, re = pair
         uid = self._lookup(lo, re, lo.family)
-        if uid is None and lo.family == socket.AF_INET:
-            # Maybe an IPv4 peer of a dual-stack AF_INET6 socket. The kernel tested here (6.18)
-            # already finds those with the AF_INET query; asking again in the v4-mapped form, as
-            # oidentd does, covers kernels that don't, at one extra round trip on misses only.
+        if uid is None and lo.family == socket.AF_INET and self._mapped_retry_needed():
+            # Maybe an IPv4 peer of a dual-stack AF_INET6 socket, on a kernel whose AF_INET
+            # query does not find those: ask again in the v4-mapped form, as oidentd does.
             uid = self._lookup(lo, re, socket.AF_INET6)
         return uid
+
+    def _mapped_retry_needed(self) -> bool:
+        """Whether misses need the second, v4-mapped request. Linux files a dual-stack
+        socket's IPv4 connection in the IPv4 table, so the AF_INET query finds it (seen on
+        every kernel tested) and the retry would double the cost of every miss for nothing;
+        checked once, on a dual-stack loopback connection of our own, and kept when the
+        check cannot be made (no loopback, no IPv6)."""
+        needed = self._mapped_retry
+        if needed is None:
+            needed = self._mapped_retry = not self._finds_dual_stack_by_ipv4()
+        return needed
+
+    def _finds_dual_stack_by_ipv4(self) -> bool:
+        try:
+            with (
+                socket.create_server(("127.0.0.1", 0)) as listener,
+                socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as client,
+            ):
+                listener.settimeout(self._timeout)
+                client.settimeout(self._timeout)
+                client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                port = listener.getsockname()[1]
+                client.connect(("::ffff:127.0.0.1", port))
+                accepted, _ = listener.accept()
+                with accepted:
+                    pair = query_pair(("127.0.0.1", client.getsockname()[1]), ("127.0.0.1", port))
+                    if pair is None:
+                        return False
+                    return self._lookup(*pair, socket.AF_INET) is not None
+        except (OSError, SocketLookupError):
+            return False
 
     def server_owner(self, local: Address, remote: Address) -> int | None:
         """Who answers on ``local``, the server end of the connection from ``remote``:
@@ -219,7 +252,8 @@ class NetlinkLookup:
         if pair is None:
             return None
         lo, re = pair
-        families = [lo.family] + ([socket.AF_INET6] if lo.family == socket.AF_INET else [])
+        mapped = lo.family == socket.AF_INET and self._mapped_retry_needed()
+        families = [lo.family] + ([socket.AF_INET6] if mapped else [])
         for family in families:
             entry = _same_connection(self._request(lo, re, family), lo, re)
             if entry is not None:

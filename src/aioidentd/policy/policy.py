@@ -84,6 +84,10 @@ class Policy:
             *(rule.settings for rule in config.rules),
         ]
         self._reads_files = any(table.may_choose() for table in tables)
+        #: The answer for a connection the lookup did not find (most queries a busy
+        #: identd gets are about nothing): the same decision every time it is not
+        #: explained, built once rather than per query.
+        self._no_socket = self._no_connection_decision(SILENT)
 
     @property
     def reads_files(self) -> bool:
@@ -101,12 +105,12 @@ class Policy:
         ``explain``, the decision's ``reasons`` list every step (``why``, its short form,
         is always there): the daemon leaves it off to keep queries cheap.
         """
+        if uid is None and not explain:
+            return self._no_socket
         trail: Trail = Recording() if explain else SILENT
         if uid is None:
             trail.extend(_no_connection, local, remote)
-            return self._answers.error(
-                "no-socket", "lookup found no connection", None, None, "NO-USER", trail=trail
-            )
+            return self._no_connection_decision(trail)
         name = self.user_db.name_of(uid)
         trail.extend(_owner, uid, name)
         settings = self._layers.settings_for(uid, name, local, remote, trail)
@@ -118,6 +122,11 @@ class Policy:
             )
         decision = self._own_answer(uid, name, settings, local, remote, trail)
         return self._delegated.forward_first(decision, settings, remote, trail)
+
+    def _no_connection_decision(self, trail: Trail) -> Decision:
+        return self._answers.error(
+            "no-socket", "lookup found no connection", None, None, "NO-USER", trail=trail
+        )
 
     def _own_answer(
         self,
