@@ -86,6 +86,32 @@ def test_username_that_cannot_be_sent_answers_the_uid(caplog: pytest.LogCaptureF
     assert encode_reply(utf8.reply(1, 2)) == "1,2:USERID:UNIX,UTF-8:zoë\r\n".encode()
 
 
+def test_repeated_queries_follow_the_users_and_the_settings_of_each_moment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A policy answering many queries (decisions are remembered per user and settings):
+    a renamed account is answered by its new name, a [[rule]] still picks by port, and a
+    name that cannot be sent still gets the uid and its warning."""
+    db = FakeUserDB({ALICE: ("alice", None, ["alice"]), 1003: ("zoë", None, ["users"])})
+    policy = make_policy(
+        """
+        [[rule]]
+        remote_port = [25]
+        answer = "hidden"
+        """,
+        db,
+    )
+    for _ in range(3):
+        assert user_id(policy.decide(ALICE, LOCAL, IRC)) == "alice"
+        assert policy.decide(ALICE, LOCAL, ("198.51.100.7", 25)).error == "HIDDEN-USER"
+    db.users[ALICE] = ("alice2", None, ["alice"])
+    assert user_id(policy.decide(ALICE, LOCAL, IRC)) == "alice2"
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert user_id(policy.decide(1003, LOCAL, IRC)) == "1003"
+    assert "answering uid 1003 instead of its name" in caplog.text
+
+
 def test_uid_answer() -> None:
     assert user_id(decide('[default]\nanswer = "uid"\n', ALICE)) == "1000"
 

@@ -5,6 +5,7 @@ every decision carries (opsys, charset, error masking)."""
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 from aioidentd.policy.decision import Decision
 from aioidentd.policy.settings import AnswerSettings, Config, PseudonymSettings
@@ -34,6 +35,14 @@ def pseudonyms_for(settings: PseudonymSettings, key: bytes) -> Pseudonyms:
     )
 
 
+#: The answers that are the same for every query of one user under one set of settings
+#: (random ids, pseudonyms and forwards are not).
+_SAME_EACH_TIME: Final = frozenset({None, "hidden", "no-user", "fixed", "username", "uid"})
+#: Users x settings remembered at once; the kernel names the users, the configuration
+#: the settings, so this is bounded by the host, not by queriers.
+MAX_CACHED_DECISIONS: Final = 4096
+
+
 class Answers:
     """Decisions as the configuration's ``[reply]`` table shapes them."""
 
@@ -41,6 +50,10 @@ class Answers:
         self.config = config
         self._log = log
         self.pseudonyms = pseudonyms
+        #: Decisions that depend on nothing but the settings and the user (see
+        #: from_settings): most queries a host gets are one user's, answered the same way
+        #: each time, so the id checks and the decision are made once, not per query.
+        self._decisions: dict[tuple[AnswerSettings, int, str | None], Decision] = {}
 
     def from_settings(
         self,
@@ -53,6 +66,33 @@ class Answers:
     ) -> Decision:
         """The answer the effective settings give (the user chose none) for a connection
         to ``remote`` (whose host is the querier)."""
+        if note is not None or trail is not SILENT or settings.answer not in _SAME_EACH_TIME:
+            return self._from_settings(uid, name, settings, remote, note, trail)
+        key = (settings, uid, name)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._from_settings(uid, name, settings, remote, None, trail)
+            fell_back = (  # a name that cannot be sent: its warning is logged each time
+                settings.answer == "username"
+                and name is not None
+                and name != str(uid)
+                and decision.user_id == str(uid).encode()
+            )
+            if not fell_back:
+                if len(self._decisions) >= MAX_CACHED_DECISIONS:
+                    self._decisions.clear()
+                self._decisions[key] = decision
+        return decision
+
+    def _from_settings(
+        self,
+        uid: int,
+        name: str | None,
+        settings: AnswerSettings,
+        remote: Address,
+        note: str | None,
+        trail: Trail,
+    ) -> Decision:
         kind = settings.answer or "hidden"
         source = settings.source
         where = source
