@@ -32,8 +32,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 # The irc package ships no type information: its objects are Any here.
-import irc.client  # type: ignore[import-untyped]
-import irc.client_aio  # type: ignore[import-untyped]
+try:
+    import irc.client  # type: ignore[import-untyped]
+    import irc.client_aio  # type: ignore[import-untyped]
+except ImportError:
+    sys.exit("irc_jaraco: this example needs the irc package (pip install irc)")
 
 import aioidentd
 

@@ -27,7 +27,10 @@ import asyncio
 import sys
 from typing import Any
 
-import pydle  # type: ignore[import-untyped]  # no type information: Any here
+try:
+    import pydle  # type: ignore[import-untyped]  # no type information: Any here
+except ImportError:
+    sys.exit("irc_pydle: this example needs the pydle package (pip install pydle)")
 
 import aioidentd
 

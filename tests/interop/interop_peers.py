@@ -8,6 +8,7 @@ A missing program, Perl module or network namespace goes through ``peers.unavail
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shlex
@@ -57,6 +58,14 @@ def require_perl_module(module: str) -> str:
 
 
 @functools.cache
+def require_python_package(name: str) -> None:
+    """Fail or skip unless ``name`` imports in the Python that runs the drivers (and the
+    examples they start): a venv made before the package joined the test extra lacks it,
+    and the example would only say ModuleNotFoundError in its stderr."""
+    if importlib.util.find_spec(name) is None:
+        unavailable(f"Python package {name!r} not installed: 'make venv' installs the test extra")
+
+
 def _netns_prefix() -> tuple[list[str] | None, str]:
     unshare = shutil.which("unshare") or shutil.which("unshare", path=os.pathsep.join(_EXTRA_PATH))
     if unshare is None:

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import pytest
-from interop_peers import require_program, run_driver
+from interop_peers import require_program, require_python_package, run_driver
 
 DRIVER_TIMEOUT = 150
 
@@ -61,18 +61,21 @@ def test_bouncer_claims_for_each_user(results: dict[str, Any]) -> None:
 
 
 def test_irc_package_asyncio_reactor_connect_factory(results: dict[str, Any]) -> None:
+    require_python_package("irc")
     run = results["irc_jaraco_aio"]
     assert run["rc"] == 0, run
     assert masks(run["stdout"]) == {"frank": "frank", "grace": "grace"}, run
 
 
 def test_irc_package_blocking_reactor_connect_factory(results: dict[str, Any]) -> None:
+    require_python_package("irc")
     run = results["irc_jaraco_blocking"]
     assert run["rc"] == 0, run
     assert masks(run["stdout"]) == {"heidi": "heidi", "ivan": "ivan"}, run
 
 
 def test_pydle_claimed_after_it_connects(results: dict[str, Any]) -> None:
+    require_python_package("pydle")
     run = results["irc_pydle"]
     assert run["rc"] == 0, run
     assert masks(run["stdout"]) == {"judy": "judy", "mallory": "mallory"}, run
