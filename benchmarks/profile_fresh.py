@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_daemon import ports_in_use
 from bench_server import (
     CLK_TCK,
     HOST,
@@ -115,13 +116,18 @@ def measure(
     }
 
 
+def print_table(title: str, per: dict[str, tuple[float, float]]) -> None:
+    """``per``'s (user, kernel) µs per query under ``title``, a line per server."""
+    print(f"\n{title}:")
+    print(f"  {'':10}{'user µs/q':>11}{'kernel µs/q':>13}{'total µs/q':>12}")
+    for name, (user, kernel) in per.items():
+        print(f"  {name:10}{user:11.1f}{kernel:13.1f}{user + kernel:12.1f}")
+
+
 def lookups(exe: Path, tmp: Path, env: dict[str, str], rounds: int, seconds: float) -> None:
     """The daemon with real lookups (no connection owns the queried ports: NO-USER after
     the kernel said so) against the same daemon's fixed answer, user and kernel apart."""
-    used = set()
-    for name in ("tcp", "tcp6"):
-        with open(f"/proc/net/{name}") as f:
-            used |= {int(line.split()[1].rsplit(":", 1)[1], 16) for line in f.readlines()[1:]}
+    used = ports_in_use()
     free = [p for p in range(600, 1024) if p not in used][:50]
     listfile = tmp / "miss.txt"
     listfile.write_text("".join(f"{s},{c}\t{s},{c}:ERROR:NO-USER\n" for c, s in enumerate(free, 1)))
@@ -141,10 +147,9 @@ def lookups(exe: Path, tmp: Path, env: dict[str, str], rounds: int, seconds: flo
     finally:
         for server in servers:
             server.stop()
-    print(f"\nthe daemon, real kernel lookups (a miss) vs its static answer ({rounds} rounds):")
-    print(f"  {'':10}{'user µs/q':>11}{'kernel µs/q':>13}{'total µs/q':>12}")
-    for name, (u, k) in per.items():
-        print(f"  {name:10}{u:11.1f}{k:13.1f}{u + k:12.1f}")
+    print_table(
+        f"the daemon, real kernel lookups (a miss) vs its static answer ({rounds} rounds)", per
+    )
     (lu, lk), (su, sk) = per["lookups"], per["static"]
     print(
         f"  lookups / static: total x{(lu + lk) / (su + sk):.2f}; the lookups add "
@@ -183,10 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(Server("C limit", [str(limitd), HOST, str(port), USER, many], port, env))
             try:
                 per = measure(exe, servers, args.rounds, args.seconds, {})
-                print(f"\nfresh connection per query, 50 in flight, {mode} ({args.rounds} rounds):")
-                print(f"  {'':10}{'user µs/q':>11}{'kernel µs/q':>13}{'total µs/q':>12}")
-                for name, (u, k) in per.items():
-                    print(f"  {name:10}{u:11.1f}{k:13.1f}{u + k:12.1f}")
+                print_table(
+                    f"fresh connection per query, 50 in flight, {mode} ({args.rounds} rounds)", per
+                )
                 (ou, ok), (cu, ck) = per["ours"], per["C limit"]
                 print(
                     f"  ours / C limit: total x{(ou + ok) / (cu + ck):.2f}, kernel "

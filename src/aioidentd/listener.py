@@ -38,6 +38,10 @@ _RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 OnAccept = Callable[[socket.socket, Any], None]
 
 
+#: How many ports port 0 tries on several addresses before it gives up (see bind_sockets).
+PORT_ZERO_TRIES = 8
+
+
 def bind_sockets(
     host: str | Sequence[str] | None,
     port: int,
@@ -71,13 +75,12 @@ def bind_sockets(
     # Port 0 with several addresses: the first bind picks the port, the others take the
     # same number, which another program may hold on one of them; then all are tried
     # again on a new port (a few times), rather than failing a start that asked for any.
-    for attempt in range(8):
+    for _ in range(PORT_ZERO_TRIES):
         try:
             return _bind_all(infos, port, backlog, reuse_port)
         except _TakenElsewhere as exc:
-            if attempt == 7:
-                raise exc.error from None
-    raise AssertionError("unreachable")  # pragma: no cover
+            taken = exc.error
+    raise taken
 
 
 class _TakenElsewhere(Exception):

@@ -24,7 +24,7 @@ from aioidentd.daemon.explain import explain, find_connections
 from aioidentd.daemon.pseudonym_key import read_daemon_key
 from aioidentd.errors import ConfigError, DaemonError, SocketLookupError
 from aioidentd.policy import Config, load_config
-from aioidentd.protocol import Address, show_address
+from aioidentd.protocol import Address, ip_of, show_address
 
 if TYPE_CHECKING:
     from aioidentd.cli._arguments import SubParsers
@@ -101,8 +101,8 @@ def _resolve(name: str) -> list[str]:
     return list(dict.fromkeys(hosts))
 
 
-def _family(address: str) -> int:
-    return ipaddress.ip_address(address.partition("%")[0]).version
+def _version(address: str) -> int:
+    return ip_of(address).version
 
 
 def _choose(
@@ -113,7 +113,7 @@ def _choose(
     ``--local``'s family)."""
     if local is not None and local[0] is not None:
         ours = local[0]
-        same = [remote for remote in remotes if _family(remote) == _family(ours)]
+        same = [remote for remote in remotes if _version(remote) == _version(ours)]
         return (ours, local[1]), ((same or remotes)[0], remote_port)
     local_port = None if local is None else local[1]
     ends: dict[tuple[Address, Address], None] = {}
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     local, remote = chosen
     querier = None
     if queriers is not None:  # the address of the connection's IP version, if it has one
-        same = [q for q in queriers if _family(q) == _family(remote[0])]
+        same = [q for q in queriers if _version(q) == _version(remote[0])]
         querier = (same or queriers)[0]
     try:
         result = explain(config, local, remote, querier=querier, pseudonym_key=key)

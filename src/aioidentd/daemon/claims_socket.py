@@ -279,12 +279,13 @@ class ClaimsService:
     async def wait_for(
         self, local: Address, remote: Address, uid: int, budget: float
     ) -> HostClaim | None:
-        """Wait up to ``budget`` s (what is left before the querier's deadline) for
-        ``uid``'s claim on the connection: the owner said the claim is coming."""
+        """``uid``'s claim on the connection: one already made at once (its wake-up has
+        gone by), else waiting up to ``budget`` s (what is left before the querier's
+        deadline; 0: no wait) for the one its owner said is coming."""
         wait = budget
         claim = self.find(local, remote, uid)
         if claim is not None or wait <= 0:
-            return claim  # (made between the query's lookup and now: no wake-up comes)
+            return claim
         key = _key(local, remote)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(waiter)

@@ -92,22 +92,7 @@ class KernelResponder:
     ) -> None:
         loop = asyncio.get_running_loop()
         decision = await loop.run_in_executor(None, self.decide, local, remote)
-        decision = self._claimed_meanwhile(decision, local, remote)
-        if self._later(decision, remote):
-            await self._answer_later(request, decision, local, remote)
-            return
-        self._send(request, decision)
-
-    def _claimed_meanwhile(self, decision: Decision, local: Address, remote: Address) -> Decision:
-        """The claim made while the lookup ran in its thread, if one was: the owner may
-        have claimed the connection and said "connected" in that time, so the decision,
-        taken without it and no longer expecting one, would give the real user."""
-        claims = self.claims
-        uid = decision.uid
-        if claims is None or uid is None or decision.kind == "claim" or not claims.active:
-            return decision
-        claim = claims.find(local, remote, uid)
-        return decision if claim is None else self._claimed(uid, local, remote, claim)
+        await self._answer_later(request, decision, local, remote)
 
     def _later(self, decision: Decision, remote: Address) -> bool:
         """Whether the answer takes time: a forward, a claim on its way, a NAT lookup."""
@@ -131,12 +116,17 @@ class KernelResponder:
     async def _answer_later(
         self, request: IdentRequest, decision: Decision, local: Address, remote: Address
     ) -> None:
-        """The answers that take time: a claim being made, a forward."""
+        """The answer once decided, with what takes time: the connection's claim, a NAT
+        lookup, a forward. The decision may be stale (taken in a thread, or before this
+        task ran): a claim made since answers, even once its owner has said "connected",
+        and one on its way is waited for while the owner says it is connecting."""
         loop = asyncio.get_running_loop()
         uid = decision.uid
-        if self.claims is not None and uid is not None and self._expecting(decision, remote):
-            budget = request.deadline - loop.time() - MARGIN
-            claim = await self.claims.wait_for(local, remote, uid, budget)
+        claims = self.claims
+        if claims is not None and uid is not None and decision.kind != "claim":
+            coming = claims.expecting(uid, remote[0])
+            budget = request.deadline - loop.time() - MARGIN if coming else 0.0
+            claim = await claims.wait_for(local, remote, uid, budget)
             if claim is not None:
                 decision = self._claimed(uid, local, remote, claim)
         if self.nat is not None and decision.kind == "no-socket":

@@ -50,28 +50,21 @@ class Answers:
         self.config = config
         self._log = log
         self.pseudonyms = pseudonyms
-        #: Decisions that depend on nothing but the settings and the user (see
-        #: from_settings): most queries a host gets are one user's, answered the same way
-        #: each time, so the id checks and the decision are made once, not per query.
+        #: What remembered() made, by (settings, uid, name).
         self._decisions: dict[tuple[AnswerSettings, int, str | None], Decision] = {}
 
-    def from_settings(
-        self,
-        uid: int,
-        name: str | None,
-        settings: AnswerSettings,
-        remote: Address,
-        note: str | None,
-        trail: Trail = SILENT,
+    def remembered(
+        self, uid: int, name: str | None, settings: AnswerSettings, remote: Address
     ) -> Decision:
-        """The answer the effective settings give (the user chose none) for a connection
-        to ``remote`` (whose host is the querier)."""
-        if note is not None or trail is not SILENT or settings.answer not in _SAME_EACH_TIME:
-            return self._from_settings(uid, name, settings, remote, note, trail)
+        """:meth:`from_settings` for a user who chose nothing, in a query nobody asked to
+        explain: where that answer is the same each time, made once per user and
+        settings (most queries a host gets are a few users', answered alike)."""
+        if settings.answer not in _SAME_EACH_TIME:
+            return self.from_settings(uid, name, settings, remote, None)
         key = (settings, uid, name)
         decision = self._decisions.get(key)
         if decision is None:
-            decision = self._from_settings(uid, name, settings, remote, None, trail)
+            decision = self.from_settings(uid, name, settings, remote, None)
             fell_back = (  # a name that cannot be sent: its warning is logged each time
                 settings.answer == "username"
                 and name is not None
@@ -84,15 +77,17 @@ class Answers:
                 self._decisions[key] = decision
         return decision
 
-    def _from_settings(
+    def from_settings(
         self,
         uid: int,
         name: str | None,
         settings: AnswerSettings,
         remote: Address,
         note: str | None,
-        trail: Trail,
+        trail: Trail = SILENT,
     ) -> Decision:
+        """The answer the effective settings give (the user chose none) for a connection
+        to ``remote`` (whose host is the querier)."""
         kind = settings.answer or "hidden"
         source = settings.source
         where = source

@@ -143,6 +143,8 @@ class Policy:
             chosen, note = self._choice.choose(uid, name, settings, local, remote, trail)
             if chosen is not None:
                 return chosen
+        if note is None and trail is SILENT:
+            return self._answers.remembered(uid, name, settings, remote)
         decision = self._answers.from_settings(uid, name, settings, remote, note, trail)
         if note is not None and privileged_port(remote, settings) is not None:
             # Normal (a user's IRC id is not for their mail): INFO, not WARNING.
